@@ -1,0 +1,36 @@
+"""Demo: LoRA on the bundled model (checkpoints/gemmax-tiny) for TREC-6 question classification.
+
+    python experiments/finetune.py --config experiments/configs/demo.py
+
+Small enough for a laptop CPU (float32 compute: bf16 is slow on CPU).
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from finetune_lora import get_config as _base  # noqa: E402
+
+
+def get_config():
+  c = _base()
+  c.model.path = "checkpoints/gemmax-tiny"
+  c.model.dtype = "float32"
+  c.data.train = "data/trec6/train.jsonl"
+  c.data.validation = "data/trec6/validation.jsonl"
+  c.data.format = "alpaca"
+  c.data.seq_len = 256
+  c.data.batch_size = 8
+  c.data.eval_batch_size = 8
+  c.method = "lora"
+  c.lora.rank = 8
+  c.lora.alpha = 16.0
+  c.lora.dropout = 0.0
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.warmup_steps = 10
+  c.steps = 200
+  c.log_every = 10
+  c.eval_every = 50
+  c.eval_batches = 10
+  c.checkpoint_every = 100
+  c.workdir = "runs/demo"
+  return c

@@ -1,0 +1,122 @@
+"""Evaluates a model (HF dir, optionally with a fine-tuned adapter) and writes a JSON report.
+
+    python experiments/evaluate.py --config experiments/configs/evaluate.py [--config.x=...]
+
+Writes <workdir>/eval_report.json (and confusion_matrix.png for classification).
+"""
+import json
+import os
+import time
+
+from absl import app
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config file")
+TASKS = ("classification", "perplexity", "exact_match")
+
+
+def read_jsonl(path, limit=0):
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+      if limit and len(rows) >= limit:
+        break
+  return rows
+
+
+def _pairs(rows, fmt, path):
+  """(prompt text, label) per row."""
+  from gemmax.data.formats import alpaca_prompt
+  out = []
+  for n, r in enumerate(rows, 1):
+    keys = ("instruction", "output") if fmt == "alpaca" else ("text", "label")
+    missing = [k for k in keys if k not in r]
+    if missing:
+      raise ValueError(f"{path}: row {n} lacks field(s) {missing} for format {fmt!r}")
+    if fmt == "alpaca":
+      out.append((alpaca_prompt(r["instruction"], r.get("input", "")), str(r["output"]).strip()))
+    else:
+      out.append((str(r["text"]), str(r["label"])))
+  return out
+
+
+def run_classification(c, model, tok):
+  from gemmax import evals
+  cc = c.classification
+  if cc.format not in ("alpaca", "text_label"):
+    raise ValueError(f"classification.format {cc.format!r} is not alpaca|text_label")
+  pairs = _pairs(read_jsonl(cc.file, cc.limit), cc.format, cc.file)
+  shots = []
+  if cc.few_shot:
+    shot_file = cc.few_shot_file or os.path.join(os.path.dirname(cc.file), "train.jsonl")
+    shots = _pairs(read_jsonl(shot_file, cc.few_shot), cc.format, shot_file)
+  template = "{text}" if cc.format == "alpaca" else cc.template
+  classes = [x.strip() for x in cc.classes.split(",") if x.strip()] or None
+  m = evals.evaluate_classification(
+      model, tok, [p for p, _ in pairs], [l for _, l in pairs], classes, template=template,
+      label_template=cc.label_template, few_shot=shots, reduction=cc.reduction,
+      batch_size=c.batch_size, progress=c.progress)
+  print(evals.format_report(m))
+  m["confusion_png"] = evals.save_confusion_png(m, os.path.join(c.workdir, "confusion_matrix.png"))
+  m.update(file=cc.file, few_shot=len(shots))
+  return m
+
+
+def run_perplexity(c, model, tok):
+  from gemmax import evals
+  p = c.perplexity
+  with open(p.file, encoding="utf-8") as f:
+    text = f.read()
+  if p.max_chars:
+    text = text[:p.max_chars]
+  r = evals.perplexity(model, tok, text, window=p.window, stride=p.stride,
+                       batch_size=c.batch_size, progress=c.progress)
+  print(f"perplexity {r['perplexity']:.3f}  ({r['nats_per_token']:.4f} nats/token, "
+        f"{r['bits_per_token']:.4f} bits/token, {r['tokens']} tokens)")
+  return {"file": p.file, **r}
+
+
+def run_exact_match(c, model, tok):
+  from gemmax import evals
+  e = c.exact_match
+  pairs = _pairs(read_jsonl(e.file, e.limit), "alpaca", e.file)
+  r = evals.exact_match(model, tok, [p for p, _ in pairs], [l for _, l in pairs],
+                        max_new_tokens=e.max_new_tokens, batch_size=c.batch_size,
+                        progress=c.progress)
+  print(f"exact match {r['exact_match']:.4f} on {r['num_examples']} prompts")
+  return {"file": e.file, **r}
+
+
+def evaluate(c):
+  from gemmax.evals.loading import load_model, load_tokenizer_for
+  tasks = [t.strip() for t in c.tasks.split(",") if t.strip()]
+  bad = [t for t in tasks if t not in TASKS]
+  if bad or not tasks:
+    raise ValueError(f"tasks {bad or tasks} not in {TASKS}")
+  os.makedirs(c.workdir, exist_ok=True)
+  model, base = load_model(c.model.path, c.model.adapter, c.model.dtype, c.model.quantize)
+  tok = load_tokenizer_for(base, c.model.tokenizer)
+  report = {"model": base, "adapter": c.model.adapter, "tasks": {}}
+  for t in tasks:
+    start = time.time()
+    report["tasks"][t] = globals()[f"run_{t}"](c, model, tok)
+    report["tasks"][t]["seconds"] = round(time.time() - start, 2)
+  path = os.path.join(c.workdir, "eval_report.json")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(report, f, indent=2)
+  print(f"report written to {path}")
+  return report
+
+
+def main(argv):
+  del argv
+  evaluate(_CONFIG.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,178 @@
+"""HF transformers checkpoints <-> gemmax: config.json + (sharded) model.safetensors."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gemmax.convert.safetensors_io import SafetensorsFile, save_lazy
+from gemmax.models.config import ModelConfig
+from gemmax.models.sizing import abstract_model
+from gemmax.models.transformer import Transformer
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_SHARD_BYTES = 4 << 30
+
+
+def check_dtype(dtype) -> str:
+  name = jnp.dtype(dtype).name if not isinstance(dtype, str) else dtype
+  name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(name, name)
+  if name not in DTYPES:
+    raise ValueError(f"dtype {dtype!r} cannot be honoured for model weights; "
+                     f"choose one of {', '.join(DTYPES)}")
+  return name
+
+
+def iter_params(model):
+  """(path, Variable) for every nnx.Param of the model, path like ('layers', 0, 'mlp', ...)."""
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.Param):
+      yield tuple(path), node
+
+
+def hf_name(path: tuple) -> tuple[str, bool]:
+  """gemmax parameter path -> (HF tensor name, whether the HF tensor is the transpose)."""
+  *modules, leaf = path
+  prefix = "" if modules[0] == "lm_head" else "model."
+  return prefix + ".".join(str(m) for m in modules) + ".weight", leaf == "kernel"
+
+
+class Checkpoint:
+  """The tensors of a checkpoint directory: one or several .safetensors files."""
+
+  def __init__(self, directory: str):
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.isfile(index):
+      with open(index, encoding="utf-8") as f:
+        weight_map = json.load(f)["weight_map"]
+      files = {fn: SafetensorsFile(os.path.join(directory, fn)) for fn in set(weight_map.values())}
+      self.where = {name: files[fn] for name, fn in weight_map.items()}
+    else:
+      names = sorted(fn for fn in os.listdir(directory) if fn.endswith(".safetensors"))
+      if not names:
+        raise FileNotFoundError(f"{directory}: no model.safetensors or index found "
+                                "(gemmax loads only safetensors; convert .bin/.pth files first)")
+      self.where = {}
+      for fn in names:
+        st = SafetensorsFile(os.path.join(directory, fn))
+        self.where.update({k: st for k in st.keys()})
+
+  def __contains__(self, name):
+    return name in self.where
+
+  def shape(self, name):
+    return self.where[name].shape(name)
+
+  def get(self, name):
+    return self.where[name].get(name)
+
+
+def place(array: np.ndarray, var: nnx.Variable, mesh=None) -> jax.Array:
+  """Host array -> device, straight into its shard when a mesh is given."""
+  if mesh is None:
+    return jax.device_put(array)
+  from gemmax.sharding import sharding_for_axes
+  return jax.device_put(array, sharding_for_axes(var.get_metadata().get("axes"), array.shape, mesh))
+
+
+def fill(model, source: str, get_tensor, mesh=None, dtype="float32"):
+  """Fills an abstract model tensor by tensor. `get_tensor(path, expected_shape)` -> np array."""
+  for path, var in iter_params(model):
+    array = get_tensor(path, tuple(var.shape))
+    if tuple(array.shape) != tuple(var.shape):
+      raise ValueError(f"{source}: tensor for {'/'.join(map(str, path))} has shape "
+                       f"{tuple(array.shape)}, the config expects {tuple(var.shape)}")
+    var.set_value(place(np.asarray(array).astype(DTYPES[dtype]), var, mesh))
+  return model
+
+
+def load_hf(path: str, dtype=None, *, compute_dtype=None, mesh=None, **overrides) -> Transformer:
+  """Reads an HF checkpoint directory into a Transformer, one tensor at a time.
+
+  dtype: storage dtype of the weights (default: the checkpoint's torch_dtype);
+  compute_dtype: activation dtype (default: dtype). `overrides` replace ModelConfig fields.
+  """
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: checkpoint directory does not exist")
+  config = ModelConfig.from_hf(path)
+  pdt = check_dtype(dtype or config.param_dtype)
+  config = config.replace(param_dtype=pdt, dtype=check_dtype(compute_dtype or pdt), **overrides)
+  ckpt = Checkpoint(path)
+  used = set()
+
+  def get_tensor(p, shape):
+    name, transpose = hf_name(p)
+    if name not in ckpt:
+      raise KeyError(f"{path}: checkpoint is missing tensor {name}")
+    want = shape[::-1] if transpose else shape
+    if ckpt.shape(name) != want:
+      raise ValueError(f"{path}: tensor {name} has shape {ckpt.shape(name)}, "
+                       f"the config expects {want}")
+    used.add(name)
+    a = ckpt.get(name)
+    return a.T if transpose else a
+
+  model = fill(abstract_model(config), path, get_tensor, mesh, pdt)
+  extra = sorted(set(ckpt.where) - used - {"lm_head.weight"})
+  if extra:
+    log.warning("%s: %d checkpoint tensors not used, e.g. %s", path, len(extra), extra[:3])
+  return model
+
+
+def save_hf(model: Transformer, path: str, dtype=None) -> None:
+  """Writes config.json + model.safetensors (sharded with an index past 4 GiB) that
+  `transformers.AutoModelForCausalLM.from_pretrained` loads. Written to a temp dir, then moved.
+  """
+  config = model.config
+  dt = check_dtype(dtype or config.param_dtype)
+  np_dt = np.dtype(DTYPES[dt])
+  specs = []
+  for p, var in iter_params(model):
+    if p[-1] not in ("kernel", "embedding", "scale"):
+      raise ValueError(f"save_hf: parameter {'/'.join(map(str, p))} is not a base weight; "
+                       "merge adapters first (gemmax.peft.merge)")
+    name, transpose = hf_name(p)
+    shape = tuple(var.shape)[::-1] if transpose else tuple(var.shape)
+    make = (lambda v=var, t=transpose: np.asarray(jax.device_get(v[...].T if t else v[...])))
+    specs.append((name, shape, np_dt, make))
+  parent = os.path.dirname(os.path.abspath(path))
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=".save_hf-", dir=parent)
+  try:
+    shards, size = [[]], 0
+    for s in specs:
+      nbytes = int(np.prod(s[1])) * np_dt.itemsize
+      if shards[-1] and size + nbytes > _SHARD_BYTES:
+        shards.append([])
+        size = 0
+      shards[-1].append(s)
+      size += nbytes
+    if len(shards) == 1:
+      save_lazy(shards[0], os.path.join(tmp, "model.safetensors"))
+    else:
+      weight_map = {}
+      for i, shard in enumerate(shards):
+        fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_lazy(shard, os.path.join(tmp, fn))
+        weight_map.update({s[0]: fn for s in shard})
+      total = sum(int(np.prod(s[1])) * np_dt.itemsize for s in specs)
+      with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+      json.dump(config.replace(param_dtype=dt).to_hf(), f, indent=2)
+    os.makedirs(path, exist_ok=True)
+    for fn in sorted(os.listdir(tmp)):  # config.json last: a complete checkpoint or none
+      if fn != "config.json":
+        os.replace(os.path.join(tmp, fn), os.path.join(path, fn))
+    os.replace(os.path.join(tmp, "config.json"), os.path.join(path, "config.json"))
+  finally:
+    if os.path.isdir(tmp):
+      shutil.rmtree(tmp)

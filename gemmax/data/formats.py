@@ -1,0 +1,97 @@
+"""Example formats -> token ids plus a loss mask.
+
+Kinds of record (after `sources` has renamed fields to these canonical names):
+  "alpaca":  {"instruction", "input" (may be ""), "output"}  prompt = Alpaca template, target = output + eos
+  "chat":    {"messages": [{"role", "content"}, ...]}        rendered with `chat.py`; targets = assistant turns
+  "text":    {"text"}                                         bos + text + eos, every token a target
+`classification_to_alpaca` turns (text, label) rows into Alpaca records.
+
+`tokenize_example` returns `(ids, mask)`, int32 arrays of equal length; mask[i] = 1 iff token i belongs to a
+response (so predicting it is trained on), including the eos / end-of-turn token that closes the answer.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from gemmax.data.chat import chat_segments
+
+__all__ = ["ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "alpaca_prompt", "classification_to_alpaca",
+           "example_segments", "tokenize_segments", "tokenize_example", "KINDS"]
+
+KINDS = ("alpaca", "chat", "text", "classification")
+
+# The Stanford Alpaca prompts, with the newline after "### Response:" that alpaca-lora and most later
+# Alpaca-format fine-tunes use.
+ALPACA_PROMPT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+ALPACA_PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n")
+
+
+def alpaca_prompt(instruction: str, input: str = "") -> str:
+    """The prompt part of an Alpaca record (everything before the response)."""
+    if input:
+        return ALPACA_PROMPT.format(instruction=instruction, input=input)
+    return ALPACA_PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def classification_to_alpaca(text: str, label, instruction: str, label_words: Mapping | Sequence[str]) -> dict:
+    """(text, label) -> {"instruction", "input", "output"}; label_words maps a label (int index or key) to
+    the word the model should answer, e.g. instruction="Is this review positive or negative?",
+    label_words=["negative", "positive"]."""
+    try:
+        word = label_words[label]
+    except (KeyError, IndexError, TypeError):
+        raise ValueError(f"label {label!r} has no entry in label_words {label_words!r}") from None
+    return {"instruction": instruction, "input": text, "output": word}
+
+
+def example_segments(record: Mapping, kind: str, template: str = "gemma") -> tuple[list[tuple[str, bool]], bool, bool]:
+    """(segments, add_bos, add_eos): the text pieces with their is-target flags, and which ids to add around
+    them. Chat templates write their own bos; the Alpaca answer and plain text end with eos."""
+    if kind == "alpaca":
+        prompt = alpaca_prompt(record["instruction"], record.get("input") or "")
+        return [(prompt, False), (record["output"], True)], True, True
+    if kind == "chat":
+        return chat_segments(record["messages"], template), False, False
+    if kind == "text":
+        return [(record["text"], True)], True, True
+    raise ValueError(f"unknown example kind {kind!r}; expected one of alpaca, chat, text "
+                     "(classification rows are converted to alpaca when read)")
+
+
+def tokenize_segments(tokenizer, segments, add_bos: bool, add_eos: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenizes the joined text in one call (so merges across segment borders match plain `encode`) and
+    marks a token as target when its character span overlaps a target segment. An added eos is a target."""
+    text = "".join(piece for piece, _ in segments)
+    flags = {bool(t) for piece, t in segments if piece}
+    if len(flags) <= 1:  # all target or all prompt (plain text): no offsets needed
+        ids = tokenizer.encode(text)
+        mask = np.full(len(ids), int(flags == {True}), np.int32)
+    else:
+        ids, spans = tokenizer.encode_with_offsets(text)
+        spans = np.asarray(spans, np.int64).reshape(-1, 2)
+        starts, ends = spans[:, 0], np.maximum(spans[:, 1], spans[:, 0] + 1)  # zero-width byte pieces: 1 char
+        mask, pos = np.zeros(len(ids), bool), 0
+        for piece, is_target in segments:
+            if is_target:
+                mask |= (starts < pos + len(piece)) & (ends > pos)
+            pos += len(piece)
+        mask = mask.astype(np.int32)
+    ids = np.asarray(ids, np.int32)
+    if add_bos:
+        ids, mask = np.concatenate([[tokenizer.bos_id], ids]), np.concatenate([[0], mask])
+    if add_eos:
+        ids, mask = np.concatenate([ids, [tokenizer.eos_id]]), np.concatenate([mask, [1]])
+    return ids.astype(np.int32), mask.astype(np.int32)
+
+
+def tokenize_example(tokenizer, record: Mapping, kind: str, template: str = "gemma") -> tuple[np.ndarray, np.ndarray]:
+    """(ids, mask) for one canonical record; see the module docstring."""
+    return tokenize_segments(tokenizer, *example_segments(record, kind, template))

@@ -1,0 +1,50 @@
+"""Loading what an evaluation or chat runs on: an HF dir, optionally with a fine-tuning
+workdir's adapter (HF PEFT format) on top, plus its tokenizer."""
+from __future__ import annotations
+
+import json
+import os
+
+
+def resolve_adapter(adapter: str) -> tuple[str, dict]:
+  """An adapter dir, or a finetune workdir holding `adapter/`; returns (dir, workdir config)."""
+  run_cfg = {}
+  if os.path.isfile(os.path.join(adapter, "config.json")) and os.path.isdir(
+      os.path.join(adapter, "adapter")):
+    with open(os.path.join(adapter, "config.json"), encoding="utf-8") as f:
+      run_cfg = json.load(f)
+    adapter = os.path.join(adapter, "adapter")
+  if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
+    raise FileNotFoundError(f"{adapter}: no adapter_config.json (expected an HF PEFT adapter dir "
+                            f"or a finetune workdir with adapter/)")
+  return adapter, run_cfg
+
+
+def load_model(path: str = "", adapter: str = "", dtype: str = "float32", quantize: str = "",
+               merge: bool = False):
+  """(model, base path). `path` "" takes the base from the adapter workdir's config.json."""
+  from gemmax import peft
+  from gemmax.convert import load_hf
+
+  run_cfg = {}
+  if adapter:
+    adapter, run_cfg = resolve_adapter(adapter)
+  path = path or run_cfg.get("model", {}).get("path", "")
+  if not path:
+    raise ValueError("model.path is empty and no adapter workdir names a base model")
+  model = load_hf(path, compute_dtype=dtype or None)
+  quantize = quantize or run_cfg.get("quantize") or ""
+  if quantize:
+    if quantize != "nf4":
+      raise ValueError(f"quantize {quantize!r} is not '' or 'nf4'")
+    peft.quantize_model(model)
+  if adapter:
+    peft.load_adapter(model, adapter)
+    if merge:
+      peft.merge(model)
+  return model, path
+
+
+def load_tokenizer_for(path: str, tokenizer: str = ""):
+  from gemmax.data import load_tokenizer
+  return load_tokenizer(tokenizer or path)

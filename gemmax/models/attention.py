@@ -1,0 +1,51 @@
+"""Self-attention block: projections, RoPE, GQA, local/global window, softcap, optional KV cache."""
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from gemmax.models.layers import Linear
+from gemmax.models.rope import apply_rope, inverse_frequencies
+from gemmax.ops import attention
+
+
+class Attention(nnx.Module):
+  """q/k/v/o projections around `gemmax.ops.attention`.
+
+  Layer `layer_idx` gets the config's sliding window when `config.layer_window` says so.
+  """
+
+  def __init__(self, config, layer_idx: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    d, n, k, h = (config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+                  config.head_dim)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q_proj = Linear(d, n * h, axes=("embed", "q_heads"), **kw)
+    self.k_proj = Linear(d, k * h, axes=("embed", "kv_heads"), **kw)
+    self.v_proj = Linear(d, k * h, axes=("embed", "kv_heads"), **kw)
+    self.o_proj = Linear(n * h, d, axes=("q_heads", "embed"), **kw)
+    self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
+    self.sliding_window = config.layer_window(layer_idx)
+    self.scale = config.query_scale
+    self.softcap = config.attn_logit_softcapping if config.family == "gemma2" else None
+    self.impl = config.attn_impl
+    self.rope = (h, config.rope_theta, config.rope_scaling)  # static; frequencies built per call
+
+  def __call__(self, x: jax.Array, positions: jax.Array, segment_ids=None, cache=None):
+    """x: [B, T, D]; positions, segment_ids: [B, T]. Returns [B, T, D] (and the new cache)."""
+    b, t, _ = x.shape
+    q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+    k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+    v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+    inv_freq = inverse_frequencies(*self.rope)
+    q = apply_rope(q, positions, inv_freq)
+    k = apply_rope(k, positions, inv_freq)
+    extra = {}
+    if cache is not None:
+      # The cache stores k/v and returns the keys visible now plus explicit positions/segments.
+      k, v, extra, cache = cache.update(k, v, positions=positions, segment_ids=segment_ids)
+      segment_ids = extra.pop("segment_ids", None)
+    out = attention(q, k, v, scale=self.scale, causal=True, sliding_window=self.sliding_window,
+                    softcap=self.softcap, segment_ids=segment_ids,
+                    impl=self.impl if cache is None else "xla", **extra)
+    out = self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
+    return out if cache is None else (out, cache)

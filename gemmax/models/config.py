@@ -1,0 +1,173 @@
+"""ModelConfig: one frozen dataclass for both families, field names as in HF config.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Optional
+
+from gemmax.models.presets import PRESETS
+
+FAMILIES = ("gemma2", "llama")
+_HF_ARCH = {"Gemma2ForCausalLM": "gemma2", "LlamaForCausalLM": "llama"}
+_HF_MODEL_TYPE = {"gemma2": "gemma2", "llama": "llama"}
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  """HF `rope_scaling`: linear (positions / factor) or llama3 (per-frequency smoothing)."""
+  rope_type: str = "default"
+  factor: float = 1.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position_embeddings: int = 8192
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "RopeScaling":
+    d = dict(d)
+    kind = d.pop("rope_type", d.pop("type", "default"))
+    if kind not in ROPE_TYPES:
+      raise ValueError(f"rope_scaling.rope_type {kind!r} is not supported (supported: {ROPE_TYPES})")
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(rope_type=kind, **{k: v for k, v in d.items() if k in known})
+
+  def to_dict(self) -> dict:
+    if self.rope_type == "linear":
+      return {"rope_type": "linear", "factor": self.factor}
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of a Gemma 2 or Llama model plus how to run it (dtype, attention impl, remat)."""
+  family: str
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  num_key_value_heads: int
+  head_dim: int
+  rope_theta: float = 10000.0
+  rope_scaling: Optional[RopeScaling] = None
+  rms_norm_eps: float = 1e-6
+  sliding_window: Optional[int] = None
+  query_pre_attn_scalar: Optional[float] = None
+  attn_logit_softcapping: Optional[float] = None
+  final_logit_softcapping: Optional[float] = None
+  tie_word_embeddings: bool = False
+  max_position_embeddings: int = 8192
+  hidden_activation: str = "silu"
+  attention_bias: bool = False
+  bos_token_id: Optional[int] = None
+  eos_token_id: Any = None
+  pad_token_id: Optional[int] = None
+  # How to run it (not part of HF config.json).
+  dtype: str = "float32"        # activation / compute dtype
+  param_dtype: str = "float32"  # storage dtype of the base weights
+  attn_impl: str = "auto"
+  remat: str = "none"           # none | full | save_dots
+
+  def __post_init__(self):
+    if self.family not in FAMILIES:
+      raise ValueError(f"ModelConfig.family {self.family!r} is not one of {FAMILIES}")
+    if isinstance(self.rope_scaling, dict):
+      object.__setattr__(self, "rope_scaling", RopeScaling.from_dict(self.rope_scaling))
+    if isinstance(self.eos_token_id, list):
+      object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+    if self.num_attention_heads % self.num_key_value_heads:
+      raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+                       f"num_key_value_heads {self.num_key_value_heads}")
+    if self.remat not in ("none", "full", "save_dots"):
+      raise ValueError(f"ModelConfig.remat {self.remat!r} is not one of none|full|save_dots")
+
+  # --- construction -------------------------------------------------------------------------
+  @classmethod
+  def preset(cls, name: str, **overrides) -> "ModelConfig":
+    if name not in PRESETS:
+      raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return cls(**{**PRESETS[name], **overrides})
+
+  @classmethod
+  def from_hf(cls, config: dict | str | os.PathLike, **overrides) -> "ModelConfig":
+    """From an HF config dict, a config.json path, or a checkpoint directory holding one."""
+    source = "config"
+    if not isinstance(config, dict):
+      path = os.fspath(config)
+      if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such config.json")
+      source = path
+      with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    archs = config.get("architectures") or []
+    family = next((_HF_ARCH[a] for a in archs if a in _HF_ARCH), None)
+    family = family or _HF_MODEL_TYPE.get(config.get("model_type", ""))
+    if family is None:
+      raise ValueError(f"{source}: unsupported architecture {archs or config.get('model_type')!r}; "
+                       f"gemmax supports {sorted(_HF_ARCH)}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    kw = {k: v for k, v in config.items() if k in names and k not in ("dtype",)}
+    rope = config.get("rope_parameters")  # transformers >= 5 keeps theta and scaling together
+    if isinstance(rope, dict):
+      kw["rope_theta"] = rope.get("rope_theta", kw.get("rope_theta", 10000.0))
+      kind = rope.get("rope_type", rope.get("type", "default"))
+      kw["rope_scaling"] = None if kind == "default" else {
+          k: v for k, v in rope.items() if k != "rope_theta"}
+    elif isinstance(kw.get("rope_scaling"), dict) and kw["rope_scaling"].get(
+        "rope_type", kw["rope_scaling"].get("type")) == "default":
+      kw["rope_scaling"] = None
+    kw["family"] = family
+    if kw.get("head_dim") is None:
+      kw["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
+    kw.setdefault("num_key_value_heads", config["num_attention_heads"])
+    if family == "gemma2":
+      kw["hidden_activation"] = config.get("hidden_activation") or config.get("hidden_act",
+                                                                              "gelu_pytorch_tanh")
+      kw.setdefault("tie_word_embeddings", True)
+    else:
+      kw["hidden_activation"] = config.get("hidden_act", "silu")
+      kw.pop("sliding_window", None)
+      kw.pop("query_pre_attn_scalar", None)
+    if config.get("torch_dtype") or config.get("dtype"):
+      kw["param_dtype"] = str(config.get("torch_dtype") or config.get("dtype"))
+    return cls(**{**kw, **overrides})
+
+  def to_hf(self) -> dict:
+    """HF config.json contents that transformers loads as the same architecture."""
+    skip = {"family", "dtype", "param_dtype", "attn_impl", "remat", "hidden_activation",
+            "rope_scaling"}
+    out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+    out["rope_scaling"] = self.rope_scaling.to_dict() if self.rope_scaling else None
+    out["rope_parameters"] = {"rope_theta": self.rope_theta,
+                              **(out["rope_scaling"] or {"rope_type": "default"})}
+    if isinstance(out["eos_token_id"], tuple):
+      out["eos_token_id"] = list(out["eos_token_id"])
+    out["torch_dtype"] = self.param_dtype
+    if self.family == "gemma2":
+      out.update(architectures=["Gemma2ForCausalLM"], model_type="gemma2",
+                 hidden_activation=self.hidden_activation, hidden_act=self.hidden_activation)
+    else:
+      out.update(architectures=["LlamaForCausalLM"], model_type="llama",
+                 hidden_act=self.hidden_activation, mlp_bias=False)
+      for k in ("sliding_window", "query_pre_attn_scalar", "attn_logit_softcapping",
+                "final_logit_softcapping"):
+        out.pop(k)
+    return out
+
+  def replace(self, **kw) -> "ModelConfig":
+    return dataclasses.replace(self, **kw)
+
+  # --- derived ------------------------------------------------------------------------------
+  def layer_window(self, layer: int) -> Optional[int]:
+    """Gemma 2 uses the sliding window on even layers (0, 2, ...), global attention on odd."""
+    if self.family == "gemma2" and self.sliding_window is not None and layer % 2 == 0:
+      return self.sliding_window
+    return None
+
+  @property
+  def query_scale(self) -> float:
+    scalar = self.query_pre_attn_scalar if self.family == "gemma2" else None
+    return float(scalar if scalar is not None else self.head_dim) ** -0.5

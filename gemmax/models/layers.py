@@ -1,0 +1,88 @@
+"""Building blocks: Linear, Embed, RMSNorm (both families' variants) and the gated MLP."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_init = nnx.initializers.normal(stddev=0.02)
+
+
+class Linear(nnx.Module):
+  """y = x @ kernel, kernel [in, out] stored in param_dtype, computed in `dtype`.
+
+  `axes` are the logical axis names of the kernel (see gemmax.sharding).
+  """
+
+  def __init__(self, in_features: int, out_features: int, *, axes: tuple[str, str],
+               dtype, param_dtype, rngs: nnx.Rngs):
+    self.in_features, self.out_features = in_features, out_features
+    self.dtype = dtype
+    self.kernel = nnx.Param(_init(rngs.params(), (in_features, out_features), param_dtype),
+                            axes=axes)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+
+
+class Embed(nnx.Module):
+  """Token embedding [vocab, hidden]; `attend` is the tied output projection."""
+
+  def __init__(self, vocab_size: int, hidden_size: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.embedding = nnx.Param(_init(rngs.params(), (vocab_size, hidden_size), param_dtype),
+                               axes=("vocab", "embed"))
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+  def attend(self, h: jax.Array) -> jax.Array:
+    """[..., hidden] -> [..., vocab] logits in float32."""
+    return jnp.dot(h, self.embedding[...].astype(h.dtype).T,
+                   preferred_element_type=jnp.float32)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm computed in float32.
+
+  gemma2: y = x / rms(x) * (1 + w), cast at the end (weights stored as offsets from 1).
+  llama:  y = w * cast(x / rms(x)), cast before the scale.
+  """
+
+  def __init__(self, dim: int, *, eps: float, family: str, param_dtype):
+    self.eps, self.family = eps, family
+    init = jnp.zeros if family == "gemma2" else jnp.ones
+    self.scale = nnx.Param(init((dim,), param_dtype), axes=("norm",))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    w = self.scale[...]
+    if self.family == "gemma2":
+      return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
+    return w.astype(x.dtype) * y.astype(x.dtype)
+
+
+def activation(name: str):
+  if name in ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new"):
+    return lambda x: jax.nn.gelu(x, approximate=True)
+  if name in ("silu", "swish"):
+    return jax.nn.silu
+  if name == "gelu":
+    return lambda x: jax.nn.gelu(x, approximate=False)
+  raise ValueError(f"unsupported hidden activation {name!r}")
+
+
+class MLP(nnx.Module):
+  """Gated MLP: down(act(gate(x)) * up(x)) — GeGLU(tanh) for Gemma 2, SwiGLU for Llama."""
+
+  def __init__(self, config, *, dtype, param_dtype, rngs: nnx.Rngs):
+    d, f = config.hidden_size, config.intermediate_size
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.gate_proj = Linear(d, f, axes=("embed", "mlp"), **kw)
+    self.up_proj = Linear(d, f, axes=("embed", "mlp"), **kw)
+    self.down_proj = Linear(f, d, axes=("mlp", "embed"), **kw)
+    self.act = activation(config.hidden_activation)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

@@ -1,0 +1,65 @@
+"""`attention`: one entry point, several implementations chosen by `impl`."""
+from __future__ import annotations
+
+import jax
+
+from gemmax.ops.xla import attention_xla
+
+IMPLS = ("auto", "xla", "xla_chunked", "pallas", "splash", "cudnn")
+
+# On CPU the einsum reference is fastest while its [T, S] logits are small; past this many keys
+# the chunked path keeps memory O(seq) (threshold chosen for memory, not a measured crossover).
+CPU_CHUNKED_MIN_KV_LEN = 4096
+
+
+def choose_impl(q, k, *, softcap, segment_ids, backend=None) -> str:
+  """What impl="auto" resolves to for these arguments on `backend` (default: jax's)."""
+  backend = backend or jax.default_backend()
+  t, s, h = q.shape[1], k.shape[1], q.shape[3]
+  if backend == "gpu":
+    return "pallas"
+  if backend == "tpu":
+    # Splash is self-attention only and tiles head_dim in 128-lane vregs.
+    return "splash" if t == s and h % 128 == 0 else "xla_chunked"
+  return "xla_chunked" if s >= CPU_CHUNKED_MIN_KV_LEN else "xla"
+
+
+def attention(q, k, v, *, scale=None, causal=True, sliding_window=None, softcap=None,
+              segment_ids=None, impl="auto", q_positions=None, kv_positions=None):
+  """Multi-head attention with GQA, sliding window and logit soft-capping.
+
+  q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim], heads a multiple
+  of kv_heads. `segment_ids` [batch, seq] (or a (q_seg, kv_seg) pair) blocks attention across
+  packed examples. `q_positions`/`kv_positions` [batch, len] give explicit positions (KV cache);
+  that path always uses the XLA reference. Key k is visible to query q iff `q - W < k <= q`.
+  """
+  if impl not in IMPLS:
+    raise ValueError(f"attention impl {impl!r} is not one of {IMPLS}")
+  if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+    raise ValueError(f"attention expects [batch, seq, heads, head_dim]; got q{q.shape} k{k.shape} v{v.shape}")
+  if q.shape[2] % k.shape[2]:
+    raise ValueError(f"query heads {q.shape[2]} are not a multiple of kv heads {k.shape[2]}")
+  if sliding_window is not None and sliding_window < 1:
+    raise ValueError(f"sliding_window must be >= 1 or None; got {sliding_window}")
+  if scale is None:
+    scale = q.shape[-1] ** -0.5
+  kw = dict(scale=scale, causal=causal, sliding_window=sliding_window, softcap=softcap,
+            segment_ids=segment_ids)
+  if q_positions is not None or kv_positions is not None:
+    # Decoding with a KV cache: arbitrary positions, q_len != kv_len; the reference handles it.
+    return attention_xla(q, k, v, q_positions=q_positions, kv_positions=kv_positions, **kw)
+  if impl == "auto":
+    impl = choose_impl(q, k, softcap=softcap, segment_ids=segment_ids)
+  if impl == "xla":
+    return attention_xla(q, k, v, **kw)
+  if impl == "xla_chunked":
+    from gemmax.ops.chunked import attention_xla_chunked
+    return attention_xla_chunked(q, k, v, **kw)
+  if impl == "pallas":
+    from gemmax.ops.pallas import attention_pallas
+    return attention_pallas(q, k, v, **kw)
+  if impl == "splash":
+    from gemmax.ops.splash import attention_splash
+    return attention_splash(q, k, v, **kw)
+  from gemmax.ops.cudnn import attention_cudnn
+  return attention_cudnn(q, k, v, **kw)

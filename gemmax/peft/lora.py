@@ -1,0 +1,102 @@
+"""LoRA and DoRA adapters around a frozen Linear (or NF4Linear) base, with HF peft semantics.
+
+LoRA:  y = base(x) + s * B(A(dropout(x))),  s = alpha / r  (alpha / sqrt(r) with rsLoRA).
+DoRA:  with V = W + s*BA and g = m / ||V||_col (norm per output feature, no gradient through it),
+       y = base(x) + (g - 1) * base(x') + g * s * B(A(x')),  x' = dropout(x)  (peft's forward;
+       equal to g * (x @ V) when there is no dropout).
+A is [in, r] (peft's lora_A.weight transposed), B is [r, out]; both float32 LoRAParams.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gemmax.models.layers import Linear
+from gemmax.peft.nf4 import NF4Linear
+
+
+class LoRAParam(nnx.Param):
+  """A trainable adapter parameter (LoRA A/B, DoRA magnitude); always float32."""
+
+
+def base_kernel(base, dtype=jnp.float32) -> jax.Array:
+  """The base weight as a kernel [in, out] (dequantised for NF4)."""
+  if isinstance(base, NF4Linear):
+    return base.kernel_value(dtype)
+  return base.kernel[...].astype(dtype)
+
+
+def base_axes(base) -> tuple:
+  if isinstance(base, NF4Linear):
+    return base.axes
+  return tuple(base.kernel.get_metadata().get("axes") or (None, None))
+
+
+class LoRALinear(nnx.Module):
+  """An adapted projection: `base` (frozen Linear | NF4Linear) plus lora_a, lora_b [, magnitude]."""
+
+  def __init__(self, base, *, rank: int, alpha: float, dora: bool = False, dropout: float = 0.0,
+               rslora: bool = False, rngs: nnx.Rngs):
+    d_in, d_out = base.in_features, base.out_features
+    if not isinstance(rank, int) or rank < 1:
+      raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+    if rank > min(d_in, d_out):
+      raise ValueError(f"LoRA rank {rank} exceeds min(in_features, out_features) = "
+                       f"{min(d_in, d_out)} of a {d_in}x{d_out} layer")
+    if not 0.0 <= dropout < 1.0:
+      raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+    self.base = base
+    self.in_features, self.out_features, self.dtype = d_in, d_out, base.dtype
+    self.rank, self.alpha, self.rslora, self.use_dora = rank, float(alpha), bool(rslora), bool(dora)
+    self.scaling = self.alpha / (math.sqrt(rank) if rslora else rank)
+    in_axis, out_axis = base_axes(base)
+    # peft default: kaiming_uniform_(a=sqrt(5)) on A [r, in] -> U(-1/sqrt(in), 1/sqrt(in)).
+    bound = 1.0 / math.sqrt(d_in)
+    self.lora_a = LoRAParam(jax.random.uniform(rngs.params(), (d_in, rank), jnp.float32,
+                                               -bound, bound), axes=(in_axis, None))
+    self.lora_b = LoRAParam(jnp.zeros((rank, d_out), jnp.float32), axes=(None, out_axis))
+    if self.use_dora:
+      self.magnitude = LoRAParam(self.weight_norm(), axes=(out_axis,))
+    self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+
+  def delta(self) -> jax.Array:
+    """s * A @ B: the [in, out] update, float32."""
+    return (self.lora_a[...] @ self.lora_b[...]) * self.scaling
+
+  def weight_norm(self) -> jax.Array:
+    """||W + s*BA|| per output feature [out], float32, as a constant for autodiff."""
+    v = base_kernel(self.base) + self.delta()
+    return jax.lax.stop_gradient(jnp.sqrt(jnp.sum(v * v, axis=0)))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dt = self.dtype
+    y = self.base(x)
+    drop = self.dropout is not None and not self.dropout.deterministic
+    xd = self.dropout(x) if drop else x
+    a, b = self.lora_a[...].astype(dt), self.lora_b[...].astype(dt)
+    lora = jnp.dot(jnp.dot(xd.astype(dt), a), b) * jnp.asarray(self.scaling, dt)
+    if not self.use_dora:
+      return y + lora
+    g = (self.magnitude[...] / self.weight_norm()).astype(dt)
+    base_d = self.base(xd) if drop else y
+    return y + (g - 1) * base_d + g * lora
+
+  def merged_kernel(self) -> jax.Array:
+    """The plain kernel [in, out] (float32) this adapter is equivalent to."""
+    v = base_kernel(self.base) + self.delta()
+    if self.use_dora:
+      v = v * (self.magnitude[...] / self.weight_norm())[None, :]
+    return v
+
+
+def has_adapters(model) -> bool:
+  return any(isinstance(n, LoRALinear) for _, n in nnx.iter_graph(model))
+
+
+def trainable_filter(model):
+  """What the optimizer trains: LoRAParam when the model has adapters, else every nnx.Param."""
+  return LoRAParam if has_adapters(model) else nnx.Param
+

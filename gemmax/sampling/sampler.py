@@ -1,0 +1,193 @@
+"""`Sampler(model, tokenizer).generate(...)`: batched prompts, KV cache, greedy or sampled."""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from gemmax.models.kv_cache import init_cache
+from gemmax.sampling.loop import decode_step, generate_loop, prefill_step
+
+_BUCKET = 16  # prompt lengths are padded up to a multiple of this to reuse compilations
+
+
+@dataclasses.dataclass
+class SampleResult:
+  """One entry per prompt. `tokens` are the generated ids (a terminating stop id included);
+  `text` is their decoding without the stop id and cut before a stop string; `logprobs` f32
+  aligned with `tokens`; `finish` is "stop" | "length" | "cache_full"."""
+  tokens: list
+  text: list
+  logprobs: list
+  finish: list
+  prompt_tokens: list
+  cache_full: bool = False
+
+
+class Sampler:
+  """Generates from a gemmax Transformer (any adapters/quantization inside it are used as is).
+
+  max_len: KV cache length (prompt + generation); None sizes it to each call's needs.
+  """
+
+  def __init__(self, model, tokenizer=None, max_len: Optional[int] = None, cache_dtype=None):
+    self.model, self.tokenizer, self.max_len = model, tokenizer, max_len
+    self.cache_dtype = cache_dtype
+
+  # --- prompts ---------------------------------------------------------------------------------
+  def encode(self, prompt) -> list[int]:
+    if isinstance(prompt, str):
+      if self.tokenizer is None:
+        raise ValueError("Sampler: a text prompt needs a tokenizer (pass token ids otherwise)")
+      return list(self.tokenizer.encode(prompt, add_bos=True))
+    ids = [int(t) for t in prompt]
+    if not ids:
+      raise ValueError("Sampler: empty prompt")
+    return ids
+
+  def _batch(self, prompts):
+    single = isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], (int, np.integer)))
+    ids = [self.encode(p) for p in ([prompts] if single else prompts)]
+    if not ids:
+      raise ValueError("Sampler: no prompts given")
+    return ids
+
+  def _stops(self, stop):
+    ids, strings = set(), []
+    eos = [getattr(self.tokenizer, "eos_id", None), self.model.config.eos_token_id]
+    for e in eos:
+      ids.update(e if isinstance(e, (tuple, list)) else [] if e is None or e < 0 else [e])
+    for s in ([stop] if isinstance(stop, (str, int)) else stop or []):
+      if isinstance(s, str):
+        strings.append(s)
+      else:
+        ids.add(int(s))
+    return sorted(int(i) for i in ids), strings
+
+  def _pad_id(self):
+    pad = getattr(self.tokenizer, "pad_id", None)
+    if pad is None or pad < 0:
+      pad = self.model.config.pad_token_id
+    return 0 if pad is None or pad < 0 else int(pad)
+
+  # --- generation ------------------------------------------------------------------------------
+  def generate(self, prompts, max_new_tokens: int, temperature: float = 0.0, top_k=None,
+               top_p=None, stop=None, seed: int = 0,
+               stream: Optional[Callable[[list, list], None]] = None) -> SampleResult:
+    """prompts: a string, a list of token ids, or a list of either.
+
+    stop: stop strings and/or token ids (the tokenizer's and config's EOS always stop).
+    stream: called after every step with (new token id per row or None, new text per row).
+    """
+    if max_new_tokens < 1:
+      raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+    ids = self._batch(prompts)
+    stop_ids, stop_strings = self._stops(stop)
+    b, longest = len(ids), max(len(p) for p in ids)
+    max_len = self.max_len or longest + max_new_tokens
+    if longest >= max_len:
+      raise ValueError(f"generate: prompt of {longest} tokens does not fit the cache "
+                       f"(max_len={max_len}); raise Sampler(max_len=...)")
+    p = -(-longest // _BUCKET) * _BUCKET
+    if self.max_len is None:
+      max_len = p + max_new_tokens
+    elif p >= max_len:
+      p = longest
+    steps = min(max_new_tokens, max_len - p + 1)  # the last token needs no cache slot
+    cache_full = steps < max_new_tokens
+    if cache_full:
+      warnings.warn(f"generate: cache length {max_len} allows only {steps} of "
+                    f"{max_new_tokens} new tokens after a {p}-token prompt")
+    pad = self._pad_id()
+    tokens = np.full((b, p), pad, np.int32)
+    segments = np.zeros((b, p), np.int32)
+    positions = np.zeros((b, p), np.int32)
+    for r, row in enumerate(ids):  # left padding: every row ends at column p - 1
+      n = len(row)
+      tokens[r, p - n:] = row
+      segments[r, p - n:] = 1
+      positions[r, p - n:] = np.arange(n)
+    graphdef, state = nnx.split(self.model)
+    cache = init_cache(self.model.config, b, max_len, self.cache_dtype)
+    greedy = temperature is None or float(temperature) == 0.0
+    static = dict(greedy=greedy, top_k=None if top_k is None else min(int(top_k),
+                  self.model.config.vocab_size), use_top_p=top_p is not None)
+    args = (jnp.float32(temperature or 0.0), jnp.float32(1.0 if top_p is None else top_p))
+    rng = jax.random.key(seed)
+    if stream is None and not stop_strings:
+      out, lps, _, _ = generate_loop(state, tokens, positions, segments, cache, rng,
+                                     *args, jnp.asarray(stop_ids or [-1], jnp.int32), pad,
+                                     graphdef=graphdef, num_steps=steps, **static)
+      out, lps = np.asarray(out), np.asarray(lps)
+      gen = [list(map(int, out[r])) for r in range(b)]
+      lp = [lps[r] for r in range(b)]
+    else:
+      gen, lp = self._stream_loop(graphdef, state, tokens, positions, segments, cache, rng, args,
+                                  steps, stop_ids, stop_strings, stream, static)
+    return self._finish(ids, gen, lp, stop_ids, stop_strings, steps, max_new_tokens, cache_full)
+
+  def _stream_loop(self, graphdef, state, tokens, positions, segments, cache, rng, args, steps,
+                   stop_ids, stop_strings, stream, static):
+    b = tokens.shape[0]
+    gen, lp = [[] for _ in range(b)], [[] for _ in range(b)]
+    done = [False] * b
+    shown = [""] * b
+    pos = positions[:, -1] + 1
+    rng, sub = jax.random.split(rng)
+    tok, lps, cache = prefill_step(state, tokens, positions, segments, cache, sub, *args,
+                                   graphdef=graphdef, **static)
+    for i in range(steps):
+      if i:
+        rng, sub = jax.random.split(rng)
+        tok, lps, cache = decode_step(state, tok, jnp.asarray(pos + i - 1), cache, sub,
+                                      *args, graphdef=graphdef, **static)
+      t_np, lp_np = np.asarray(tok), np.asarray(lps)
+      new_ids, new_text = [], []
+      for r in range(b):
+        if done[r]:
+          new_ids.append(None), new_text.append("")
+          continue
+        gen[r].append(int(t_np[r]))
+        lp[r].append(float(lp_np[r]))
+        text = self._text(gen[r], stop_ids, stop_strings)
+        done[r] = gen[r][-1] in stop_ids or (text is not None and self._cut(text, stop_strings)[1])
+        new_ids.append(gen[r][-1])
+        new_text.append(text[len(shown[r]):] if text is not None else "")
+        shown[r] = text or ""
+      if stream is not None:
+        stream(new_ids, new_text)
+      if all(done):
+        break
+    return gen, [np.asarray(x, np.float32) for x in lp]
+
+  def _text(self, toks, stop_ids, stop_strings):
+    if self.tokenizer is None:
+      return None
+    body = toks[:-1] if toks and toks[-1] in stop_ids else toks
+    return self._cut(self.tokenizer.decode(body), stop_strings)[0]
+
+  @staticmethod
+  def _cut(text, stop_strings):
+    hits = [text.find(s) for s in stop_strings if s in text]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+  def _finish(self, ids, gen, lp, stop_ids, stop_strings, steps, max_new, cache_full):
+    toks, texts, lps, finish = [], [], [], []
+    for row, lrow in zip(gen, lp):
+      end = next((j + 1 for j, t in enumerate(row) if t in stop_ids), None)
+      row = row[:end] if end else row
+      text = self._text(row, stop_ids, stop_strings)
+      hit_string = text is not None and self.tokenizer is not None and any(
+          s in self.tokenizer.decode(row) for s in stop_strings)
+      toks.append(row)
+      lps.append(np.asarray(lrow[:len(row)], np.float32))
+      texts.append(text)
+      reason = "stop" if end or hit_string else ("cache_full" if cache_full else "length")
+      finish.append(reason)
+    return SampleResult(tokens=toks, text=texts, logprobs=lps, finish=finish, prompt_tokens=ids,
+                        cache_full=cache_full)

@@ -1,0 +1,107 @@
+"""Next-token cross-entropy from hidden states, computed in token chunks.
+
+The full [batch, seq, vocab] logits are never built: tokens are processed `chunk` at a time
+(a `lax.scan`), and the chunk function is wrapped in `jax.checkpoint` so the backward pass
+recomputes each chunk's logits instead of storing them. Everything after the matmul is float32.
+
+Loss convention: masked mean = sum over tokens of (CE * loss_mask) / sum(loss_mask), i.e. every
+response token counts the same whatever example it belongs to. With gradient accumulation the
+step sums CE and token counts over micro-batches and divides once, so accumulation gives the
+same loss as one big batch.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+# Default number of float32 logits per chunk (2**24 = 64 MiB): the chunk length in tokens is
+# this budget divided by the vocabulary size, so memory stays flat as the vocabulary grows.
+DEFAULT_LOGIT_BUDGET = 2 ** 24
+
+
+class CESums(NamedTuple):
+  """Sums over masked tokens: cross-entropy, correct argmax predictions, and token count."""
+  loss_sum: jax.Array
+  correct: jax.Array
+  count: jax.Array
+
+
+def _softcap(x, cap):
+  return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+def chunk_tokens_for(vocab_size: int, n_tokens: int, budget: int = DEFAULT_LOGIT_BUDGET) -> int:
+  """Tokens per chunk so that one chunk's logits hold about `budget` floats (>= 1, <= n)."""
+  return int(max(1, min(n_tokens, budget // max(1, vocab_size))))
+
+
+def cross_entropy_sums(hidden: jax.Array, weight: jax.Array, targets: jax.Array,
+                       loss_mask: jax.Array, *, softcap: Optional[float] = None,
+                       chunk: Optional[int] = None) -> CESums:
+  """Masked CE sums of `softcap(hidden @ weight)` against `targets`, chunked over tokens.
+
+  hidden: [B, T, D] (any float dtype; the matmul accumulates in float32); weight: [D, V];
+  targets: [B, T] int next-token ids; loss_mask: [B, T] (1 where the token is scored).
+  `chunk` is the number of tokens per chunk (default from DEFAULT_LOGIT_BUDGET).
+  """
+  b, t, d = hidden.shape
+  if weight.ndim != 2 or weight.shape[0] != d:
+    raise ValueError(f"output weight must be [hidden={d}, vocab]; got {weight.shape}")
+  if targets.shape != (b, t) or loss_mask.shape != (b, t):
+    raise ValueError(f"targets {targets.shape} and loss_mask {loss_mask.shape} must be [{b}, {t}]")
+  n = b * t
+  chunk = chunk or chunk_tokens_for(weight.shape[1], n)
+  n_chunks = -(-n // chunk)
+  pad = n_chunks * chunk - n
+  h = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0))).reshape(n_chunks, chunk, d)
+  y = jnp.pad(targets.reshape(n).astype(jnp.int32), (0, pad)).reshape(n_chunks, chunk)
+  m = jnp.pad(loss_mask.reshape(n).astype(jnp.float32), (0, pad)).reshape(n_chunks, chunk)
+  w = weight.astype(hidden.dtype)
+
+  @jax.checkpoint  # backward recomputes the chunk's logits: no [n, V] residuals are kept
+  def chunk_sums(w, h, y, m):
+    logits = _softcap(jnp.dot(h, w, preferred_element_type=jnp.float32), softcap)  # [c, V]
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
+    ce = (lse - target_logit) * m
+    correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32) * m
+    return jnp.sum(ce), jnp.sum(correct)
+
+  def body(carry, xs):
+    loss, correct = chunk_sums(w, *xs)
+    return (carry[0] + loss, carry[1] + correct), None
+
+  zero = jnp.zeros((), jnp.float32)
+  (loss_sum, correct), _ = jax.lax.scan(body, (zero, zero), (h, y, m))
+  return CESums(loss_sum, jax.lax.stop_gradient(correct), jnp.sum(m))
+
+
+def cross_entropy(hidden, weight, targets, loss_mask, *, softcap=None, chunk=None):
+  """Masked-mean next-token CE. Returns (loss, {"tokens": count, "accuracy": acc})."""
+  s = cross_entropy_sums(hidden, weight, targets, loss_mask, softcap=softcap, chunk=chunk)
+  denom = jnp.maximum(s.count, 1.0)
+  return s.loss_sum / denom, {"tokens": s.count, "accuracy": s.correct / denom}
+
+
+def naive_cross_entropy(hidden, weight, targets, loss_mask, *, softcap=None):
+  """Dense reference (materialises [B, T, V] logits); for tests and small vocabularies."""
+  logits = _softcap(jnp.einsum("btd,dv->btv", hidden, weight.astype(hidden.dtype),
+                               preferred_element_type=jnp.float32), softcap)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  ce = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  m = loss_mask.astype(jnp.float32)
+  count = jnp.sum(m)
+  acc = jnp.sum((jnp.argmax(logits, -1) == targets) * m) / jnp.maximum(count, 1.0)
+  return jnp.sum(ce * m) / jnp.maximum(count, 1.0), {"tokens": count, "accuracy": acc}
+
+
+def model_loss_sums(model, batch, *, chunk=None) -> CESums:
+  """Run `model` on a batch dict (input_ids, targets, loss_mask, positions, segment_ids)."""
+  h = model.hidden_states(batch["input_ids"], positions=batch.get("positions"),
+                          segment_ids=batch.get("segment_ids"))
+  cfg = model.config
+  cap = cfg.final_logit_softcapping if cfg.family == "gemma2" else None
+  return cross_entropy_sums(h, model.output_weight(), batch["targets"], batch["loss_mask"],
+                            softcap=cap, chunk=chunk)

@@ -1,0 +1,149 @@
+"""experiments/finetune.py end to end: a tiny HF-format model + tokenizer + Alpaca JSONL in tmp."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "experiments", "finetune.py")
+CONFIG = os.path.join(ROOT, "experiments", "configs", "finetune_lora.py")
+
+ROWS = [
+    {"instruction": "Name the colour of the sky.", "input": "", "output": "blue"},
+    {"instruction": "Add the numbers.", "input": "two and three", "output": "five"},
+    {"instruction": "Translate to French.", "input": "cat", "output": "chat"},
+    {"instruction": "Give the opposite.", "input": "hot", "output": "cold"},
+    {"instruction": "Name the colour of grass.", "input": "", "output": "green"},
+    {"instruction": "Give the opposite.", "input": "up", "output": "down"},
+]
+
+
+def _tokenizer(path, texts):
+  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+  tok = Tokenizer(models.BPE(unk_token="<unk>"))
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+  tok.train_from_iterator(texts, trainers.BpeTrainer(
+      vocab_size=500, special_tokens=specials,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok.save(os.path.join(path, "tokenizer.json"))
+  with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+    json.dump({"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}, f)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+  from flax import nnx
+  from gemmax.convert import save_hf
+  from gemmax.models import ModelConfig, Transformer
+  d = tmp_path_factory.mktemp("finetune")
+  model_dir = d / "model"
+  cfg = ModelConfig.preset("gemma2-tiny", num_hidden_layers=2, vocab_size=512)
+  model = Transformer(cfg, rngs=nnx.Rngs(0))
+  # Larger (tied) embeddings than the 0.02 init: logits can then grow enough through the
+  # adapters alone for the loss to fall clearly within 20 steps.
+  model.embed_tokens.embedding.set_value(model.embed_tokens.embedding[...] * 20.0)
+  save_hf(model, str(model_dir))
+  from gemmax.data import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT
+  # Train the tokenizer on the prompt templates too, so an example fits in a short sequence.
+  texts = [" ".join(r.values()) for r in ROWS] + [ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT]
+  _tokenizer(str(model_dir), texts * 4)
+  for name, rows in (("train.jsonl", ROWS * 4), ("val.jsonl", ROWS[:4])):
+    with open(d / name, "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+  return d
+
+
+def _run(assets, workdir, *overrides, timeout=600):
+  args = [sys.executable, SCRIPT, f"--config={CONFIG}",
+          f"--config.model.path={assets / 'model'}", f"--config.data.train={assets / 'train.jsonl'}",
+          f"--config.data.validation={assets / 'val.jsonl'}", f"--config.workdir={workdir}",
+          "--config.model.dtype=float32", "--config.data.seq_len=128", "--config.data.batch_size=4",
+          "--config.data.eval_batch_size=1", "--config.steps=20", "--config.log_every=5",
+          "--config.eval_every=10", "--config.eval_batches=2", "--config.checkpoint_every=10",
+          "--config.optimizer.learning_rate=1e-2", "--config.optimizer.warmup_steps=2",
+          "--config.lora.rank=4", "--config.lora.dropout=0.0", "--config.progress=False",
+          *overrides]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def _check_run(workdir, adapter: bool):
+  lines = [json.loads(l) for l in open(workdir / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == [5, 10, 15, 20]
+  for key in ("step", "loss", "tokens_per_sec", "learning_rate"):
+    assert all(key in l for l in lines), key
+  assert "eval_loss" in lines[1] and "eval_loss" in lines[3]
+  summary = json.load(open(workdir / "summary.json"))
+  # A repeated tiny dataset is learned: the loss falls well below where it started.
+  assert summary["final_loss"] < 0.7 * summary["first_loss"], summary
+  assert os.path.getsize(workdir / "loss_curve.png") > 1000
+  assert os.listdir(workdir / "tensorboard")
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
+  if adapter:
+    assert sorted(os.listdir(workdir / "adapter")) == ["adapter_config.json",
+                                                       "adapter_model.safetensors"]
+  return summary
+
+
+@pytest.mark.slow
+def test_lora_end_to_end(assets, tmp_path):
+  r = _run(assets, tmp_path / "run")
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = _check_run(tmp_path / "run", adapter=True)
+  assert summary["trainable_params"] < summary["total_params"] / 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,quantize", [("full", None), ("dora", None), ("lora", "nf4"),
+                                             ("dora", "nf4")])
+def test_methods_end_to_end(assets, tmp_path, method, quantize):
+  extra = [f"--config.method={method}"] + ([f"--config.quantize={quantize}"] if quantize else [])
+  if method == "full":
+    extra.append("--config.save_merged=True")
+  r = _run(assets, tmp_path / "run", *extra)
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = _check_run(tmp_path / "run", adapter=method != "full")
+  if method == "full":
+    assert summary["trainable_params"] == summary["total_params"]
+    assert os.path.isfile(tmp_path / "run" / "merged" / "config.json")
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("--config.optimzer.learning_rate=1e-3", "optimzer"),
+    ("--config.lora.rnak=4", "rnak"),
+])
+def test_mistyped_override_fails_naming_key(tmp_path, override, needle):
+  r = subprocess.run([sys.executable, SCRIPT, f"--config={CONFIG}", override,
+                      f"--config.workdir={tmp_path / 'w'}"], capture_output=True, text=True,
+                     timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=ROOT)
+  assert r.returncode != 0
+  assert needle in r.stderr
+  assert not os.path.exists(tmp_path / "w")  # failed before any work
+
+
+def test_mistyped_key_in_config_file_fails(tmp_path):
+  bad = tmp_path / "bad.py"
+  bad.write_text(f"import sys\nsys.path.insert(0, {os.path.dirname(CONFIG)!r})\n"
+                 "from finetune_lora import get_config as base\n"
+                 "def get_config():\n  c = base()\n  c.optimizer.learnin_rate = 1.0\n  return c\n")
+  r = subprocess.run([sys.executable, SCRIPT, f"--config={bad}"], capture_output=True, text=True,
+                     timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=ROOT)
+  assert r.returncode == 2 and "optimizer.learnin_rate" in r.stderr
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("--config.optimizer.learning_rate=0", "learning_rate must be > 0"),
+    ("--config.steps=-1", "steps must be > 0"),
+    ("--config.lora.rank=0", "lora.rank must be > 0"),
+    ("--config.method=qlora", "method must be"),
+])
+def test_invalid_values_exit_2_with_one_line(tmp_path, override, needle):
+  r = subprocess.run([sys.executable, SCRIPT, f"--config={CONFIG}", override],
+                     capture_output=True, text=True, timeout=120,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=ROOT)
+  assert r.returncode == 2, r.stderr
+  assert needle in r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -1,0 +1,69 @@
+"""Sampler options: sampling controls, stop ids/strings, cache-full reporting, text prompts."""
+import numpy as np
+import pytest
+from flax import nnx
+
+from gemmax.models import ModelConfig, Transformer
+from gemmax.sampling import Sampler
+
+
+class CharTokenizer:
+  """ids 3.. are bytes + 3; 1 = bos, 2 = eos (eos_id -1 here so the random model never stops)."""
+  bos_id, eos_id, pad_id = 1, -1, 0
+
+  def encode(self, text, add_bos=True):
+    return ([1] if add_bos else []) + [b + 3 for b in text.encode("latin-1")]
+
+  def decode(self, ids):
+    return bytes(i - 3 for i in ids if 3 <= i < 259).decode("latin-1")
+
+
+@pytest.fixture(scope="module")
+def model():
+  cfg = ModelConfig.preset("llama3-tiny", vocab_size=259, eos_token_id=None)
+  return Transformer(cfg, rngs=nnx.Rngs(3))
+
+
+PROMPTS = [[1, 40, 50], [1, 7, 8, 9, 10, 11]]
+
+
+@pytest.mark.slow
+def test_sampling_controls(model):
+  s = Sampler(model)
+  greedy = s.generate(PROMPTS, 8).tokens
+  assert s.generate(PROMPTS, 8, temperature=1.0, top_p=1e-6, seed=5).tokens == greedy
+  assert s.generate(PROMPTS, 8, temperature=1.0, top_k=1, seed=5).tokens == greedy
+  a = s.generate(PROMPTS, 8, temperature=2.0, top_k=50, seed=7).tokens
+  assert a == s.generate(PROMPTS, 8, temperature=2.0, top_k=50, seed=7).tokens  # seeded
+  assert a != s.generate(PROMPTS, 8, temperature=2.0, top_k=50, seed=8).tokens
+  assert a != greedy
+
+
+def test_stop_id_and_cache_full(model):
+  s = Sampler(model)
+  greedy = s.generate(PROMPTS, 8).tokens
+  stop = greedy[0][2]
+  r = s.generate(PROMPTS, 8, stop=[stop])
+  first = greedy[0].index(stop)
+  assert r.tokens[0] == greedy[0][:first + 1] and r.finish[0] == "stop"
+  assert len(r.logprobs[0]) == len(r.tokens[0])
+  with pytest.warns(UserWarning, match="cache length"):
+    r = Sampler(model, max_len=10).generate(PROMPTS, 8)
+  assert r.cache_full and r.finish == ["cache_full"] * 2 and len(r.tokens[0]) == 5
+  assert r.tokens[0] == greedy[0][:5]  # what was produced is still right
+
+
+def test_text_prompts_stream_and_stop_strings(model):
+  tok = CharTokenizer()
+  s = Sampler(model, tok)
+  full = s.generate(["hi", "hello there"], 10)
+  assert full.text[1] == tok.decode(full.tokens[1])
+  cut = full.text[0][3:5]
+  pieces = []
+  r = s.generate(["hi", "hello there"], 10, stop=[cut], stream=lambda ids, text: pieces.append(text))
+  assert r.text[0] == full.text[0][:full.text[0].find(cut)] and r.finish[0] == "stop"
+  assert r.tokens[1] == full.tokens[1] and r.text[1] == full.text[1]
+  assert "".join(p[1] for p in pieces) == full.text[1]
+  single = s.generate("hi", 10)
+  assert single.tokens[0] == full.tokens[0]
+  np.testing.assert_allclose(single.logprobs[0], full.logprobs[0], atol=1e-5)
