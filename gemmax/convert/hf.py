@@ -90,7 +90,10 @@ def fill(model, source: str, get_tensor, mesh=None, dtype="float32"):
     if tuple(array.shape) != tuple(var.shape):
       raise ValueError(f"{source}: tensor for {'/'.join(map(str, path))} has shape "
                        f"{tuple(array.shape)}, the config expects {tuple(var.shape)}")
-    var.set_value(place(np.asarray(array).astype(DTYPES[dtype]), var, mesh))
+    # One copy at most: transpose and cast together (the source buffer is freed right after).
+    array = np.ascontiguousarray(array, dtype=DTYPES[dtype])
+    var.set_value(place(array, var, mesh))
+    del array
   return model
 
 
