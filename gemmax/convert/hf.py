@@ -130,8 +130,8 @@ def load_hf(path: str, dtype=None, *, compute_dtype=None, mesh=None, **overrides
   return model
 
 
-def save_hf(model: Transformer, path: str, dtype=None) -> None:
-  """Writes config.json + model.safetensors (sharded with an index past 4 GiB) that
+def save_hf(model: Transformer, path: str, dtype=None, *, max_shard_bytes: int = _SHARD_BYTES) -> None:
+  """Writes config.json + model.safetensors (sharded with an index past `max_shard_bytes`) that
   `transformers.AutoModelForCausalLM.from_pretrained` loads. Written to a temp dir, then moved.
   """
   config = model.config
@@ -153,7 +153,7 @@ def save_hf(model: Transformer, path: str, dtype=None) -> None:
     shards, size = [[]], 0
     for s in specs:
       nbytes = int(np.prod(s[1])) * np_dt.itemsize
-      if shards[-1] and size + nbytes > _SHARD_BYTES:
+      if shards[-1] and size + nbytes > max_shard_bytes:
         shards.append([])
         size = 0
       shards[-1].append(s)
