@@ -6,8 +6,9 @@ In the chat, `/reset` forgets the conversation and `/quit` (or Ctrl-D) leaves.
 """
 import sys
 
-from absl import app
 from ml_collections import config_flags
+
+from gemmax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "generation config file")
 END_OF_TURN = {"gemma": "<end_of_turn>", "llama3": "<|eot_id|>"}
@@ -81,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

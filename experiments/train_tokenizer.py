@@ -21,6 +21,8 @@ import time
 
 import sentencepiece as spm
 
+from gemmax import cli
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 VOCAB_SIZE = 8192
 SPECIAL = {"pad": (0, "<pad>"), "eos": (1, "<eos>"), "bos": (2, "<bos>"), "unk": (3, "<unk>")}
@@ -86,9 +88,10 @@ def main():
     p.add_argument("--corpus", type=pathlib.Path, default=ROOT / "data/corpus/pretrain.txt")
     p.add_argument("--trec-train", type=pathlib.Path, default=ROOT / "data/trec6/train.jsonl")
     p.add_argument("--out", type=pathlib.Path, default=ROOT / "checkpoints/gemmax-tiny")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     args = p.parse_args()
     if not args.corpus.exists():
-        raise SystemExit(f"{args.corpus}: not found; run experiments/prepare_data.py first")
+        raise FileNotFoundError(f"{args.corpus}: not found; run experiments/prepare_data.py first")
     start = time.perf_counter()
     lines = training_lines(args.corpus, args.trec_train)
     train(lines, args.out)
@@ -98,4 +101,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli.run_plain(main)

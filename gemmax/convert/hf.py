@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from gemmax.convert.safetensors_io import SafetensorsFile, save_lazy
+from gemmax.errors import MissingTensorError
 from gemmax.models.config import ModelConfig
 from gemmax.models.sizing import abstract_model
 from gemmax.models.transformer import Transformer
@@ -114,7 +115,7 @@ def load_hf(path: str, dtype=None, *, compute_dtype=None, mesh=None, **overrides
   def get_tensor(p, shape):
     name, transpose = hf_name(p)
     if name not in ckpt:
-      raise KeyError(f"{path}: checkpoint is missing tensor {name}")
+      raise MissingTensorError(f"{path}: checkpoint is missing tensor {name}")
     want = shape[::-1] if transpose else shape
     if ckpt.shape(name) != want:
       raise ValueError(f"{path}: tensor {name} has shape {ckpt.shape(name)}, "

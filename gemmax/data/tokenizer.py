@@ -233,9 +233,24 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         cfg = {}
         if os.path.isfile(cfg_path):
             with open(cfg_path, encoding="utf-8") as f:
-                cfg = json.load(f)
-        return HFTokenizer(data, path, cfg)
-    return SentencePieceTokenizer(data, path)
+                try:
+                    cfg = json.load(f)
+                except ValueError as e:
+                    raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+        return _parse(HFTokenizer, data, path, cfg)
+    return _parse(SentencePieceTokenizer, data, path)
+
+
+def _parse(cls, data: bytes, path: str, *args) -> Tokenizer:
+    """cls(data, path, ...), with the parsers' own errors (RuntimeError, DecodeError, ...) reported as one
+    ValueError naming the file."""
+    try:
+        return cls(data, path, *args)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- sentencepiece / protobuf / tokenizers raise their own types
+        kind = "an HF tokenizer.json" if cls is HFTokenizer else "a SentencePiece model"
+        raise ValueError(f"{path}: not {kind} ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
 
 
 def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:

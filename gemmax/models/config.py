@@ -101,7 +101,12 @@ class ModelConfig:
         raise FileNotFoundError(f"{path}: no such config.json")
       source = path
       with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+        try:
+          config = json.load(f)
+        except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+          raise ValueError(f"{path}: not a valid JSON config ({e})") from None
+      if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
     archs = config.get("architectures") or []
     family = next((_HF_ARCH[a] for a in archs if a in _HF_ARCH), None)
     family = family or _HF_MODEL_TYPE.get(config.get("model_type", ""))
@@ -120,6 +125,10 @@ class ModelConfig:
         "rope_type", kw["rope_scaling"].get("type")) == "default":
       kw["rope_scaling"] = None
     kw["family"] = family
+    lacking = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                           "num_attention_heads") if k not in config]
+    if lacking:
+      raise ValueError(f"{source}: lacks {', '.join(lacking)}")
     if kw.get("head_dim") is None:
       kw["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
     kw.setdefault("num_key_value_heads", config["num_attention_heads"])

@@ -8,6 +8,7 @@ The frozen base is not saved: it is rebuilt from the model source (HF dir / pres
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Sequence
 
@@ -17,22 +18,36 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from gemmax.errors import GemmaxError, NonFiniteError
+
+log = logging.getLogger(__name__)
+
 
 class RunCheckpointer:
-  """`CheckpointManager` over workdir/checkpoints: save every N steps, keep K, async writes."""
+  """`CheckpointManager` over workdir/checkpoints: save every N steps, keep K, async writes.
+
+  Orbax writes each step into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` only when
+  complete, so a crash mid-write leaves a temporary directory that is never restored (and is
+  removed when the next run opens the directory). Restoring walks back from the newest step past
+  any checkpoint that cannot be read. Trees holding NaN/Inf are refused, never written.
+  """
 
   def __init__(self, directory: str, *, every: int, keep: int = 3, async_save: bool = True):
-    self.every = every
+    self.every, self.directory = every, os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, save_interval_steps=max(1, every), create=True,
-        enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
+        enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("params", "opt_state", "meta"))
 
   def latest_step(self):
     return self.manager.latest_step()
 
   def save(self, step: int, params: nnx.State, opt_state, meta: dict, *, force=False) -> bool:
+    if not self.manager.should_save(step) and not force:
+      return False
+    check_finite(params.to_pure_dict(), f"step {step} parameters")
+    check_finite(opt_state, f"step {step} optimizer state")
     args = ocp.args.Composite(params=ocp.args.StandardSave(params.to_pure_dict()),
                               opt_state=ocp.args.StandardSave(opt_state),
                               meta=ocp.args.JsonSave(meta))
@@ -41,16 +56,27 @@ class RunCheckpointer:
   def restore(self, params: nnx.State, opt_state, step: int | None = None):
     """Restore into the structure (and shardings) of `params` / `opt_state`.
 
-    Returns (params, opt_state, meta); `params` is updated in place and returned.
+    Without `step`: the newest checkpoint that restores (older ones are tried when the newest is
+    unreadable). Returns (params, opt_state, meta); `params` is updated in place and returned.
     """
-    step = self.latest_step() if step is None else step
+    steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
     abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-    out = self.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract(params.to_pure_dict())),
-        opt_state=ocp.args.StandardRestore(abstract(opt_state)),
-        meta=ocp.args.JsonRestore()))
-    nnx.replace_by_pure_dict(params, out["params"])
-    return params, out["opt_state"], out["meta"]
+    failures = []
+    for s in steps:
+      try:
+        out = self.manager.restore(s, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract(params.to_pure_dict())),
+            opt_state=ocp.args.StandardRestore(abstract(opt_state)),
+            meta=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001 -- any unreadable step: fall back to an older one
+        failures.append(f"step {s}: {' '.join(str(e).split())[:300]}")
+        log.warning("checkpoint %s/%s cannot be restored (%s); trying an older one",
+                    self.directory, s, failures[-1])
+        continue
+      nnx.replace_by_pure_dict(params, out["params"])
+      return params, out["opt_state"], out["meta"]
+    raise GemmaxError(f"{self.directory}: no checkpoint could be restored "
+                      f"({'; '.join(failures) or 'none found'})")
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -58,6 +84,25 @@ class RunCheckpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+@jax.jit
+def _finite_flags(leaves):
+  # One program per tree structure (not one per leaf shape): compiled once, reused every save.
+  return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
+def check_finite(tree, what: str) -> None:
+  """Raises NonFiniteError if a floating-point leaf of `tree` holds NaN or Inf."""
+  leaves = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not leaves:
+    return
+  ok = jax.device_get(_finite_flags([x for _, x in leaves]))
+  bad = [jax.tree_util.keystr(p) for (p, _), good in zip(leaves, ok) if not good]
+  if bad:
+    raise NonFiniteError(f"refusing to checkpoint {what}: NaN/Inf in {', '.join(bad[:3])}"
+                         + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
 
 
 def key_to_json(key: jax.Array) -> list[int]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
+
+from gemmax.train.workdir import write_atomic
 
 
 class MetricsWriter:
@@ -18,14 +21,13 @@ class MetricsWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     kept = []
     if resume_step is not None and os.path.exists(self.path):
-      kept = [l for l in read_jsonl(self.path) if l.get("step", 0) <= resume_step]
-    with open(self.path, "w", encoding="utf-8") as f:
-      for line in kept:
-        f.write(json.dumps(line) + "\n")
+      kept = [l for l in read_jsonl(self.path, skip_torn=True) if l.get("step", 0) <= resume_step]
+    # Rewritten whole (temp file + rename): a crash here cannot lose the lines already logged.
+    write_atomic(self.path, "".join(json.dumps(line) + "\n" for line in kept))
     self.history = kept
     self.tb = None
     if tensorboard:
-      from tensorboardX import SummaryWriter
+      SummaryWriter = _tensorboard_writer_class()
       self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: dict):
@@ -44,14 +46,39 @@ class MetricsWriter:
       self.tb.close()
 
 
+def _tensorboard_writer_class():
+  # tensorboardX imports torch, when installed, only to accept torch tensors: seconds of start-up
+  # per run for nothing here (gemmax logs floats). Hide torch while tensorboardX loads.
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 def _jsonable(v):
   v = v.item() if hasattr(v, "item") else v
   return float(v) if isinstance(v, float) else v
 
 
-def read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(path: str, skip_torn: bool = False) -> list[dict]:
+  """The JSON objects of a .jsonl file. skip_torn: drop lines that do not parse (the last line
+  of a run killed while writing it)."""
+  out = []
+  with open(path, encoding="utf-8", errors="replace") as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        out.append(json.loads(line))
+      except json.JSONDecodeError:
+        if not skip_torn:
+          raise
+  return out
 
 
 def plot_loss_curve(history: list[dict], path: str, title: str = "") -> str:

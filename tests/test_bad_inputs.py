@@ -1,0 +1,281 @@
+"""The catalogue of bad inputs (docs/reliability.md): each is answered by one line on stderr,
+`finetune.py: error: <message>` naming the file / key / tensor / row, exit status 2, no traceback,
+and no workdir created or changed. The CLI's main runs in this process (tests/finetune_assets.py),
+as `python experiments/finetune.py ...` would; each case fails before any compilation.
+"""
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+
+import pytest
+
+from finetune_assets import CONFIG, ROOT, base_args, invoke, make_assets, run_config
+
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+import finetune  # noqa: E402
+
+MISSING = "model.layers.1.mlp.up_proj.weight"
+
+
+def _copy_model(d, name, edit):
+  dst = os.path.join(d, name)
+  shutil.copytree(os.path.join(d, "model"), dst)
+  edit(dst)
+  return dst
+
+
+def _drop_or_bend_tensor(bend):
+  def edit(path):
+    from gemmax.convert.safetensors_io import SafetensorsFile, save_file
+    st = SafetensorsFile(os.path.join(path, "model.safetensors"))
+    tensors = {k: st.get(k) for k in st.keys()}
+    if bend:
+      tensors[MISSING] = tensors[MISSING][:, :7]
+    else:
+      del tensors[MISSING]
+    save_file(tensors, os.path.join(path, "model.safetensors"))
+  return edit
+
+
+def _edit_config(**changes):
+  def edit(path):
+    with open(os.path.join(path, "config.json")) as f:
+      cfg = json.load(f)
+    cfg.update(changes)
+    with open(os.path.join(path, "config.json"), "w") as f:
+      json.dump(cfg, f)
+  return edit
+
+
+def _write(path, data: bytes):
+  with open(path, "wb") as f:
+    f.write(data)
+  return path
+
+
+def _rows(path, rows):
+  return _write(path, b"".join(r if isinstance(r, bytes) else json.dumps(r).encode() + b"\n"
+                               for r in rows))
+
+
+def _config_file(path, body):
+  return _write(path, (f"import sys\nsys.path.insert(0, {os.path.dirname(CONFIG)!r})\n"
+                       "from ml_collections import config_dict\n"
+                       "from finetune_lora import get_config as base\n"
+                       f"def get_config():\n  c = base()\n{body}  return c\n").encode())
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+  d = make_assets(str(tmp_path_factory.mktemp("bad_inputs")))
+  good = {"instruction": "Say hi.", "input": "", "output": "hi"}
+  _copy_model(d, "missing_tensor", _drop_or_bend_tensor(bend=False))
+  _copy_model(d, "wrong_shape", _drop_or_bend_tensor(bend=True))
+  _copy_model(d, "mistral", _edit_config(architectures=["MistralForCausalLM"],
+                                         model_type="mistral"))
+  _copy_model(d, "bad_json", lambda p: _write(os.path.join(p, "config.json"), b"{not json"))
+  _copy_model(d, "truncated", lambda p: _write(os.path.join(p, "model.safetensors"), b"\x10\x00"))
+  _copy_model(d, "no_tokenizer", lambda p: os.remove(os.path.join(p, "tokenizer.json")))
+  _copy_model(d, "bad_tokenizer", lambda p: _write(os.path.join(p, "tokenizer.json"), b"{\"x\""))
+  _write(os.path.join(d, "empty.jsonl"), b"")
+  _write(os.path.join(d, "binary.jsonl"), bytes(range(256)) * 4)
+  os.makedirs(os.path.join(d, "a_directory.jsonl"))
+  _rows(os.path.join(d, "missing_field.jsonl"), [good, good, {"instruction": "x", "input": ""}])
+  _rows(os.path.join(d, "non_utf8.jsonl"), [good, b'{"instruction": "caf\xe9", "output": "x"}\n'])
+  _rows(os.path.join(d, "not_json.jsonl"), [good, b"{'instruction': 'x'}\n"])
+  _rows(os.path.join(d, "empty_output.jsonl"), [dict(good, output="  ")] * 3)
+  _config_file(os.path.join(d, "unknown_key.py"), "  c.optimizer.learnin_rate = 1.0\n")
+  _config_file(os.path.join(d, "wrong_type.py"),
+               "  c.lora = config_dict.ConfigDict(dict(c.lora, rank='8'))\n")
+  _write(os.path.join(d, "syntax.py"), b"def get_config(:\n  pass\n")
+  _write(os.path.join(d, "a_file"), b"not a directory")
+  return d
+
+
+def _p(*parts):
+  return lambda d: os.path.join(d, *parts)
+
+
+# (id, overrides: dotted key -> value or f(d) -> value, [substrings the error line must hold])
+CASES = [
+    ("unknown_key_override", {"optimzer.learning_rate": 1e-3}, ["optimzer", "optimizer"]),
+    ("unknown_key_in_file", {"CONFIG": _p("unknown_key.py")}, ["optimizer.learnin_rate"]),
+    ("wrong_type_override", {"steps": "ten"}, ["--config.steps=ten", "int"]),
+    ("wrong_type_in_file", {"CONFIG": _p("wrong_type.py")}, ["lora.rank", "must be int, got str"]),
+    ("config_file_missing", {"CONFIG": _p("nope.py")}, ["nope.py"]),
+    ("config_file_syntax", {"CONFIG": _p("syntax.py")}, ["syntax.py", "line 1"]),
+    ("learning_rate_zero", {"optimizer.learning_rate": 0.0}, ["optimizer.learning_rate", "> 0"]),
+    ("learning_rate_negative", {"optimizer.learning_rate": -1e-3}, ["optimizer.learning_rate"]),
+    ("steps_zero", {"steps": 0}, ["steps must be > 0"]),
+    ("steps_negative", {"steps": -5}, ["steps must be > 0", "-5"]),
+    ("rank_zero", {"lora.rank": 0}, ["lora.rank must be > 0"]),
+    ("rank_negative", {"lora.rank": -4}, ["lora.rank must be > 0"]),
+    ("rank_larger_than_layer", {"lora.rank": 100}, ["rank 100", "exceeds", "layers.0."]),
+    ("lora_target_matches_nothing", {"lora.targets": "qkv_proj"}, ["qkv_proj", "match no"]),
+    ("dropout_out_of_range", {"lora.dropout": 1.0}, ["lora.dropout"]),
+    ("unknown_method", {"method": "qlora"}, ["method must be", "qlora"]),
+    ("unknown_quantize", {"quantize": "int3"}, ["quantize", "int3"]),
+    ("batch_not_multiple_of_accum", {"data.batch_size": 3, "optimizer.grad_accum": 2},
+     ["data.batch_size 3", "grad_accum 2"]),
+    ("keep_checkpoints_zero", {"keep_checkpoints": 0}, ["keep_checkpoints"]),
+    ("bad_rows_policy", {"data.on_bad_rows": "ignore"}, ["data.on_bad_rows"]),
+    ("checkpoint_dir_missing", {"model.path": _p("no_such_model")},
+     ["model.path", "no_such_model"]),
+    ("checkpoint_tensor_missing", {"model.path": _p("missing_tensor")},
+     ["missing_tensor", MISSING, "missing"]),
+    ("checkpoint_tensor_wrong_shape", {"model.path": _p("wrong_shape")},
+     ["wrong_shape", MISSING, "shape (128, 7)"]),
+    ("checkpoint_config_not_json", {"model.path": _p("bad_json")},
+     ["bad_json/config.json", "JSON"]),
+    ("checkpoint_weights_truncated", {"model.path": _p("truncated")},
+     ["truncated/model.safetensors", "safetensors"]),
+    ("unsupported_architecture", {"model.path": _p("mistral")},
+     ["mistral/config.json", "MistralForCausalLM"]),
+    ("tokenizer_missing", {"model.path": _p("no_tokenizer")}, ["no_tokenizer", "tokenizer"]),
+    ("tokenizer_unreadable", {"model.path": _p("bad_tokenizer")},
+     ["bad_tokenizer/tokenizer.json", "not an HF tokenizer"]),
+    ("tokenizer_vocab_too_large", {"model.path": "", "model.preset": "gemma2-tiny",
+                                   "model.tokenizer": _p("model")},
+     ["model/tokenizer.json has vocab_size 433", "vocab_size is 256"]),
+    ("data_file_missing", {"data.train": _p("nope.jsonl")}, ["data.train", "nope.jsonl"]),
+    ("data_file_empty", {"data.train": _p("empty.jsonl")}, ["empty.jsonl", "empty"]),
+    ("data_file_is_directory", {"data.train": _p("a_directory.jsonl")},
+     ["a_directory.jsonl", "directory"]),
+    ("data_file_unreadable_bytes", {"data.train": _p("binary.jsonl")},
+     ["binary.jsonl row 1", "invalid"]),
+    ("row_missing_field", {"data.train": _p("missing_field.jsonl")},
+     ["missing_field.jsonl row 3", "missing field", "'output'"]),
+    ("row_not_utf8", {"data.train": _p("non_utf8.jsonl")}, ["non_utf8.jsonl row 2", "UTF-8"]),
+    ("row_not_json", {"data.train": _p("not_json.jsonl")},
+     ["not_json.jsonl row 2", "invalid JSON"]),
+    ("row_empty_response", {"data.train": _p("empty_output.jsonl")},
+     ["empty_output.jsonl row 1", "empty response"]),
+    ("every_token_masked", {"data.seq_len": 8}, ["train.jsonl", "no target", "seq_len 8"]),
+    ("sequence_longer_than_model", {"data.seq_len": 4096},
+     ["data.seq_len 4096", "max_position_embeddings 512"]),
+    ("mesh_does_not_divide_devices", {"mesh.fsdp": 3}, ["mesh", "fsdp=3", "1"]),
+    ("workdir_not_writable", {"workdir": _p("a_file", "run")},
+     ["workdir", "a_file", "not a directory"]),
+]
+
+
+@pytest.mark.parametrize("overrides,needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2(d, tmp_path, overrides, needles):
+  overrides = {k: v(d) if callable(v) else v for k, v in overrides.items()}
+  config = overrides.pop("CONFIG", CONFIG)
+  workdir = overrides.pop("workdir", str(tmp_path / "run"))
+  overrides = {k.replace(".", "__"): v for k, v in overrides.items()}
+  argv = [a for a in base_args(d, workdir, **overrides) if not a.startswith("--config=")]
+  status, err, _ = invoke(finetune.main, [f"--config={config}", *argv])
+  lines = err.strip().splitlines()
+  assert status == 2, err
+  assert len(lines) == 1 and lines[0].startswith("finetune.py: error: "), err
+  for needle in needles:
+    assert needle in lines[0], (needle, lines[0])
+  assert not os.path.exists(workdir)  # nothing written
+
+
+def _snapshot(path):
+  out = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      with open(os.path.join(root, name), "rb") as f:
+        out[os.path.relpath(os.path.join(root, name), path)] = f.read()
+  return out
+
+
+@pytest.mark.parametrize("kind", ["other_run", "not_a_run"])
+def test_existing_workdir_is_refused_untouched(d, tmp_path, kind):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  if kind == "other_run":  # a finished run of another config: its outputs must survive
+    (workdir / "config.json").write_text(json.dumps(run_config(d, str(workdir), steps=99)))
+    (workdir / "summary.json").write_text('{"final_loss": 1.0}')
+    (workdir / "adapter").mkdir()
+    (workdir / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    needles = ["holds a run with a different config", "steps 99 -> 2"]
+  else:
+    (workdir / "notes.txt").write_text("mine")
+    needles = ["not empty", "config.json"]
+  before = _snapshot(workdir)
+  status, err, _ = invoke(finetune.main, base_args(d, str(workdir)))
+  assert status == 2 and len(err.strip().splitlines()) == 1, err
+  for needle in needles:
+    assert needle in err
+  assert _snapshot(workdir) == before
+
+
+def test_workdir_of_the_same_run_is_resumed(d, tmp_path):
+  from gemmax.train.workdir import check_workdir, claim_workdir
+  workdir = str(tmp_path / "run")
+  config = run_config(d, workdir)
+  assert claim_workdir(workdir, config, finetune.RESUME_MAY_DIFFER) is False  # a new run
+  assert check_workdir(workdir, run_config(d, workdir, log_every=5, progress=True),
+                       finetune.RESUME_MAY_DIFFER) is True
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  del saved["halt_on_nonfinite"]  # a run from before an option existed still resumes
+  _write(os.path.join(workdir, "config.json"), json.dumps(saved).encode())
+  assert check_workdir(workdir, config, finetune.RESUME_MAY_DIFFER) is True
+
+
+def _guarded(fn, name="evaluate.py"):
+  """Status and stderr of `fn` run under the scripts' error wrapper."""
+  from gemmax import cli
+  err = io.StringIO()
+  try:
+    with contextlib.redirect_stderr(err):
+      cli.guard(fn, name)()
+    return 0, err.getvalue()
+  except SystemExit as e:
+    return e.code, err.getvalue()
+
+
+def test_adapter_for_another_base_model(d, tmp_path):
+  from flax import nnx
+  from gemmax import peft
+  from gemmax.models import ModelConfig, Transformer
+  small = ModelConfig.preset("gemma2-tiny", num_hidden_layers=1)
+  model = peft.apply(Transformer(small, rngs=nnx.Rngs(0)), rank=2)
+  peft.save_adapter(model, str(tmp_path / "adapter"))
+  other = Transformer(small.replace(num_hidden_layers=2), rngs=nnx.Rngs(0))
+  status, err = _guarded(lambda: peft.load_adapter(other, str(tmp_path / "adapter")))
+  assert status == 2 and len(err.strip().splitlines()) == 1, err
+  assert "adapter was made for a different base model" in err and "num_hidden_layers 1 vs 2" in err
+
+
+def test_sharding_that_does_not_divide_a_dimension():
+  from jax.sharding import AbstractMesh
+  from gemmax import sharding
+  from gemmax.models import ModelConfig
+  from gemmax.models.sizing import abstract_model
+  model = abstract_model(ModelConfig.preset("gemma2-tiny", num_hidden_layers=1))
+  mesh = AbstractMesh((1, 3, 1), sharding.MESH_AXES)
+  status, err = _guarded(lambda: sharding.model_shardings(model, mesh), "finetune.py")
+  assert status == 2 and len(err.strip().splitlines()) == 1, err
+  assert "embed_tokens/embedding: dim 1 ('embed', size 64) is not divisible" in err
+
+
+def test_debug_flag_shows_the_traceback(d, tmp_path):
+  argv = base_args(d, str(tmp_path / "run"), model__path=os.path.join(d, "missing_tensor"))
+  with pytest.raises(KeyError, match=MISSING):
+    invoke(finetune.main, [*argv, "--debug"])
+
+
+def test_distillation_store_from_another_tokenizer(d, tmp_path):
+  from gemmax import data, distill
+  from gemmax.convert import load_hf
+  from finetune_assets import write_tokenizer
+  tok = data.load_tokenizer(os.path.join(d, "model"))
+  store = str(tmp_path / "store")
+  distill.write_teacher_store(load_hf(os.path.join(d, "model")), tok,
+                              data.SourceSpec(os.path.join(d, "train.jsonl")), store, k=2,
+                              seq_len=64, batch_size=2, progress=False, teacher_id="tiny")
+  os.makedirs(tmp_path / "other")
+  write_tokenizer(str(tmp_path / "other"), ["a different corpus for another tokenizer"] * 8, 300)
+  other = data.load_tokenizer(str(tmp_path / "other"))
+  status, err = _guarded(lambda: distill.TopKStore(store).check(tokenizer=other), "distill.py")
+  assert status == 2 and len(err.strip().splitlines()) == 1, err
+  assert "distill.py: error: " in err and "store: tokenizer mismatch" in err
