@@ -205,3 +205,61 @@ def test_worker_processes_resume(data):
     segs = _split_rows(want)
     every = {_key(e) for e in _examples(tok, rows)}
     assert all(_key(s) in every for s in segs)
+
+
+def test_truncation_drops_are_reported_with_row_numbers(data, tmp_path):
+    path, rows, tok = data
+    L = 10
+    cfg = DataConfig(seq_len=L, batch_size=1, shuffle=False, num_epochs=1, packing=False, truncate="drop", prefetch=0)
+    it = make_pipeline(SourceSpec(path, kind="text"), tok, cfg)
+    long = [i + 1 for i, e in enumerate(_examples(tok, rows)) if len(e[0]) > L]
+    assert long and len(long) < len(rows)
+    assert [n for _, n, _ in it.bad_rows.rows] == long
+    assert it.bad_rows.counts == {"too long": len(long)}
+    assert f"t.jsonl row {long[0]}: too long" in it.bad_rows.summary()
+    assert len(_collect(it)) == len(rows) - len(long)
+    # right truncation of an Alpaca prompt longer than seq_len leaves no response token: reported too
+    good = {"instruction": "Say hi", "input": "", "output": "hi"}
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in [good, {**good, "input": "word " * 150}]))
+    it = make_pipeline(SourceSpec(str(tmp_path / "a.jsonl")), tok, DataConfig(seq_len=96, batch_size=1, num_epochs=1))
+    assert [(n, r.split(":")[0]) for _, n, r in it.bad_rows.rows] == [(2, "no target")]
+
+
+def _within(seconds, fn):
+    """fn() or its exception, failing the test if it takes longer (the bug this guards against was a hang)."""
+    import signal
+
+    def alarm(*_):
+        raise TimeoutError(f"no answer within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        return fn()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_every_example_dropped_fails_naming_the_file(tmp_path, gemma_spm):
+    tok = load_tokenizer(gemma_spm)
+    (tmp_path / "long.jsonl").write_text("\n".join(json.dumps({"text": "many words " * 9}) for _ in range(5)))
+    cfg = DataConfig(seq_len=8, batch_size=2, truncate="drop")  # repeats forever: used to spin in the filter
+    with pytest.raises(ValueError, match=r"every example of .*long\.jsonl was dropped by truncation: 5 bad rows") as e:
+        _within(20, lambda: next(make_pipeline(SourceSpec(str(tmp_path / "long.jsonl"), kind="text"), tok, cfg)))
+    assert "\n" not in str(e.value)
+
+
+def test_screening_shortcut_agrees_with_full_check(data):
+    from gemmax.data.pipeline import _Tokenize
+
+    _, rows, tok = data
+    items = [("text", "gemma", r) for r in rows]
+    items += [("alpaca", "gemma", {"instruction": "Repeat: " + r["text"], "input": r["text"][:9], "output": r["text"]})
+              for r in rows]
+    items += [("chat", "gemma", {"messages": [{"role": "user", "content": r["text"]},
+                                              {"role": "assistant", "content": r["text"][::-1]}]}) for r in rows]
+    for seq_len in (4, 12, 40, 64):
+        for truncate in ("right", "left", "drop"):
+            t = _Tokenize(tok, seq_len, truncate, drop_unsupervised=True)
+            assert [t.drop_reason(i) for i in items] == [t.check(i)[1] for i in items], (seq_len, truncate)

@@ -19,9 +19,10 @@ import logging
 import os
 from typing import Any
 
+from gemmax.data.chat import TEMPLATES, chat_segments
 from gemmax.data.formats import KINDS, classification_to_alpaca
 
-__all__ = ["SourceSpec", "BadRows", "load_records", "read_rows"]
+__all__ = ["SourceSpec", "BadRows", "load_records", "load_numbered", "read_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,10 @@ _CANONICAL = {"alpaca": ("instruction", "input", "output"), "chat": ("messages",
 
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
-    """path: file, glob or list of files (for tfds: the dataset name); format: jsonl|csv|parquet|tfds (inferred
-    from the extension when None); kind: alpaca|chat|text|classification; fields: canonical name -> column name
-    (e.g. {"output": "response"}); template: chat template; instruction/label_words: for classification."""
+    """path: file, glob or list of files (for tfds: a dataset name under data_dir, or the directory of one
+    prepared dataset version); format: jsonl|csv|parquet|tfds (inferred from the extension when None); kind:
+    alpaca|chat|text|classification; fields: canonical name -> column name (e.g. {"output": "response"});
+    template: chat template; instruction/label_words: for classification."""
 
     path: Any
     kind: str = "alpaca"
@@ -51,6 +53,8 @@ class SourceSpec:
             raise ValueError(f"unknown source kind {self.kind!r}; expected one of {KINDS}")
         if self.format is not None and self.format not in FORMATS:
             raise ValueError(f"unknown source format {self.format!r}; expected one of {FORMATS}")
+        if self.kind == "chat" and self.template not in TEMPLATES:
+            raise ValueError(f"unknown chat template {self.template!r}; expected one of {TEMPLATES}")
         if self.kind == "classification" and self.label_words is None:
             raise ValueError("a classification source needs label_words (e.g. ['negative', 'positive'])")
 
@@ -84,6 +88,8 @@ def _files(spec: SourceSpec) -> list[str]:
             raise FileNotFoundError(f"no data files match {p}")
         out += hits
     for p in out:
+        if os.path.isdir(p):
+            raise IsADirectoryError(f"data file {p} is a directory; name the file (or a glob) instead")
         if not os.path.isfile(p):
             raise FileNotFoundError(f"data file not found: {p}")
         if os.path.getsize(p) == 0:
@@ -140,9 +146,31 @@ def _tfds_rows(spec: SourceSpec):
         import tensorflow_datasets as tfds
     except ImportError:
         raise ImportError("reading a tfds source needs tensorflow_datasets: pip install 'gemmax[tfds]'") from None
-    # download=False: only data already prepared under data_dir is read.
-    source = tfds.data_source(spec.path, split=spec.split, data_dir=spec.data_dir, download=False)
-    where = f"tfds:{spec.path}[{spec.split}]"
+    name = os.fspath(spec.path)
+    where = f"tfds:{name}[{spec.split}]"
+    # Never downloads: only data already prepared (array_record or parquet) is read, either a dataset
+    # name under data_dir or the directory of one prepared version (the one holding dataset_info.json).
+    try:
+        if os.path.isdir(name):
+            builder = tfds.builder_from_directory(name)
+        else:
+            builder = tfds.builder(name, data_dir=spec.data_dir)
+    except (tfds.core.DatasetNotFoundError, OSError):
+        data_dir = spec.data_dir or tfds.core.constants.DATA_DIR
+        raise FileNotFoundError(f"tfds dataset {name!r} not found under data_dir {data_dir} "
+                                "(gemmax does not download: prepare it first)") from None
+    if not builder.is_prepared():
+        raise FileNotFoundError(f"tfds dataset {name!r} is not prepared in {builder.data_dir} "
+                                "(gemmax does not download: prepare it first with file_format='array_record')")
+    try:
+        source = builder.as_data_source(split=spec.split)
+    except NotImplementedError:
+        raise ValueError(f"{where}: prepared in a sequential format at {builder.data_dir}; prepare it with "
+                         "file_format='array_record' (or 'parquet') for random access") from None
+    except ValueError as e:  # unknown split
+        raise ValueError(f"{where}: {e}") from None
+    if len(source) == 0:
+        raise ValueError(f"data split is empty: {where} in {builder.data_dir}")
     for n in range(len(source)):
         yield where, n + 1, dict(source[n]), None
 
@@ -197,6 +225,10 @@ def canonical_record(row: dict, spec: SourceSpec):
                 msgs.append({"role": role, "content": content})
             if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
                 return None, "empty response: no non-empty assistant message"
+            try:  # roles and turn order the template accepts: found here, with the row number, not mid-training
+                chat_segments(msgs, spec.template)
+            except ValueError as e:
+                return None, f"bad messages: {e}"
             out[name] = msgs
             continue
         value, err = _check_str(value, col(name))
@@ -217,6 +249,12 @@ def canonical_record(row: dict, spec: SourceSpec):
 
 def load_records(spec: SourceSpec, on_bad_rows: str = "skip") -> tuple[list[dict], BadRows]:
     """All valid canonical records of a source, and the bad rows. Raises if none is valid."""
+    rows, bad = load_numbered(spec, on_bad_rows)
+    return [rec for _, _, rec in rows], bad
+
+
+def load_numbered(spec: SourceSpec, on_bad_rows: str = "skip") -> tuple[list[tuple], BadRows]:
+    """Like load_records, with each record's origin: ([(file, row_number, record), ...], bad rows)."""
     if on_bad_rows not in ("skip", "fail"):
         raise ValueError(f"on_bad_rows must be 'skip' or 'fail', got {on_bad_rows!r}")
     records, bad = [], BadRows()
@@ -225,7 +263,7 @@ def load_records(spec: SourceSpec, on_bad_rows: str = "skip") -> tuple[list[dict
         if err:
             bad.rows.append((path, n, err))
         else:
-            records.append(rec)
+            records.append((path, n, rec))
     if bad.count and on_bad_rows == "fail":
         raise ValueError(f"{spec.path}: {bad.summary(limit=3)} (set on_bad_rows='skip' to drop them)")
     if bad.count:
