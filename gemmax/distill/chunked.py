@@ -1,0 +1,156 @@
+"""Distillation loss sums over token chunks: ground-truth CE mixed with a teacher term.
+
+Like gemmax.train.losses.cross_entropy_sums, the [batch, seq, vocab] logits are never built:
+tokens go `chunk` at a time through a `lax.scan`, and the chunk function is `jax.checkpoint`ed so
+the backward pass recomputes each chunk's logits (the student's, and the teacher's when it runs
+online) instead of keeping them. When every token fits in one chunk, both are skipped.
+
+Per scored token (loss_mask = 1), with kd_ratio a and temperature t:
+  loss = (1 - a) * CE(targets) + a * t^2 * KD
+KD is `topk_distill_loss` against stored teacher top-k (offline) or a divergence against the
+teacher's logits (online). t^2 keeps the KD gradient's scale independent of t (Hinton et al.).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from gemmax.distill import losses
+from gemmax.train.losses import DEFAULT_LOGIT_BUDGET, chunk_tokens_for
+
+
+class DistillSums(NamedTuple):
+  """Sums over scored tokens. loss_sum is the objective; every other `<x>_sum` is logged as x.
+
+  kd: the distillation term as optimised; kl: KL(teacher || student) at the temperature (over
+  the vocabulary online, over the k stored ids + tail bucket offline, a lower bound of the full
+  KL); ce: ground-truth next-token CE; correct: argmax hits.
+  """
+  loss_sum: jax.Array
+  correct: jax.Array
+  count: jax.Array
+  ce_sum: jax.Array
+  kd_sum: jax.Array
+  kl_sum: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillLoss:
+  """The recipe: kd_ratio a mixes a*KD + (1-a)*CE; divergence/beta are for the online teacher."""
+  kd_ratio: float = 1.0
+  temperature: float = 1.0
+  divergence: str = "forward_kl"   # forward_kl | reverse_kl | jsd (online only)
+  beta: float = 0.5                # JSD(beta) mixture weight of the teacher
+
+  def validate(self):
+    if not 0.0 <= self.kd_ratio <= 1.0:
+      raise ValueError(f"kd_ratio must be in [0, 1], got {self.kd_ratio}")
+    if not self.temperature > 0:
+      raise ValueError(f"temperature must be > 0, got {self.temperature}")
+    if self.divergence not in losses.DIVERGENCES:
+      raise ValueError(f"divergence must be one of {losses.DIVERGENCES}, got {self.divergence!r}")
+    if not 0.0 <= self.beta <= 1.0:
+      raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+    return self
+
+
+def _softcap(x, cap):
+  return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+def _chunked(x, n_chunks, chunk, fill=0):
+  """[B, T, ...] -> [n_chunks, chunk, ...], padded with `fill` past the B*T real tokens."""
+  flat = x.reshape(-1, *x.shape[2:])
+  pad = n_chunks * chunk - flat.shape[0]
+  flat = jnp.pad(flat, ((0, pad),) + ((0, 0),) * (flat.ndim - 1), constant_values=fill)
+  return flat.reshape(n_chunks, chunk, *flat.shape[1:])
+
+
+def distill_sums(hidden, weight, targets, loss_mask, *, loss: DistillLoss = DistillLoss(),
+                 softcap: Optional[float] = None, topk=None, teacher=None,
+                 chunk: Optional[int] = None) -> DistillSums:
+  """Masked sums of the mixed loss, chunked over tokens.
+
+  hidden [B, T, D], weight [D, V]: the student's final hidden states and output projection;
+  targets, loss_mask [B, T]. The teacher is one of
+    topk=(ids [B, T, k] int, probs [B, T, k], tail [B, T])        offline, stored top-k
+    teacher=(hidden [B, T, Dt], weight [Dt, V], softcap or None)  online; gets no gradient
+  or neither (the objective is then the plain CE; kd and kl are 0).
+  """
+  loss.validate()
+  if topk is not None and teacher is not None:
+    raise ValueError("distill_sums: pass topk (offline) or teacher (online), not both")
+  b, t, d = hidden.shape
+  v = weight.shape[1]
+  if targets.shape != (b, t) or loss_mask.shape != (b, t):
+    raise ValueError(f"targets {targets.shape} and loss_mask {loss_mask.shape} must be [{b}, {t}]")
+  if teacher is not None and teacher[1].shape[1] != v:
+    raise ValueError(f"teacher vocabulary {teacher[1].shape[1]} != student vocabulary {v}")
+  n = b * t
+  # two [chunk, V] float32 arrays live at once (the teacher's logits or the top-k id mask)
+  chunk = chunk or chunk_tokens_for(v, n, DEFAULT_LOGIT_BUDGET // 2)
+  n_chunks = -(-n // chunk)
+  xs = {"h": _chunked(hidden, n_chunks, chunk),
+        "y": _chunked(targets.astype(jnp.int32), n_chunks, chunk),
+        "m": _chunked(loss_mask.astype(jnp.float32), n_chunks, chunk)}
+  if topk is not None:
+    ids, probs, tail = topk
+    if ids.shape[:2] != (b, t) or probs.shape != ids.shape or tail.shape != (b, t):
+      raise ValueError(f"top-k arrays {ids.shape}, {probs.shape}, {tail.shape} do not match "
+                       f"[{b}, {t}, k], [{b}, {t}, k], [{b}, {t}]")
+    xs.update(ids=_chunked(ids.astype(jnp.int32), n_chunks, chunk),
+              p=_chunked(probs, n_chunks, chunk), tail=_chunked(tail, n_chunks, chunk))
+  t_w, t_cap = None, None
+  if teacher is not None:
+    t_h, t_w, t_cap = teacher
+    xs["th"] = _chunked(jax.lax.stop_gradient(t_h), n_chunks, chunk)
+    t_w = jax.lax.stop_gradient(t_w)
+  w = weight.astype(hidden.dtype)
+  # without a teacher the objective is the plain CE, whatever kd_ratio says
+  a = float(loss.kd_ratio) if topk is not None or teacher is not None else 0.0
+  temp = float(loss.temperature)
+
+  def chunk_sums(w, t_w, x):
+    logits = _softcap(jnp.dot(x["h"], w, preferred_element_type=jnp.float32), softcap)  # [c, V]
+    m = x["m"]
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    ce = lse - jnp.take_along_axis(logits, x["y"][:, None], axis=-1)[:, 0]
+    correct = (jnp.argmax(logits, axis=-1) == x["y"]).astype(jnp.float32)
+    zero = jnp.zeros_like(ce)
+    kd, kl = zero, zero
+    # with a = 0 the teacher term is only a metric: keep it out of the backward pass
+    student = logits if a > 0 else jax.lax.stop_gradient(logits)
+    if "ids" in x:
+      kd = losses.topk_distill_loss(student, x["ids"], x["p"], x["tail"], temp)
+      kl = kd - losses.topk_teacher_entropy(x["p"], x["tail"])
+    elif "th" in x:
+      t_logits = _softcap(jnp.dot(x["th"], t_w.astype(x["th"].dtype),
+                                  preferred_element_type=jnp.float32), t_cap)
+      kd = losses.divergence(loss.divergence, t_logits, student, beta=loss.beta, temperature=temp)
+      kl = kd if loss.divergence == "forward_kl" else losses.forward_kl(t_logits, student, temp)
+    if a == 0.0:
+      obj = ce
+    elif a == 1.0:
+      obj = (temp * temp) * kd
+    else:
+      obj = (1.0 - a) * ce + (a * temp * temp) * kd
+    s = lambda x: jnp.sum(x * m)
+    return s(obj), s(correct), s(ce), s(kd), s(kl)
+
+  if n_chunks == 1:
+    # one chunk within the budget: keeping its logits for the backward costs no more memory
+    # than the recompute would, and saves redoing the matmuls (as cross_entropy_sums does)
+    obj, correct, ce, kd, kl = chunk_sums(w, t_w, jax.tree.map(lambda x: x[0], xs))
+  else:
+    step = jax.checkpoint(chunk_sums)  # the backward recomputes each chunk's logits
+
+    def body(carry, x):
+      return tuple(c + v for c, v in zip(carry, step(w, t_w, x))), None
+
+    zero = jnp.zeros((), jnp.float32)
+    (obj, correct, ce, kd, kl), _ = jax.lax.scan(body, (zero,) * 5, xs)
+  sg = jax.lax.stop_gradient
+  return DistillSums(obj, sg(correct), jnp.sum(xs["m"]), sg(ce), sg(kd), sg(kl))
