@@ -8,53 +8,23 @@ import json
 import os
 import time
 
-from absl import app
 from ml_collections import config_flags
+
+from gemmax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config file")
 TASKS = ("classification", "perplexity", "exact_match")
 
 
-def read_jsonl(path, limit=0):
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-      if limit and len(rows) >= limit:
-        break
-  return rows
-
-
-def _pairs(rows, fmt, path):
-  """(prompt text, label) per row."""
-  from gemmax.data.formats import alpaca_prompt
-  out = []
-  for n, r in enumerate(rows, 1):
-    keys = ("instruction", "output") if fmt == "alpaca" else ("text", "label")
-    missing = [k for k in keys if k not in r]
-    if missing:
-      raise ValueError(f"{path}: row {n} lacks field(s) {missing} for format {fmt!r}")
-    if fmt == "alpaca":
-      out.append((alpaca_prompt(r["instruction"], r.get("input", "")), str(r["output"]).strip()))
-    else:
-      out.append((str(r["text"]), str(r["label"])))
-  return out
-
-
 def run_classification(c, model, tok):
   from gemmax import evals
+  from gemmax.evals.loading import read_labeled
   cc = c.classification
-  if cc.format not in ("alpaca", "text_label"):
-    raise ValueError(f"classification.format {cc.format!r} is not alpaca|text_label")
-  pairs = _pairs(read_jsonl(cc.file, cc.limit), cc.format, cc.file)
+  pairs = read_labeled(cc.file, cc.format, cc.limit)
   shots = []
   if cc.few_shot:
     shot_file = cc.few_shot_file or os.path.join(os.path.dirname(cc.file), "train.jsonl")
-    shots = _pairs(read_jsonl(shot_file, cc.few_shot), cc.format, shot_file)
+    shots = read_labeled(shot_file, cc.format, cc.few_shot)
   template = "{text}" if cc.format == "alpaca" else cc.template
   classes = [x.strip() for x in cc.classes.split(",") if x.strip()] or None
   m = evals.evaluate_classification(
@@ -83,8 +53,9 @@ def run_perplexity(c, model, tok):
 
 def run_exact_match(c, model, tok):
   from gemmax import evals
+  from gemmax.evals.loading import read_labeled
   e = c.exact_match
-  pairs = _pairs(read_jsonl(e.file, e.limit), "alpaca", e.file)
+  pairs = read_labeled(e.file, "alpaca", e.limit)
   r = evals.exact_match(model, tok, [p for p, _ in pairs], [l for _, l in pairs],
                         max_new_tokens=e.max_new_tokens, batch_size=c.batch_size,
                         progress=c.progress)
@@ -119,4 +90,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -5,14 +5,22 @@
 The config (see experiments/configs/finetune_lora.py for every field) reads as a recipe: model,
 data, method, optimizer, loop. Writes to `workdir`: checkpoints/, metrics.jsonl, tensorboard/,
 loss_curve.png, summary.json, adapter/ (HF PEFT format) and optionally merged/ (HF format).
+
+Running the same command again resumes from the last complete checkpoint; a workdir holding a run
+with a different config is refused (gemmax/train/workdir.py). Exit statuses (gemmax/cli.py): 0 done,
+2 a bad input (one line on stderr; --debug for the traceback), 75 preempted by SIGTERM/SIGINT after
+writing a checkpoint (run the command again to resume). docs/reliability.md lists the checks.
 """
 from __future__ import annotations
 
+import json
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from gemmax import cli
+from gemmax.errors import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
 
@@ -20,17 +28,49 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collect
 SCHEMA = {
     "model": {"path", "preset", "tokenizer", "dtype", "param_dtype", "remat", "attn_impl"},
     "data": {"train", "validation", "format", "template", "seq_len", "packing", "batch_size",
-             "eval_batch_size", "workers"},
+             "eval_batch_size", "workers", "on_bad_rows"},
     "lora": {"rank", "alpha", "targets", "dropout", "rslora"},
+    "classify": {"file", "limit", "reduction"},
+    "mesh": {"data", "fsdp", "tensor"},
     "optimizer": {"learning_rate", "warmup_steps", "end_lr_fraction", "b1", "b2", "weight_decay",
                   "clip_norm", "grad_accum"},
     "": {"method", "quantize", "steps", "log_every", "eval_every", "eval_batches",
-         "checkpoint_every", "keep_checkpoints", "save_merged", "progress", "workdir", "seed"},
+         "checkpoint_every", "keep_checkpoints", "save_merged", "progress", "workdir", "seed", "multihost",
+         "halt_on_nonfinite"},
 }
+# Keys that may change when resuming a workdir: they do not change the trained weights.
+RESUME_MAY_DIFFER = ("progress", "log_every", "eval_every", "eval_batches", "checkpoint_every",
+                     "keep_checkpoints", "save_merged", "workdir", "multihost", "halt_on_nonfinite",
+                     "data.workers", "data.eval_batch_size", "data.validation", "classify.file",
+                     "classify.limit", "classify.reduction", "mesh.data", "mesh.fsdp",
+                     "mesh.tensor")
+REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "finetune_lora.py")
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work; reported as one line, exit status 2."""
+def _reference_types() -> dict:
+  """Dotted key -> type of its value in configs/finetune_lora.py (None: any type)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("_finetune_reference", REFERENCE)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  ref = module.get_config()
+  return {f"{s}.{k}" if s else k: (None if (ref[s] if s else ref)[k] is None
+                                   else type((ref[s] if s else ref)[k]))
+          for s, keys in SCHEMA.items() for k in keys if k in (ref[s] if s else ref)}
+
+
+def _check_types(c) -> None:
+  for key, want in _reference_types().items():
+    section, _, name = key.rpartition(".")
+    value = (c[section] if section else c)[name]
+    if want is None or key == "lora.targets" and isinstance(value, (list, tuple)):
+      continue  # no reference type; targets may also be a list of names
+    ok = (isinstance(value, bool) if want is bool else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
+          isinstance(value, want) and not (want is int and isinstance(value, bool)))
+    if not ok:
+      raise ConfigError(f"config key '{key}' must be {want.__name__}, got "
+                        f"{type(value).__name__} {value!r}")
 
 
 def check_config(c) -> None:
@@ -46,6 +86,7 @@ def check_config(c) -> None:
              if (c.get(s) if s else c).get(k, "<missing>") == "<missing>" and k != "quantize"]
   if missing:
     raise ConfigError(f"config lacks key(s) {', '.join(missing)}")
+  _check_types(c)
   checks = [
       (c.method in ("full", "lora", "dora"), f"method must be full|lora|dora, got {c.method!r}"),
       (c.quantize in (None, "nf4"), f"quantize must be None or 'nf4', got {c.quantize!r}"),
@@ -66,37 +107,62 @@ def check_config(c) -> None:
       (bool(c.model.path or c.model.tokenizer), "a preset model needs model.tokenizer"),
       (bool(c.data.train), "data.train is empty"),
       (c.log_every > 0, f"log_every must be > 0, got {c.log_every}"),
+      (c.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {c.checkpoint_every}"),
+      (c.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {c.keep_checkpoints}"),
+      (c.eval_every >= 0 and c.eval_batches >= 0,
+       f"eval_every and eval_batches must be >= 0, got {c.eval_every}, {c.eval_batches}"),
+      (c.data.eval_batch_size > 0,
+       f"data.eval_batch_size must be > 0, got {c.data.eval_batch_size}"),
+      (c.data.on_bad_rows in ("fail", "skip"),
+       f"data.on_bad_rows must be fail|skip, got {c.data.on_bad_rows!r}"),
+      (bool(c.workdir), "workdir is empty"),
+      (c.classify.reduction in ("mean", "sum"),
+       f"classify.reduction must be mean|sum, got {c.classify.reduction!r}"),
   ]
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
-  for name in ("train", "validation"):
-    path = c.data[name]
+  for name, path in (("data.train", c.data.train), ("data.validation", c.data.validation),
+                     ("classify.file", c.classify.file)):
     if path and not os.path.exists(path):
-      raise ConfigError(f"data.{name}: {path} does not exist")
+      raise ConfigError(f"{name}: {path} does not exist")
   if c.model.path and not os.path.isdir(c.model.path):
     raise ConfigError(f"model.path: {c.model.path} is not a directory")
 
 
-def build_model(c):
-  """The base model (HF dir or random preset), with adapters applied for lora/dora."""
+def build_mesh(c):
+  """The device mesh from c.mesh, or None on a single device (nothing to shard)."""
+  import jax
+  from gemmax import sharding
+
+  # Built (so checked against the device count) even on one device, where it is then unused.
+  mesh = sharding.make_mesh(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor)
+  return None if jax.device_count() == 1 else mesh
+
+
+def build_model(c, mesh=None):
+  """The base model (HF dir or random preset), with adapters applied for lora/dora; created
+  straight into its shards when `mesh` is given."""
   from flax import nnx
-  from gemmax import peft
+  from gemmax import peft, sharding
   from gemmax.convert import load_hf
   from gemmax.models import ModelConfig, Transformer
 
   run = dict(remat=c.model.remat, attn_impl=c.model.attn_impl)
   if c.model.path:
     model = load_hf(c.model.path, dtype=c.model.param_dtype or None, compute_dtype=c.model.dtype,
-                    **run)
+                    mesh=mesh, **run)
   else:
     cfg = ModelConfig.preset(c.model.preset, dtype=c.model.dtype,
                              param_dtype=c.model.param_dtype or "float32", **run)
-    model = Transformer(cfg, rngs=nnx.Rngs(c.seed))
+    model = (sharding.create_sharded(cfg, mesh, c.seed) if mesh is not None
+             else Transformer(cfg, rngs=nnx.Rngs(c.seed)))
   if c.method != "full":
     peft.apply(model, method=c.method, rank=c.lora.rank, alpha=c.lora.alpha,
                targets=_targets(c.lora.targets), dropout=c.lora.dropout, rslora=c.lora.rslora,
                quantize=c.quantize, rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1))
+    if mesh is not None:  # the new adapter (and NF4) arrays follow their base weights' axes
+      sharding.shard_model(model, mesh)
   return model
 
 
@@ -115,24 +181,68 @@ def build_data(c, vocab_size):
   spec = lambda path: data.SourceSpec(path, kind=c.data.format, template=c.data.template)
   train = data.make_pipeline(spec(c.data.train), tok, data.DataConfig(
       seq_len=c.data.seq_len, batch_size=c.data.batch_size, seed=c.seed, packing=c.data.packing,
-      worker_count=c.data.workers))
+      worker_count=c.data.workers, on_bad_rows=c.data.on_bad_rows))
   evaluate = None
   if c.data.validation:
     eval_cfg = data.DataConfig(seq_len=c.data.seq_len, batch_size=c.data.eval_batch_size,
-                               shuffle=False, num_epochs=1, packing=c.data.packing, prefetch=0)
+                               shuffle=False, num_epochs=1, packing=c.data.packing, prefetch=0,
+                               on_bad_rows=c.data.on_bad_rows)
     evaluate = lambda: data.make_pipeline(spec(c.data.validation), tok, eval_cfg)
   return train, evaluate
 
 
-def run(c) -> dict:
-  from gemmax.train import OptimizerConfig, Trainer, TrainerConfig
+def classify(c, model, tok, pairs, stage: str) -> dict:
+  """Label-likelihood accuracy of `model` on the classify.file rows (the demo's before/after)."""
+  from gemmax import evals
 
-  try:  # bad files / shapes / vocabularies: one line, not a traceback
-    model = build_model(c)
-    train, evaluate = build_data(c, model.config.vocab_size)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"finetune.py: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  m = evals.evaluate_classification(
+      model, tok, [p for p, _ in pairs], [l for _, l in pairs], template="{text}",
+      label_template="{label}", reduction=c.classify.reduction, batch_size=c.data.eval_batch_size,
+      progress=c.progress)
+  keep = ("accuracy", "macro_f1", "num_examples", "classes", "per_class", "confusion_matrix")
+  out = {k: m[k] for k in keep if k in m}
+  if stage == "fine_tuned":
+    out["confusion_png"] = evals.save_confusion_png(m, os.path.join(c.workdir, "confusion_matrix.png"))
+  return out
+
+
+def majority_baseline(c, pairs) -> dict:
+  """Accuracy on `pairs` of always answering the most frequent label of the training file."""
+  import collections
+  from gemmax.evals.loading import read_labeled
+
+  counts = collections.Counter(label for _, label in read_labeled(c.data.train, "alpaca"))
+  label = counts.most_common(1)[0][0]
+  return {"label": label, "accuracy": sum(g == label for _, g in pairs) / len(pairs)}
+
+
+def check_model(c, model) -> None:
+  """Config checks that need the model's config."""
+  limit = model.config.max_position_embeddings
+  if c.data.seq_len > limit:
+    raise ConfigError(f"data.seq_len {c.data.seq_len} is longer than the model's "
+                      f"max_position_embeddings {limit} ({c.model.path or c.model.preset})")
+
+
+def run(c) -> dict:
+  """Builds and checks everything, claims the workdir, trains. Bad inputs raise GemmaxError (or
+  ValueError / OSError) before anything in the workdir is written."""
+  from gemmax.data import load_tokenizer
+  from gemmax.evals.loading import read_labeled
+  from gemmax.train import OptimizerConfig, Trainer, TrainerConfig
+  from gemmax.train.workdir import check_workdir, claim_workdir, write_atomic
+
+  run_config = json.loads(c.to_json_best_effort())
+  check_workdir(c.workdir, run_config, RESUME_MAY_DIFFER)  # fail before minutes of loading
+  if c.multihost:
+    from gemmax import distributed
+    distributed.initialize()
+  mesh = build_mesh(c)
+  model = build_model(c, mesh)
+  check_model(c, model)
+  train, evaluate = build_data(c, model.config.vocab_size)
+  pairs = read_labeled(c.classify.file, "alpaca", c.classify.limit) if c.classify.file else []
+  baseline = majority_baseline(c, pairs) if pairs else None
   o = c.optimizer
   opt = OptimizerConfig(learning_rate=o.learning_rate, warmup_steps=o.warmup_steps, steps=c.steps,
                         end_lr_fraction=o.end_lr_fraction, b1=o.b1, b2=o.b2,
@@ -141,12 +251,25 @@ def run(c) -> dict:
       workdir=c.workdir, steps=c.steps, accum_steps=o.grad_accum, log_every=c.log_every,
       eval_every=c.eval_every if evaluate else 0, eval_batches=c.eval_batches,
       checkpoint_every=c.checkpoint_every, keep_checkpoints=c.keep_checkpoints, seed=c.seed,
-      progress=c.progress, save_adapter=c.method != "full", save_merged=c.save_merged)
-  os.makedirs(c.workdir, exist_ok=True)
-  with open(os.path.join(c.workdir, "config.json"), "w", encoding="utf-8") as f:
-    f.write(c.to_json_best_effort(indent=2))
-  trainer = Trainer(model, opt, loop, train_data=train, eval_data=evaluate)
+      progress=c.progress, save_adapter=c.method != "full", save_merged=c.save_merged,
+      halt_on_nonfinite=c.halt_on_nonfinite)
+  claim_workdir(c.workdir, run_config, RESUME_MAY_DIFFER)
+  scores = {}
+  if pairs:
+    tok = load_tokenizer(c.model.tokenizer or c.model.path)
+    scores["zero_shot"] = classify(c, model, tok, pairs, "zero_shot")
+    print(f"zero-shot accuracy {scores['zero_shot']['accuracy']:.2%} on {c.classify.file} "
+          f"({len(pairs)} rows; majority-class baseline {baseline['accuracy']:.2%})")
+  trainer = Trainer(model, opt, loop, train_data=train, eval_data=evaluate, mesh=mesh)
   summary = trainer.run()
+  if pairs:
+    scores["fine_tuned"] = classify(c, model, tok, pairs, "fine_tuned")
+    summary["classification"] = dict(file=c.classify.file, baseline=baseline, **scores)
+    write_atomic(os.path.join(c.workdir, "summary.json"), json.dumps(summary, indent=2))
+    z, t, b = (scores["zero_shot"]["accuracy"], scores["fine_tuned"]["accuracy"],
+               baseline["accuracy"])
+    print(f"{c.classify.file}: majority baseline {b:.2%} | zero-shot {z:.2%} | "
+          f"fine-tuned {t:.2%} ({100 * (t - b):+.1f} points over the baseline)")
   print(f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
         f"{summary['final_loss']:.4f}, {summary['tokens_per_sec'] or 0:,.0f} tokens/s; "
         f"outputs in {c.workdir}")
@@ -158,14 +281,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   c = _CONFIG.value
-  try:
-    check_config(c)
-  except ConfigError as e:
-    print(f"finetune.py: config error: {e}", file=sys.stderr)
-    sys.exit(2)
+  check_config(c)
   run(c)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  cli.run(main)

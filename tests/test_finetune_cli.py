@@ -56,7 +56,7 @@ def assets(tmp_path_factory):
   return d
 
 
-def _run(assets, workdir, *overrides, timeout=600):
+def _run(assets, workdir, *overrides, timeout=600, env=None):
   args = [sys.executable, SCRIPT, f"--config={CONFIG}",
           f"--config.model.path={assets / 'model'}", f"--config.data.train={assets / 'train.jsonl'}",
           f"--config.data.validation={assets / 'val.jsonl'}", f"--config.workdir={workdir}",
@@ -66,7 +66,7 @@ def _run(assets, workdir, *overrides, timeout=600):
           "--config.optimizer.learning_rate=1e-2", "--config.optimizer.warmup_steps=2",
           "--config.lora.rank=4", "--config.lora.dropout=0.0", "--config.progress=False",
           *overrides]
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, **(env or {}))
   return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
@@ -147,3 +147,22 @@ def test_invalid_values_exit_2_with_one_line(tmp_path, override, needle):
   assert r.returncode == 2, r.stderr
   assert needle in r.stderr
   assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_sharded_lora_with_classification(assets, tmp_path):
+  """4 simulated devices, mesh data=2 x fsdp=2: trains, and reports zero-shot and fine-tuned
+  label-likelihood accuracy plus the majority baseline in summary.json."""
+  env = dict(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  r = _run(assets, tmp_path / "run", "--config.mesh.fsdp=2", "--config.checkpoint_every=0",
+           f"--config.classify.file={assets / 'val.jsonl'}", "--config.steps=10",
+           "--config.eval_every=5", "--config.data.eval_batch_size=4", env=env)
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = json.load(open(tmp_path / "run" / "summary.json"))
+  assert len(summary["devices"]) == 4
+  assert summary["final_loss"] < summary["first_loss"]
+  cls = summary["classification"]
+  assert cls["baseline"]["label"] in {r["output"] for r in ROWS}
+  for stage in ("zero_shot", "fine_tuned"):
+    assert 0.0 <= cls[stage]["accuracy"] <= 1.0 and cls[stage]["num_examples"] == 4
+  assert "fine-tuned" in r.stdout and "zero-shot" in r.stdout
+  assert os.path.getsize(tmp_path / "run" / "confusion_matrix.png") > 1000

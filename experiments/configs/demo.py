@@ -21,6 +21,7 @@ def get_config():
   c.data.seq_len = 256
   c.data.batch_size = 8
   c.data.eval_batch_size = 8
+  c.classify.file = "data/trec6/test.jsonl"
   c.method = "lora"
   c.lora.rank = 8
   c.lora.alpha = 16.0

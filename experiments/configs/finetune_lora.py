@@ -30,6 +30,7 @@ def get_config():
   c.data.batch_size = 8                       # sequences per optimizer step (all micro-batches)
   c.data.eval_batch_size = 8
   c.data.workers = 0                          # grain worker processes
+  c.data.on_bad_rows = "fail"                 # fail (naming file and row) | skip (and report)
 
   # Method: full fine-tuning or an adapter, optionally over a 4-bit NF4 base (QLoRA / QDoRA).
   c.method = "lora"                           # full | lora | dora
@@ -52,6 +53,21 @@ def get_config():
   c.optimizer.clip_norm = 1.0
   c.optimizer.grad_accum = 1                  # micro-batches per step (batch_size splits)
 
+  # Classification before/after training (label likelihood on Alpaca rows whose output is the
+  # class): zero-shot accuracy, fine-tuned accuracy, and the training file's majority class.
+  c.classify = config_dict.ConfigDict()
+  c.classify.file = ""                        # "" = skip; e.g. "data/trec6/test.jsonl"
+  c.classify.limit = 0                        # 0 = every row
+  c.classify.reduction = "mean"               # mean | sum of the label tokens' logprobs
+
+  # Devices: a mesh over every device of every process (ignored on a single device). -1 = the
+  # rest. data.batch_size is per process; the global batch is batch_size x processes.
+  c.mesh = config_dict.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.multihost = False                         # True on pods / several hosts: jax.distributed.initialize()
+
   # Loop.
   c.steps = 500
   c.log_every = 10
@@ -61,6 +77,7 @@ def get_config():
   c.keep_checkpoints = 3
   c.save_merged = False                       # also write the merged model in HF format
   c.progress = True
+  c.halt_on_nonfinite = False                 # NaN/Inf loss or grads: False skips the update
   c.workdir = "runs/finetune_lora"
   c.seed = 0
   return c

@@ -48,3 +48,35 @@ def load_model(path: str = "", adapter: str = "", dtype: str = "float32", quanti
 def load_tokenizer_for(path: str, tokenizer: str = ""):
   from gemmax.data import load_tokenizer
   return load_tokenizer(tokenizer or path)
+
+
+def read_labeled(path: str, fmt: str = "alpaca", limit: int = 0) -> list[tuple[str, str]]:
+  """(prompt, label) pairs from a JSONL file: Alpaca rows (the prompt is rendered exactly as
+  training renders it, the label is `output`) or text/label rows."""
+  from gemmax.data.formats import alpaca_prompt
+
+  if fmt not in ("alpaca", "text_label"):
+    raise ValueError(f"format {fmt!r} is not alpaca|text_label")
+  keys = ("instruction", "output") if fmt == "alpaca" else ("text", "label")
+  pairs = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+      missing = [k for k in keys if not isinstance(row, dict) or k not in row]
+      if missing:
+        raise ValueError(f"{path}:{n}: row lacks field(s) {missing} for format {fmt!r}")
+      if fmt == "alpaca":
+        pairs.append((alpaca_prompt(row["instruction"], row.get("input", "")),
+                      str(row["output"]).strip()))
+      else:
+        pairs.append((str(row["text"]), str(row["label"])))
+      if limit and len(pairs) >= limit:
+        break
+  if not pairs:
+    raise ValueError(f"{path}: no rows")
+  return pairs

@@ -2,7 +2,9 @@
 
 The full [batch, seq, vocab] logits are never built: tokens are processed `chunk` at a time
 (a `lax.scan`), and the chunk function is wrapped in `jax.checkpoint` so the backward pass
-recomputes each chunk's logits instead of storing them. Everything after the matmul is float32.
+recomputes each chunk's logits instead of storing them. When all tokens fit in one chunk the
+scan and the recompute are skipped (the logits are then at most one chunk's budget). Everything
+after the matmul is float32.
 
 Loss convention: masked mean = sum over tokens of (CE * loss_mask) / sum(loss_mask), i.e. every
 response token counts the same whatever example it belongs to. With gradient accumulation the
@@ -60,7 +62,6 @@ def cross_entropy_sums(hidden: jax.Array, weight: jax.Array, targets: jax.Array,
   m = jnp.pad(loss_mask.reshape(n).astype(jnp.float32), (0, pad)).reshape(n_chunks, chunk)
   w = weight.astype(hidden.dtype)
 
-  @jax.checkpoint  # backward recomputes the chunk's logits: no [n, V] residuals are kept
   def chunk_sums(w, h, y, m):
     logits = _softcap(jnp.dot(h, w, preferred_element_type=jnp.float32), softcap)  # [c, V]
     lse = jax.nn.logsumexp(logits, axis=-1)
@@ -68,6 +69,15 @@ def cross_entropy_sums(hidden: jax.Array, weight: jax.Array, targets: jax.Array,
     ce = (lse - target_logit) * m
     correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32) * m
     return jnp.sum(ce), jnp.sum(correct)
+
+  if n_chunks == 1:
+    # Every token fits in one chunk's budget: keeping its logits for the backward costs no more
+    # than the recompute would hold at once, and saves redoing the [n, D] x [D, V] matmul.
+    loss_sum, correct = chunk_sums(w, h[0], y[0], m[0])
+    return CESums(loss_sum, jax.lax.stop_gradient(correct), jnp.sum(m))
+
+  # backward recomputes each chunk's logits: no [n, V] residuals are kept
+  chunk_sums = jax.checkpoint(chunk_sums)
 
   def body(carry, xs):
     loss, correct = chunk_sums(w, *xs)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from gemmax.train.losses import CESums, model_loss_sums
+from gemmax.train.losses import model_loss_sums
 
 
 def trainable_filter(model):
@@ -53,29 +53,46 @@ def _merge(graphdef, params, rest, rng=None):
   return model
 
 
-def _loss_sums(graphdef, params, rest, batch, rng, chunk):
+def _loss_sums(graphdef, params, rest, batch, rng, chunk, loss_fn=None):
   model = _merge(graphdef, params, rest, rng)
-  s = model_loss_sums(model, batch, chunk=chunk)
+  s = (loss_fn or model_loss_sums)(model, batch, chunk=chunk)
   return s.loss_sum, s
 
 
-def _metrics(s: CESums, grads, params) -> dict:
-  count = jnp.maximum(s.count, 1.0)
-  return {"loss": s.loss_sum / count, "accuracy": s.correct / count, "tokens": s.count,
-          "grad_norm": optax.global_norm(grads)}
+def per_token_metrics(s) -> dict:
+  """A sums tuple (CESums or any NamedTuple with loss_sum, correct, count, ...) -> per-token
+  means: loss_sum -> loss, correct -> accuracy, <x>_sum -> x, and count -> tokens."""
+  count = max(s.count, 1.0) if isinstance(s.count, float) else jnp.maximum(s.count, 1.0)
+  out = {}
+  for name, value in zip(s._fields, s):
+    if name == "count":
+      out["tokens"] = value
+    else:
+      out["accuracy" if name == "correct" else name.removesuffix("_sum")] = value / count
+  return out
+
+
+def _metrics(s, grad_norm, finite) -> dict:
+  return {**per_token_metrics(s), "grad_norm": grad_norm,
+          "nonfinite": 1.0 - finite.astype(jnp.float32)}
 
 
 def make_train_step(train_def, optimizer: optax.GradientTransformation, *, accum_steps: int = 1,
-                    loss_chunk: int | None = None, donate: bool = True) -> Callable:
+                    loss_chunk: int | None = None, donate: bool = True,
+                    loss_fn: Callable | None = None) -> Callable:
   """`step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics)`, jitted.
 
   batch: dict of [B, T] arrays (input_ids, targets, loss_mask, positions, segment_ids). With
   `accum_steps` A > 1 the batch is split into A micro-batches of B / A rows whose CE sums and
   gradients are added up in a scan, then divided once by the total number of scored tokens.
+  metrics["nonfinite"] is 1.0 when the loss or a gradient was NaN/Inf: that update is skipped
+  (params and optimizer state come back unchanged).
+  loss_fn(model, batch, chunk=) -> sums tuple (default `model_loss_sums`: CE); a custom one
+  (e.g. gemmax.distill's) returns a NamedTuple whose first field `loss_sum` is optimised.
   """
   if accum_steps < 1:
     raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
-  grad_fn = jax.grad(lambda p, r, b, k: _loss_sums(train_def, p, r, b, k, loss_chunk),
+  grad_fn = jax.grad(lambda p, r, b, k: _loss_sums(train_def, p, r, b, k, loss_chunk, loss_fn),
                      has_aux=True)
 
   def step(params, opt_state, rest, batch, rng):
@@ -95,23 +112,31 @@ def make_train_step(train_def, optimizer: optax.GradientTransformation, *, accum
         return (jax.tree.map(jnp.add, acc_g, g), jax.tree.map(jnp.add, acc_s, s)), None
 
       zeros = jax.tree.map(jnp.zeros_like, params)
-      zero = jnp.zeros((), jnp.float32)
-      (grads, s), _ = jax.lax.scan(body, (zeros, CESums(zero, zero, zero)),
-                                   (jnp.arange(accum_steps), micro))
+      first = jax.tree.map(lambda x: x[0], micro)
+      sums = jax.eval_shape(lambda: grad_fn(params, rest, first, rng)[1])
+      zero_sums = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), sums)
+      (grads, s), _ = jax.lax.scan(body, (zeros, zero_sums), (jnp.arange(accum_steps), micro))
     # Gradient of the masked mean = gradient of the CE sum / number of scored tokens.
     count = jnp.maximum(s.count, 1.0)
     grads = jax.tree.map(lambda g: (g / count).astype(g.dtype), grads)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, _metrics(s, grads, params)
+    grad_norm = optax.global_norm(grads)
+    # A NaN/Inf loss or gradient anywhere makes the norm non-finite: keep the old params and
+    # optimizer state (its step count too), so one bad batch cannot poison the run.
+    finite = jnp.isfinite(s.loss_sum) & jnp.isfinite(grad_norm)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    return keep(new_params, params), keep(new_opt_state, opt_state), _metrics(s, grad_norm, finite)
 
   return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
-def make_eval_step(eval_def, *, loss_chunk: int | None = None) -> Callable:
-  """`eval_step(params, rest, batch) -> CESums` (dropout off); sum these over an eval set."""
+def make_eval_step(eval_def, *, loss_chunk: int | None = None,
+                   loss_fn: Callable | None = None) -> Callable:
+  """`eval_step(params, rest, batch) -> CESums` (or loss_fn's sums; dropout off); sum these over
+  an eval set."""
 
   def eval_step(params, rest, batch):
-    return _loss_sums(eval_def, params, rest, batch, None, loss_chunk)[1]
+    return _loss_sums(eval_def, params, rest, batch, None, loss_chunk, loss_fn)[1]
 
   return jax.jit(eval_step)
