@@ -1,0 +1,29 @@
+"""Every notebook in colab/ runs top to bottom on CPU with its SMALL switch on (as CI runs them)."""
+import glob
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colab", "*.ipynb")))
+
+
+def test_there_are_notebooks():
+  names = {os.path.basename(p) for p in NOTEBOOKS}
+  assert {"quickstart.ipynb", "finetune.ipynb", "distillation.ipynb", "tpu.ipynb"} <= names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_runs(path, monkeypatch):
+  if not os.path.isfile(os.path.join(ROOT, "checkpoints", "gemmax-tiny", "model.safetensors")):
+    pytest.fail("checkpoints/gemmax-tiny/model.safetensors is missing")
+  monkeypatch.setenv("GEMMAX_NOTEBOOK_SMALL", "1")
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv("TQDM_DISABLE", "1")
+  nb = nbformat.read(path, as_version=4)
+  for cell in nb.cells:  # a notebook must be committed without outputs
+    assert not cell.get("outputs"), f"{os.path.basename(path)}: commit it with outputs cleared"
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": ROOT}}).execute()
