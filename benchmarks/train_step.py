@@ -6,9 +6,14 @@ on every linear layer, AdamW. float32 compute on both sides (bf16 is slow on CPU
 two frameworks are interleaved so background load hits both alike; the median step is reported.
 Also: compiled peak memory (XLA memory_analysis) of a LoRA vs a full fine-tuning step.
 
-    python benchmarks/train_step.py [--steps 5] [--rounds 3] [--out benchmarks/results/train_step.md]
+Threads: XLA:CPU runs on its default pool, one thread per visible core; torch gets
+`torch.set_num_threads(cores)`. peft is also timed with 1 thread as a control: torch's OpenMP
+barriers spin, so on a machine shared with other work 2 threads can be far slower than 1. The ratio
+is taken against the faster of the two peft settings, so load cannot flatter gemmax.
 
-Last line: `lora_vs_peft=<ratio> dora_vs_peft=<ratio>` (tokens/s gemmax / tokens/s peft).
+    python benchmarks/train_step.py [--steps 4] [--rounds 3] [--out PATH]
+
+Last line: `lora_vs_peft=<ratio> dora_vs_peft=<ratio>` (tokens/s gemmax / tokens/s of best peft).
 """
 from __future__ import annotations
 
@@ -101,11 +106,12 @@ def torch_step(method: str):
 
 
 def timed(run, steps):
+  """[(wall seconds, process CPU seconds)] per step."""
   out = []
   for _ in range(steps):
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     run()
-    out.append(time.perf_counter() - t)
+    out.append((time.perf_counter() - t, time.process_time() - c))
   return out
 
 
@@ -123,41 +129,71 @@ def main():
                                                 "train_step.md"))
   args = ap.parse_args()
   import torch
-  threads = os.cpu_count() or 1
-  torch.set_num_threads(threads)
+  threads = len(os.sched_getaffinity(0))  # cores this process may use (taskset respected)
+  load_start = os.getloadavg()
 
   runners, mem = {}, {}
   for method in ("lora", "dora"):
     run, compiled = gemmax_step(method)
-    runners[f"gemmax {method}"] = run
+    runners[f"gemmax {method}"] = (run, None)
     mem[method] = memory_mib(compiled)
-    runners[f"peft {method}"] = torch_step(method)
+    peft_run = torch_step(method)
+    runners[f"peft {method}"] = (peft_run, threads)
+    if threads > 1:
+      runners[f"peft {method} (1 thread)"] = (peft_run, 1)
   _, full = gemmax_step(None)
   mem["full"] = memory_mib(full)
   del full
-  for run in runners.values():  # warm-up
-    timed(run, 1)
-  times = {k: [] for k in runners}
-  for _ in range(args.rounds):
-    for name, run in runners.items():
-      times[name] += timed(run, args.steps)
-  tps = {k: B * T / statistics.median(v) for k, v in times.items()}
-  ratio = {m: tps[f"gemmax {m}"] / tps[f"peft {m}"] for m in ("lora", "dora")}
 
-  rows = [f"| {k} | {statistics.median(v) * 1e3:.0f} | {tps[k]:,.0f} |" for k, v in times.items()]
+  def timed_with(entry, steps):
+    run, n = entry
+    if n is not None:
+      torch.set_num_threads(n)
+    return timed(run, steps)
+
+  for entry in runners.values():  # warm-up
+    timed_with(entry, 1)
+  times = {k: [] for k in runners}
+  per_round = []
+  for _ in range(args.rounds):
+    r = {}
+    for name, entry in runners.items():
+      r[name] = timed_with(entry, args.steps)
+      times[name] += r[name]
+    per_round.append(r)
+  load_end = os.getloadavg()
+  med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+  cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
+  tps = {k: B * T / v for k, v in med.items()}
+
+  def ratios(m_of):  # gemmax tokens/s over the faster peft setting's, from median step times
+    return {m: min(v for k, v in m_of.items() if k.startswith(f"peft {m}")) / m_of[f"gemmax {m}"]
+            for m in ("lora", "dora")}
+
+  ratio = ratios(med)
+  rounds_txt = "; ".join(
+      " ".join(f"{m} {x:.2f}" for m, x in ratios(
+          {k: statistics.median(w for w, _ in v) for k, v in r.items()}).items())
+      for r in per_round)
+
+  rows = [f"| {k} | {med[k] * 1e3:.0f} | {cpu[k] * 1e3:.0f} | {tps[k]:,.0f} |" for k in times]
   table = "\n".join([
-      "| framework / method | median step (ms) | tokens/s |", "| --- | ---: | ---: |", *rows])
+      "| framework / method | median step (ms) | CPU time per step (ms) | tokens/s |",
+      "| --- | ---: | ---: | ---: |", *rows])
   mem_table = "\n".join([
       "| gemmax step | compiled memory (MiB, args + temp + outputs - aliased) |", "| --- | ---: |",
       *[f"| {k} | {v:,.0f} |" for k, v in mem.items()]])
   text = (f"# Train step: gemmax vs transformers + peft\n\n"
           f"Measured by `python benchmarks/train_step.py` on {platform.machine()} CPU with "
           f"{threads} cores ({time.strftime('%Y-%m-%d')}), jax {jax.__version__}, "
-          f"torch {torch.__version__}, {args.rounds} interleaved rounds x {args.steps} steps.\n"
+          f"torch {torch.__version__}, {args.rounds} interleaved rounds x {args.steps} steps; "
+          f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end.\n"
           f"Config: Gemma 2 style, vocab 8192, hidden 512, MLP 2048, 8 layers, 8 heads / 4 kv, "
           f"head_dim 64, window 128, batch {B} x {T}, rank {RANK} on all linear layers, AdamW, "
-          f"float32.\n\n{table}\n\nlora_vs_peft = {ratio['lora']:.2f}, "
-          f"dora_vs_peft = {ratio['dora']:.2f}\n\n{mem_table}\n")
+          f"float32. Threads: XLA default pool ({threads}), torch {threads} (and 1 as a control)."
+          f"\n\n{table}\n\nlora_vs_peft = {ratio['lora']:.2f}, "
+          f"dora_vs_peft = {ratio['dora']:.2f} (against the faster peft thread setting; "
+          f"per round: {rounds_txt})\n\n{mem_table}\n")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     f.write(text)

@@ -8,6 +8,19 @@ from flax import nnx
 _init = nnx.initializers.normal(stddev=0.02)
 
 
+def matmul(x: jax.Array, w: jax.Array, **kw) -> jax.Array:
+  """x [..., in] @ w [in, out] -> [..., out], computed as one 2-D [tokens, in] matmul.
+
+  Why flatten: the weight gradient x^T @ dy of a [B, T, in] input contracts two dims, and
+  XLA:CPU canonicalises that dot by transposing the [B, T, out] cotangent into a fresh buffer
+  (a strided copy that cost more than the matmuls in a LoRA step). With 2-D operands the
+  contraction is a single leading dim, which the matmul library takes as is.
+  """
+  lead = x.shape[:-1]
+  y = jnp.dot(x.reshape(-1, x.shape[-1]), w, **kw)
+  return y.reshape(*lead, w.shape[-1])
+
+
 class Linear(nnx.Module):
   """y = x @ kernel, kernel [in, out] stored in param_dtype, computed in `dtype`.
 
@@ -22,7 +35,7 @@ class Linear(nnx.Module):
                             axes=axes)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    return matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
 
 
 class Embed(nnx.Module):
