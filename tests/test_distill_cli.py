@@ -98,6 +98,7 @@ ONLINE = {"distill.divergence": "jsd", "distill.beta": 0.5, "onpolicy.fraction":
           "onpolicy.max_new_tokens": 6, "onpolicy.min_prompt": 3, "data.packing": False}
 
 
+@pytest.mark.slow  # ~15 s; on-policy batches and the online losses are also tested by default
 def test_online_jsd_with_onpolicy_batches(assets, tmp_path, cli):
   c = _config(assets, tmp_path / "online", stage="online", **ONLINE, **{
       "steps": 2, "eval_every": 0, "save_student": False})

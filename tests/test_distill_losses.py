@@ -58,8 +58,8 @@ def _sums_and_grad(h, w, y, m, topk=None, teacher=None, *, loss, softcap=None, c
 def test_online_chunked_matches_dense(name, beta, softcap):
   h, w, th, tw, y, m = _inputs()
   loss = DistillLoss(kd_ratio=0.6, temperature=1.5, divergence=name, beta=beta)
-  s, _ = _sums_and_grad(h, w, y, m, teacher=(th, tw, softcap), loss=loss, softcap=softcap,
-                        chunk=3)
+  sums = jax.jit(distill_sums, static_argnames=("loss", "softcap", "chunk"))
+  s = sums(h, w, y, m, teacher=(th, tw, softcap), loss=loss, softcap=softcap, chunk=3)
   sl, tl = _cap(h @ w, softcap), _cap(th @ tw, softcap)
   mm = np.asarray(m, np.float64)
   kd = _dense_div(name, tl, sl, beta, 1.5)
