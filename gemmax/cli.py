@@ -92,7 +92,8 @@ def parse_flags(argv: list[str], name: str) -> list[str]:
   """absl flag parsing whose errors (unknown key, bad value, broken config file) are one line."""
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, KeyError, OSError, SyntaxError, TypeError, ValueError) as e:
+  except (flags.Error, AttributeError, KeyError, OSError, SyntaxError, TypeError,
+          ValueError) as e:  # AttributeError: ml_collections on an unknown --config.a.b
     if "--debug" in argv:
       raise
     fail(name, _flag_error(e))
