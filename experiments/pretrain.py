@@ -36,37 +36,13 @@ PROMPTS = ("It was a dark and", "Sherlock Holmes looked at", "The king said", "W
 DEMO_MARKER = "## Fine-tuning demo"  # the card keeps this section (written by hand) across reruns
 
 
-def chunk_lines(lines, chunk_chars: int):
-  """Consecutive lines joined with newlines into pieces of <= chunk_chars characters; longer
-  lines are split at spaces."""
-  buf = ""
-  for line in lines:
-    line = line.rstrip("\n")
-    while len(line) > chunk_chars:  # a long paragraph: cut at the last space before the limit
-      cut = line.rfind(" ", 0, chunk_chars)
-      cut = cut if cut > 0 else chunk_chars
-      if buf:
-        yield buf
-        buf = ""
-      yield line[:cut]
-      line = line[cut:].lstrip(" ")
-    if buf and len(buf) + 1 + len(line) > chunk_chars:
-      yield buf
-      buf = ""
-    buf = f"{buf}\n{line}" if buf else line
-  if buf:
-    yield buf
-
-
 def prepare(c) -> tuple[str, str, str, dict]:
   """Writes workdir/data/{train,heldout}.jsonl; returns their paths, the held-out text, stats."""
+  from gemmax.data.chunking import corpus_split
   for path in (c.data.corpus, c.data.trec_train):
     if not os.path.isfile(path):
       raise FileNotFoundError(f"{path} does not exist (run python experiments/prepare_data.py)")
-  with open(c.data.corpus, encoding="utf-8") as f:
-    chunks = [ch for ch in chunk_lines(f, c.data.chunk_chars) if ch.strip()]
-  held = [ch for i, ch in enumerate(chunks) if i % c.data.holdout_every == c.data.holdout_every - 1]
-  train = [ch for i, ch in enumerate(chunks) if i % c.data.holdout_every != c.data.holdout_every - 1]
+  train, held = corpus_split(c.data.corpus, c.data.chunk_chars, c.data.holdout_every)
   with open(c.data.trec_train, encoding="utf-8") as f:
     questions = [json.loads(line)["input"] for line in f if line.strip()]
   out = os.path.join(c.workdir, "data")
@@ -79,7 +55,7 @@ def prepare(c) -> tuple[str, str, str, dict]:
     for text in held:
       f.write(json.dumps({"text": text}) + "\n")
   heldout_text = "\n".join(held)[:c.data.heldout_chars]
-  stats = dict(corpus_chunks=len(chunks), train_chunks=len(train), heldout_chunks=len(held),
+  stats = dict(corpus_chunks=len(train) + len(held), train_chunks=len(train), heldout_chunks=len(held),
                trec_questions=len(questions), trec_repeats=c.data.trec_repeats)
   return paths[0], paths[1], heldout_text, stats
 

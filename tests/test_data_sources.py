@@ -1,7 +1,7 @@
 """Sources: JSONL/CSV/Parquet reading, field mapping, bad-row reporting, missing/empty files, tfds extra."""
 
 import dataclasses
-import importlib.util
+import sys
 import json
 
 import pytest
@@ -106,8 +106,8 @@ def test_several_files_and_glob(tmp_path):
     assert len(recs) == 3
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is not None, reason="tfds is installed")
-def test_tfds_missing_is_a_clear_error():
+def test_tfds_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # as if not installed
     with pytest.raises(ImportError, match=r"gemmax\[tfds\]"):
         load_records(SourceSpec("imdb_reviews", kind="classification", format="tfds", label_words=["neg", "pos"]))
 
@@ -115,7 +115,7 @@ def test_tfds_missing_is_a_clear_error():
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
     """A 3-row dataset prepared locally as array_record by a tfds builder (no downloads, no tensorflow)."""
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds  # a test dependency (pyproject [test]): never skipped
 
     class GemmaxTinyReviews(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         VERSION = tfds.core.Version("1.0.0")

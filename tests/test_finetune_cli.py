@@ -6,18 +6,9 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPT = os.path.join(ROOT, "experiments", "finetune.py")
-CONFIG = os.path.join(ROOT, "experiments", "configs", "finetune_lora.py")
+from finetune_assets import CONFIG, ROOT, ROWS  # shared with test_bad_inputs
 
-ROWS = [
-    {"instruction": "Name the colour of the sky.", "input": "", "output": "blue"},
-    {"instruction": "Add the numbers.", "input": "two and three", "output": "five"},
-    {"instruction": "Translate to French.", "input": "cat", "output": "chat"},
-    {"instruction": "Give the opposite.", "input": "hot", "output": "cold"},
-    {"instruction": "Name the colour of grass.", "input": "", "output": "green"},
-    {"instruction": "Give the opposite.", "input": "up", "output": "down"},
-]
+SCRIPT = os.path.join(ROOT, "experiments", "finetune.py")
 
 
 def _tokenizer(path, texts):
