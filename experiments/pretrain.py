@@ -125,6 +125,8 @@ corpus, nothing more. Loads with `gemmax.convert.load_hf` and with `transformers
 
 Tokenizer: `tokenizer.model`, SentencePiece BPE, 8192 pieces, split digits, byte fallback
 (`experiments/train_tokenizer.py`); pad 0, eos 1, bos 2, `<start_of_turn>` 4, `<end_of_turn>` 5.
+It is trained on exactly the pretraining text below, so every piece except the two chat markers is
+a pretraining target.
 
 ## Data
 

@@ -4,8 +4,11 @@ Gemma-like: BPE, 8192 pieces, ids pad=0 eos=1 bos=2 unk=3, `<start_of_turn>` / `
 single user-defined pieces, digits split one per piece, byte fallback (any UTF-8 text round-trips),
 identity normalization and no dummy prefix / whitespace folding (so decode(encode(x)) == x).
 
-It sees the pretraining corpus (data/corpus/pretrain.txt, made by experiments/prepare_data.py) plus
-the TREC-6 train split rendered as Gemma chat turns, so the fine-tuning vocabulary is covered. All input
+It sees exactly the text the model is pretrained on: the corpus (data/corpus/pretrain.txt, made by
+experiments/prepare_data.py) plus the TREC-6 train questions (no instructions, no labels). A piece
+learned from other text would never be a pretraining target, and its tied embedding ends up pushed
+away from every hidden state: the first tokenizer also saw the TREC rows as chat turns, made each
+line-initial label word one such piece, and LoRA could not lift them (15 nats). All input
 lines are used (no sampling) and training runs on one thread, so the output is byte-for-byte
 reproducible.
 
@@ -30,17 +33,13 @@ CHAT_MARKERS = ["<start_of_turn>", "<end_of_turn>"]
 
 
 def training_lines(corpus, trec_train):
-    """Non-empty corpus paragraphs, then the TREC-6 train rows as chat turns."""
+    """Non-empty corpus paragraphs, then the TREC-6 train questions."""
     lines = [l for l in corpus.read_text(encoding="utf-8").splitlines() if l.strip()]
     rows = [json.loads(l) for l in trec_train.read_text(encoding="utf-8").splitlines() if l.strip()]
     for n, row in enumerate(rows, 1):
         if not {"instruction", "input", "output"} <= row.keys():
             raise SystemExit(f"{trec_train} row {n}: needs 'instruction', 'input' and 'output'")
-    # Rendered as Gemma chat turns, as fine-tuning will see them; the trainer splits at "\n",
-    # so "user", "model" and the label words are learned in their line-initial form too.
-    chats = [f"<start_of_turn>user\n{r['instruction']}\n\n{r['input']}<end_of_turn>\n"
-             f"<start_of_turn>model\n{r['output']}<end_of_turn>" for r in rows]
-    return lines + [l for chat in chats for l in chat.split("\n") if l]
+    return lines + [r["input"] for r in rows]
 
 
 def train(lines, out_dir):

@@ -2,7 +2,7 @@
 
     python experiments/pretrain.py --config experiments/configs/pretrain.py
 
-Sized for 2 CPU cores and ~15-20 minutes: float32, seq 256, no remat. The corpus is rebuilt by
+Sized for 2 CPU cores and ~30 minutes (~1 epoch of the corpus): float32, seq 256, no remat. The corpus is rebuilt by
 `python experiments/prepare_data.py` (see data/README.md for its sources and licences).
 """
 from ml_collections import config_dict
@@ -55,9 +55,9 @@ def get_config():
   c.optimizer.clip_norm = 1.0
 
   # Loop.
-  c.steps = 600
+  c.steps = 1600
   c.log_every = 10
-  c.eval_every = 200
+  c.eval_every = 400
   c.eval_batches = 8
   c.progress = True
   c.seed = 0
