@@ -158,6 +158,9 @@ def _not_none(x):
     return x is not None
 
 
+_WARNED: set[str] = set()
+
+
 def _screen(items, origins, tokenize: _Tokenize, bad: BadRows):
     """Drops (and reports with row numbers) the examples that truncation would drop, before any shuffling,
     so every epoch sees the same examples and an all-dropped source fails here instead of spinning forever
@@ -173,7 +176,10 @@ def _screen(items, origins, tokenize: _Tokenize, bad: BadRows):
                 continue
         kept.append(item)
     if dropped.count:
-        log.warning("dropped %s", dropped.summary())
+        summary = dropped.summary()
+        if summary not in _WARNED:  # evaluation rebuilds its pipeline each time: say it once
+            _WARNED.add(summary)
+            log.warning("dropped %s", summary)
         bad.rows += dropped.rows
     return kept
 
