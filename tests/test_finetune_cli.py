@@ -157,3 +157,30 @@ def test_sharded_lora_with_classification(assets, tmp_path):
     assert 0.0 <= cls[stage]["accuracy"] <= 1.0 and cls[stage]["num_examples"] == 4
   assert "fine-tuned" in r.stdout and "zero-shot" in r.stdout
   assert os.path.getsize(tmp_path / "run" / "confusion_matrix.png") > 1000
+
+
+DEMO = os.path.join(ROOT, "experiments", "configs", "demo.py")
+
+
+@pytest.mark.parametrize("variant", [
+    "lora", pytest.param("dora", marks=pytest.mark.slow), pytest.param("nf4", marks=pytest.mark.slow)])
+def test_demo_config_on_bundled_model(tmp_path, variant):
+  """The README's main job, shortened: experiments/configs/demo.py on checkpoints/gemmax-tiny and
+  data/trec6 runs as configured (only steps, classification rows and outputs cut down)."""
+  extra = {"dora": ["--config.method=dora"], "nf4": ["--config.quantize=nf4"]}.get(variant, [])
+  args = [sys.executable, SCRIPT, f"--config={DEMO}", f"--config.workdir={tmp_path / 'demo'}",
+          "--config.steps=3", "--config.log_every=1", "--config.eval_every=3",
+          "--config.eval_batches=1", "--config.checkpoint_every=0", "--config.classify.limit=12",
+          "--config.progress=False", *extra]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  r = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = json.load(open(tmp_path / "demo" / "summary.json"))
+  cls = summary["classification"]
+  assert cls["baseline"]["label"] == "entity"  # the training file's majority class
+  for stage in ("zero_shot", "fine_tuned"):
+    assert cls[stage]["num_examples"] == 12 and 0.0 <= cls[stage]["accuracy"] <= 1.0
+  assert "majority baseline" in r.stdout and "fine-tuned" in r.stdout
+  assert sorted(os.listdir(tmp_path / "demo" / "adapter")) == ["adapter_config.json",
+                                                               "adapter_model.safetensors"]
+  assert os.path.getsize(tmp_path / "demo" / "loss_curve.png") > 1000
