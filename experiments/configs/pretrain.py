@@ -2,8 +2,9 @@
 
     python experiments/pretrain.py --config experiments/configs/pretrain.py
 
-Sized for 2 CPU cores and ~30 minutes (~1 epoch of the corpus): float32, seq 256, no remat. The corpus is rebuilt by
-`python experiments/prepare_data.py` (see data/README.md for its sources and licences).
+Sized for 2 CPU cores and ~30 minutes (~1 epoch of the corpus): float32, seq 256, no remat. The
+corpus is rebuilt by `python experiments/prepare_data.py` (see data/README.md for its sources and
+licences).
 """
 from ml_collections import config_dict
 
