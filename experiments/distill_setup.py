@@ -183,7 +183,7 @@ def eval_factory(c, tok, path):
   cfg = data.DataConfig(seq_len=c.data.seq_len, batch_size=c.data.eval_batch_size, shuffle=False,
                         num_epochs=1, packing=c.data.packing, prefetch=0,
                         on_bad_rows=c.data.on_bad_rows)
-  return lambda: data.make_pipeline(spec(c, path), tok, cfg)
+  return data.make_eval_pipeline(spec(c, path), tok, cfg)
 
 
 def distill_loss(c, kd_ratio=None):

@@ -173,7 +173,7 @@ def _targets(t):
 
 
 def build_data(c, vocab_size):
-  """(train iterator, eval iterator factory or None)."""
+  """(train iterator, eval iterator factory or None); the validation file is read and checked here."""
   from gemmax import data
 
   tok = data.load_tokenizer(c.model.tokenizer or c.model.path)
@@ -187,7 +187,7 @@ def build_data(c, vocab_size):
     eval_cfg = data.DataConfig(seq_len=c.data.seq_len, batch_size=c.data.eval_batch_size,
                                shuffle=False, num_epochs=1, packing=c.data.packing, prefetch=0,
                                on_bad_rows=c.data.on_bad_rows)
-    evaluate = lambda: data.make_pipeline(spec(c.data.validation), tok, eval_cfg)
+    evaluate = data.make_eval_pipeline(spec(c.data.validation), tok, eval_cfg)
   return train, evaluate
 
 

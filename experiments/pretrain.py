@@ -78,7 +78,7 @@ def train(c, model, tok, train_path, heldout_path):
       seq_len=c.data.seq_len, batch_size=c.data.batch_size, seed=c.seed, packing=True))
   eval_cfg = data.DataConfig(seq_len=c.data.seq_len, batch_size=c.data.batch_size, shuffle=False,
                              num_epochs=1, packing=True, prefetch=0)
-  evaluate = lambda: data.make_pipeline(data.SourceSpec(heldout_path, kind="text"), tok, eval_cfg)
+  evaluate = data.make_eval_pipeline(data.SourceSpec(heldout_path, kind="text"), tok, eval_cfg)
   o = c.optimizer
   opt = OptimizerConfig(learning_rate=o.learning_rate, warmup_steps=o.warmup_steps, steps=c.steps,
                         end_lr_fraction=o.end_lr_fraction, b1=o.b1, b2=o.b2,

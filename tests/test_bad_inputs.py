@@ -151,6 +151,8 @@ CASES = [
     ("row_not_utf8", {"data.train": _p("non_utf8.jsonl")}, ["non_utf8.jsonl row 2", "UTF-8"]),
     ("row_not_json", {"data.train": _p("not_json.jsonl")},
      ["not_json.jsonl row 2", "invalid JSON"]),
+    ("validation_row_not_json", {"data.validation": _p("not_json.jsonl"), "eval_every": 1},
+     ["not_json.jsonl row 2", "invalid JSON"]),  # found before training, not at the first eval
     ("row_empty_response", {"data.train": _p("empty_output.jsonl")},
      ["empty_output.jsonl row 1", "empty response"]),
     ("every_token_masked", {"data.seq_len": 8}, ["train.jsonl", "no target", "seq_len 8"]),

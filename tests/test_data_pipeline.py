@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_data_fixtures import gemma_spm  # noqa: F401
 
-from gemmax.data import DataConfig, SourceSpec, load_tokenizer, make_pipeline, tokenize_example
+from gemmax.data import DataConfig, SourceSpec, load_tokenizer, make_eval_pipeline, make_pipeline, tokenize_example
 
 T = 64
 
@@ -153,6 +153,24 @@ def test_sharding_and_shuffle(data):
     assert shard0 == every[0::2] and shard1 == every[1::2]
     a, b, c = firsts(seed=1), firsts(seed=1), firsts(seed=2)
     assert a == b and a != c and a != every and sorted(a) == sorted(every)
+
+
+def test_eval_pipeline_reads_once_and_repeats_its_batches(data, tmp_path):
+    path, _, tok = data
+    copy = tmp_path / "heldout.jsonl"
+    copy.write_text(open(path).read())
+    cfg = DataConfig(seq_len=T, batch_size=3, shuffle=False, num_epochs=1, prefetch=0)
+    evaluate = make_eval_pipeline(SourceSpec(str(copy), kind="text"), tok, cfg)
+    first = _collect(evaluate())
+    copy.unlink()  # every pass after this one must come from what was read at construction
+    _collect(evaluate(), 1)  # an evaluation cut short (eval_batches) does not disturb the next
+    second = _collect(evaluate())
+    want = _collect(make_pipeline(SourceSpec(path, kind="text"), tok, cfg))
+    assert len(first) == len(second) == len(want) > 1
+    assert all((a[k] == b[k]).all() and (a[k] == w[k]).all()
+               for a, b, w in zip(first, second, want) for k in w)
+    with pytest.raises(ValueError, match="num_epochs=1 and shuffle=False"):
+        make_eval_pipeline(SourceSpec(path, kind="text"), tok, DataConfig(seq_len=T, batch_size=3))
 
 
 @pytest.mark.parametrize("prefetch", [0, 2])

@@ -14,7 +14,7 @@ sum(loss_mask).
 from gemmax.data.chat import TEMPLATES, chat_segments, render_chat
 from gemmax.data.formats import (ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, alpaca_prompt, classification_to_alpaca,
                                  example_segments, tokenize_example, tokenize_segments)
-from gemmax.data.pipeline import DataConfig, make_dataset, make_pipeline
+from gemmax.data.pipeline import DataConfig, make_dataset, make_eval_pipeline, make_pipeline
 from gemmax.data.sources import BadRows, SourceSpec, load_records
 from gemmax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, Tokenizer, check_vocab, load_tokenizer
 
@@ -22,5 +22,5 @@ __all__ = [
     "ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "BadRows", "DataConfig", "HFTokenizer", "SentencePieceTokenizer",
     "SourceSpec", "TEMPLATES", "Tokenizer", "alpaca_prompt", "chat_segments", "check_vocab",
     "classification_to_alpaca", "example_segments", "load_records", "load_tokenizer", "make_dataset",
-    "make_pipeline", "render_chat", "tokenize_example", "tokenize_segments",
+    "make_eval_pipeline", "make_pipeline", "render_chat", "tokenize_example", "tokenize_segments",
 ]

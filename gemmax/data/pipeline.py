@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import grain
 import numpy as np
@@ -158,9 +158,6 @@ def _not_none(x):
     return x is not None
 
 
-_WARNED: set[str] = set()
-
-
 def _screen(items, origins, tokenize: _Tokenize, bad: BadRows):
     """Drops (and reports with row numbers) the examples that truncation would drop, before any shuffling,
     so every epoch sees the same examples and an all-dropped source fails here instead of spinning forever
@@ -176,10 +173,7 @@ def _screen(items, origins, tokenize: _Tokenize, bad: BadRows):
                 continue
         kept.append(item)
     if dropped.count:
-        summary = dropped.summary()
-        if summary not in _WARNED:  # evaluation rebuilds its pipeline each time: say it once
-            _WARNED.add(summary)
-            log.warning("dropped %s", summary)
+        log.warning("dropped %s", dropped.summary())
         bad.rows += dropped.rows
     return kept
 
@@ -269,3 +263,14 @@ class DataIterator:
 def make_pipeline(sources, tokenizer, config: DataConfig) -> DataIterator:
     """The batch iterator; see the module docstring and the batch contract in gemmax/data/__init__.py."""
     return DataIterator(*make_dataset(sources, tokenizer, config))
+
+
+def make_eval_pipeline(sources, tokenizer, config: DataConfig) -> Callable[[], DataIterator]:
+    """A factory of fresh passes over held-out data (config.num_epochs=1, no shuffle) for
+    `Trainer(eval_data=...)`. The records are read, validated and screened here, once: a bad
+    validation file fails before training starts, and each evaluation re-iterates the same dataset."""
+    if config.num_epochs != 1 or config.shuffle:
+        raise ValueError(f"make_eval_pipeline needs num_epochs=1 and shuffle=False, got "
+                         f"num_epochs={config.num_epochs}, shuffle={config.shuffle}")
+    dataset, bad = make_dataset(sources, tokenizer, config)
+    return lambda: DataIterator(dataset, bad)
