@@ -6,22 +6,9 @@ import sys
 
 import pytest
 
-from finetune_assets import CONFIG, ROOT, ROWS  # shared with test_bad_inputs
+from finetune_assets import CONFIG, ROOT, ROWS, write_tokenizer  # shared with test_bad_inputs
 
 SCRIPT = os.path.join(ROOT, "experiments", "finetune.py")
-
-
-def _tokenizer(path, texts):
-  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-  tok = Tokenizer(models.BPE(unk_token="<unk>"))
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
-  tok.train_from_iterator(texts, trainers.BpeTrainer(
-      vocab_size=500, special_tokens=specials,
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-  tok.save(os.path.join(path, "tokenizer.json"))
-  with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
-    json.dump({"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>"}, f)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +27,7 @@ def assets(tmp_path_factory):
   from gemmax.data import ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT
   # Train the tokenizer on the prompt templates too, so an example fits in a short sequence.
   texts = [" ".join(r.values()) for r in ROWS] + [ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT]
-  _tokenizer(str(model_dir), texts * 4)
+  write_tokenizer(str(model_dir), texts * 4)
   for name, rows in (("train.jsonl", ROWS * 4), ("val.jsonl", ROWS[:4])):
     with open(d / name, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in rows)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Iterator
 
 import ml_dtypes
 import numpy as np

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemmax.models.layers import Linear, matmul
+from gemmax.models.layers import matmul
 from gemmax.peft.nf4 import NF4Linear
 
 
