@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 
 from gemmax.models.kv_cache import init_cache
+from gemmax.sampling.layout import to_out_in, use_out_in
 from gemmax.sampling.loop import decode_step, generate_loop, prefill_step
 
 _BUCKET = 16  # prompt lengths are padded up to a multiple of this to reuse compilations
@@ -33,11 +34,15 @@ class Sampler:
   """Generates from a gemmax Transformer (any adapters/quantization inside it are used as is).
 
   max_len: KV cache length (prompt + generation); None sizes it to each call's needs.
+  out_in_kernels: decode with plain Linear kernels transposed to [out, in] (gemmax.sampling.layout;
+    a copy of those weights for the duration of each call). None: on CPU for batches > 1, where it
+    makes decoding ~1.7x faster.
   """
 
-  def __init__(self, model, tokenizer=None, max_len: Optional[int] = None, cache_dtype=None):
+  def __init__(self, model, tokenizer=None, max_len: Optional[int] = None, cache_dtype=None,
+               out_in_kernels: Optional[bool] = None):
     self.model, self.tokenizer, self.max_len = model, tokenizer, max_len
-    self.cache_dtype = cache_dtype
+    self.cache_dtype, self.out_in_kernels = cache_dtype, out_in_kernels
 
   # --- prompts ---------------------------------------------------------------------------------
   def encode(self, prompt) -> list[int]:
@@ -113,10 +118,13 @@ class Sampler:
       segments[r, p - n:] = 1
       positions[r, p - n:] = np.arange(n)
     graphdef, state = nnx.split(self.model)
+    out_in = use_out_in(b, self.out_in_kernels)
+    if out_in:
+      state = to_out_in(state, graphdef=graphdef)
     cache = init_cache(self.model.config, b, max_len, self.cache_dtype)
     greedy = temperature is None or float(temperature) == 0.0
     static = dict(greedy=greedy, top_k=None if top_k is None else min(int(top_k),
-                  self.model.config.vocab_size), use_top_p=top_p is not None)
+                  self.model.config.vocab_size), use_top_p=top_p is not None, out_in=out_in)
     args = (jnp.float32(temperature or 0.0), jnp.float32(1.0 if top_p is None else top_p))
     rng = jax.random.key(seed)
     if stream is None and not stop_strings:
