@@ -16,7 +16,7 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
-def test_notebook_runs(path, monkeypatch):
+def test_notebook_runs(path, monkeypatch, tmp_path):
   if not os.path.isfile(os.path.join(ROOT, "checkpoints", "gemmax-tiny", "model.safetensors")):
     pytest.fail("checkpoints/gemmax-tiny/model.safetensors is missing")
   monkeypatch.setenv("GEMMAX_NOTEBOOK_SMALL", "1")
@@ -25,5 +25,9 @@ def test_notebook_runs(path, monkeypatch):
   nb = nbformat.read(path, as_version=4)
   for cell in nb.cells:  # a notebook must be committed without outputs
     assert not cell.get("outputs"), f"{os.path.basename(path)}: commit it with outputs cleared"
+  # A scratch working directory that sees the bundled model and data: the notebooks write their
+  # runs/ there, so a stale store or workdir from an earlier run of the checkout cannot interfere.
+  for name in ("checkpoints", "data"):
+    os.symlink(os.path.join(ROOT, name), tmp_path / name)
   NotebookClient(nb, timeout=600, kernel_name="python3",
-                 resources={"metadata": {"path": ROOT}}).execute()
+                 resources={"metadata": {"path": str(tmp_path)}}).execute()
