@@ -5,11 +5,13 @@
 A random Llama (hidden 512, 8 layers, vocab 8192, float32) is built in transformers, saved, and
 loaded into gemmax with gemmax.convert.load_hf. Both decode greedily 128 new tokens after a
 16-token prompt at batch 1 and 8 (EOS disabled so every run makes all tokens). Compilation /
-warm-up is excluded from both. The last line is `decode_vs_hf_b1=<r> decode_vs_hf_b8=<r>`.
+warm-up is excluded from both; timed runs alternate between the two (medians), so the drift of a
+shared machine hits both alike. The last line is `decode_vs_hf_b1=<r> decode_vs_hf_b8=<r>`.
 """
 import argparse
 import os
 import platform
+import statistics
 import tempfile
 import time
 
@@ -34,44 +36,47 @@ def build(tmp):
   return hf
 
 
-def time_hf(hf, batch, new, cache, repeats):
+def hf_runner(hf, batch, new, cache):
+  """A function that runs transformers' greedy generate once and returns its seconds (warmed up)."""
   import torch
   ids = torch.randint(3, CONFIG["vocab_size"], (batch, PROMPT), generator=torch.Generator().manual_seed(1))
   kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0,
             attention_mask=torch.ones_like(ids))
   if cache == "static":
     kw["cache_implementation"] = "static"
-  with torch.inference_mode():
-    hf.generate(ids, **kw)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
+
+  def run():
+    with torch.inference_mode():
       t = time.perf_counter()
       out = hf.generate(ids, **kw)
-      best = min(best, time.perf_counter() - t)
-  assert out.shape == (batch, PROMPT + new), out.shape
-  return best, out[:, PROMPT:].numpy()
+      seconds = time.perf_counter() - t
+    assert out.shape == (batch, PROMPT + new), out.shape
+    return seconds
+
+  run()  # warm-up
+  return run
 
 
-def time_gemmax(model, batch, new, repeats):
+def gemmax_runner(model, batch, new):
+  """(a function that runs Sampler.generate once and returns its seconds, compile seconds)."""
   from gemmax.sampling import Sampler
   ids = np.random.RandomState(1).randint(3, CONFIG["vocab_size"], (batch, PROMPT)).tolist()
   sampler = Sampler(model)
-  t = time.perf_counter()
-  sampler.generate(ids, new)  # compiles
-  compile_s = time.perf_counter() - t
-  best = float("inf")
-  for _ in range(repeats):
+
+  def run():
     t = time.perf_counter()
     r = sampler.generate(ids, new)
-    best = min(best, time.perf_counter() - t)
-  assert all(len(x) == new for x in r.tokens)
-  return best, compile_s
+    seconds = time.perf_counter() - t
+    assert all(len(x) == new for x in r.tokens)
+    return seconds
+
+  return run, run()  # the first call compiles
 
 
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--new", type=int, default=128)
-  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--rounds", type=int, default=5, help="interleaved timed runs per side")
   ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "decode.md"))
   args = ap.parse_args()
   import torch
@@ -81,15 +86,20 @@ def main():
     model = load_hf(tmp)
   cache = "static"
   try:
-    time_hf(hf, 1, 4, "static", 1)
+    hf_runner(hf, 1, 4, "static")
   except Exception as e:  # noqa: BLE001 - report which cache was used, whatever failed
     print(f"static cache failed on this machine ({type(e).__name__}: {e}); using dynamic")
     cache = "dynamic"
   rows, ratios = [], {}
   for batch in (1, 8):
-    hf_s, _ = time_hf(hf, batch, args.new, cache, args.repeats)
-    gx_s, compile_s = time_gemmax(model, batch, args.new, args.repeats)
-    hf_tps, gx_tps = batch * args.new / hf_s, batch * args.new / gx_s
+    hf_run = hf_runner(hf, batch, args.new, cache)
+    gx_run, compile_s = gemmax_runner(model, batch, args.new)
+    hf_s, gx_s = [], []
+    for r in range(args.rounds):  # interleaved, alternating who goes first: drift hits both
+      for run, out in ((hf_run, hf_s), (gx_run, gx_s))[::1 if r % 2 == 0 else -1]:
+        out.append(run())
+    hf_tps = batch * args.new / statistics.median(hf_s)
+    gx_tps = batch * args.new / statistics.median(gx_s)
     ratios[batch] = gx_tps / hf_tps
     rows.append((batch, gx_tps, hf_tps, ratios[batch], compile_s))
     print(f"batch {batch}: gemmax {gx_tps:,.0f} tok/s, transformers ({cache} cache) "
@@ -99,10 +109,11 @@ def main():
              f"{torch.get_num_threads()}; load average at the end {load} (shared machine)")
   lines = [
       "# Decode throughput: gemmax Sampler vs transformers generate", "",
-      f"Date: 2026-11-23. Machine: {machine}. Produced by `benchmarks/decode.py`.", "",
+      f"Date: {time.strftime('%Y-%m-%d')}. Machine: {machine}. Produced by `benchmarks/decode.py`.", "",
       "Model: random Llama, hidden 512, 8 layers, 8 heads / 4 KV heads, head_dim 64, MLP 2048, "
-      f"vocab 8192, float32. Greedy, {PROMPT}-token prompt, {args.new} new tokens (EOS off), best "
-      f"of {args.repeats} timed runs after a warm-up; compile time excluded and listed. "
+      f"vocab 8192, float32. Greedy, {PROMPT}-token prompt, {args.new} new tokens (EOS off), median "
+      f"of {args.rounds} interleaved timed runs per side after a warm-up; compile time excluded "
+      "and listed. "
       f"transformers uses `generate(..., cache_implementation=\"{cache}\")`"
       + (" (static cache)." if cache == "static" else " (the static cache failed here; dynamic cache)."),
       "", "| batch | gemmax tok/s | transformers tok/s | ratio | gemmax compile s |",
