@@ -7,6 +7,7 @@ from flax import nnx
 from gemmax.models.layers import Linear
 from gemmax.models.rope import apply_rope, inverse_frequencies
 from gemmax.ops import attention
+from gemmax.ops.decode import attention_decode
 
 
 class Attention(nnx.Module):
@@ -43,6 +44,10 @@ class Attention(nnx.Module):
     if cache is not None:
       # The cache stores k/v and returns the keys visible now plus explicit positions/segments.
       k, v, extra, cache = cache.update(k, v, positions=positions, segment_ids=segment_ids)
+      if t == 1:  # one token per row: visit only the written slots (cost O(tokens so far))
+        out = attention_decode(q, k, v, scale=self.scale, sliding_window=self.sliding_window,
+                               softcap=self.softcap, written=cache.written(), **extra)
+        return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache
       segment_ids = extra.pop("segment_ids", None)
     out = attention(q, k, v, scale=self.scale, causal=True, sliding_window=self.sliding_window,
                     softcap=self.softcap, segment_ids=segment_ids,

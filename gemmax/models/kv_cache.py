@@ -37,6 +37,11 @@ class LayerCache:
   def size(self) -> int:
     return self.k.shape[2]
 
+  def written(self) -> jax.Array:
+    """[] int32: slots [0, written) hold tokens, the rest are empty (writes start at slot 0 and
+    a ring wraps only once full)."""
+    return jnp.minimum(self.index, self.size)
+
   def update(self, k, v, *, positions, segment_ids=None):
     """Stores a chunk k, v [B, T, K, H] and returns (keys, values, attention kwargs, new cache).
 
