@@ -74,3 +74,15 @@ def test_gemma2_batched_and_streamed_agree(gemma):
   assert a.tokens == b.tokens
   np.testing.assert_allclose(np.stack(a.logprobs), np.stack(b.logprobs), atol=1e-5)
   assert [s[0] for s in seen] == a.tokens[0]
+
+
+
+def test_llama_long_cache_matches_hf(llama):
+  """A 300-slot cache, mostly empty: decode attends only its written blocks (the first one here)."""
+  hf, model = llama
+  prompts = [[1, 5, 9], [1, 40, 41, 42, 43, 44, 45, 46, 47, 100, 101]]
+  got = Sampler(model, max_len=300).generate(prompts, 15)
+  for r, p in enumerate(prompts):
+    want, want_lp = _hf_greedy(hf, p, 15)
+    assert got.tokens[r] == want, f"row {r}"
+    np.testing.assert_allclose(got.logprobs[r], want_lp, atol=1e-4)
