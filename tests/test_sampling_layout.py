@@ -61,3 +61,22 @@ def test_out_in_is_chosen_for_batches_on_cpu():
   assert use_out_in(8) is (jax.default_backend() == "cpu")
   assert not use_out_in(1)
   assert use_out_in(1, True) and not use_out_in(8, False)
+
+
+def test_out_in_copy_is_reused_until_the_model_changes(monkeypatch):
+  from gemmax.sampling import sampler as sampler_mod
+  m = _model("llama3-tiny", tie_word_embeddings=False)
+  made = []
+  real = sampler_mod.to_out_in
+  monkeypatch.setattr(sampler_mod, "to_out_in", lambda *a, **k: made.append(1) or real(*a, **k))
+  prompts = [[1, 5, 9, 3], [1, 7]]
+  fast = Sampler(m, out_in_kernels=True)
+  first = fast.generate(prompts, 6)
+  assert fast.generate(prompts, 6).tokens == first.tokens and len(made) == 1  # reused
+  # Change one weight of the user's model: the next call must see it (a fresh copy).
+  head = m.lm_head.kernel
+  head.set_value(-head[...])
+  got = fast.generate(prompts, 6)
+  assert len(made) == 2
+  want = Sampler(m, out_in_kernels=False).generate(prompts, 6)
+  assert got.tokens == want.tokens and got.tokens != first.tokens
