@@ -26,6 +26,15 @@ CONFIG = dict(vocab_size=8192, hidden_size=512, intermediate_size=2048, num_hidd
 PROMPT = 16
 
 
+def cpu_name() -> str:
+  """The CPU model from /proc/cpuinfo: ratios move with the host (AVX2 vs AVX-512, cache sizes)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or "CPU"
+
+
 def build(tmp):
   import torch
   import transformers
@@ -105,7 +114,7 @@ def main():
     print(f"batch {batch}: gemmax {gx_tps:,.0f} tok/s, transformers ({cache} cache) "
           f"{hf_tps:,.0f} tok/s, ratio {ratios[batch]:.2f}x (gemmax compile {compile_s:.1f}s)")
   load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-  machine = (f"{platform.machine()} CPU, {os.cpu_count()} cores; torch threads "
+  machine = (f"{platform.machine()} {cpu_name()}, {os.cpu_count()} cores; torch threads "
              f"{torch.get_num_threads()}; load average at the end {load} (shared machine)")
   lines = [
       "# Decode throughput: gemmax Sampler vs transformers generate", "",

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from gemmax.models import ModelConfig, Transformer
-from gemmax.models.kv_cache import init_cache
+from gemmax.models.kv_cache import clear_cache, init_cache
 
 
 def _model(preset):
@@ -62,3 +62,36 @@ def test_ring_size_independent_of_max_len():
     assert cache.layers[0].k.shape == (3, 2, cfg.sliding_window, 16)  # layer 0 is local
     assert cache.layers[1].k.shape == (3, 2, max_len, 16)  # layer 1 is global
   assert jax.tree_util.tree_structure(cache)  # a pytree
+
+
+def test_prefill_into_a_fresh_cache_does_not_scale_with_max_len():
+  """The first chunk attends to itself only: its cost is that of the prompt, whatever max_len."""
+  model = _model("llama3-tiny")
+  graphdef, state = nnx.split(model)
+  ids = jax.random.randint(jax.random.key(3), (2, 16), 0, 256)
+  pos = jnp.broadcast_to(jnp.arange(16), (2, 16))
+
+  def prefill(state, ids, pos, cache):
+    return nnx.merge(graphdef, state)(ids, positions=pos, cache=cache)
+
+  flops = []
+  for max_len in (32, 4096):
+    cache = init_cache(model.config, 2, max_len)
+    assert all(layer.fresh for layer in cache.layers)
+    compiled = jax.jit(prefill).lower(state, ids, pos, cache).compile()
+    flops.append(compiled.cost_analysis()["flops"])
+    _, after = compiled(state, ids, pos, cache)
+    assert not any(layer.fresh for layer in after.layers)
+  assert flops[1] < 1.1 * flops[0], flops
+
+
+def test_clear_cache_equals_init_cache():
+  cfg = ModelConfig.preset("gemma2-tiny")
+  model = _model("gemma2-tiny")
+  ids = jax.random.randint(jax.random.key(4), (2, 12), 0, 256)
+  _, used = _run(model, ids, jnp.broadcast_to(jnp.arange(12), (2, 12)), None,
+                 init_cache(cfg, 2, 16))
+  cleared, want = clear_cache(used), init_cache(cfg, 2, 16)
+  assert jax.tree_util.tree_structure(cleared) == jax.tree_util.tree_structure(want)
+  for a, b in zip(jax.tree.leaves(cleared), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)

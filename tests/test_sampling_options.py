@@ -67,3 +67,19 @@ def test_text_prompts_stream_and_stop_strings(model):
   single = s.generate("hi", 10)
   assert single.tokens[0] == full.tokens[0]
   np.testing.assert_allclose(single.logprobs[0], full.logprobs[0], atol=1e-5)
+
+
+def test_recycled_cache_gives_what_a_new_sampler_gives(model):
+  """The last call's cache is emptied in place and reused: nothing of the earlier call shows."""
+  s = Sampler(model, max_len=48)
+  s.generate([[1, 99, 98, 97, 96, 95, 94, 93, 92, 91]] * 2, 30)  # fills most slots
+  spare = s._spare
+  again = s.generate(PROMPTS, 12)
+  assert spare.layers[0].k.is_deleted()  # its buffers were donated, i.e. reused
+  fresh = Sampler(model, max_len=48).generate(PROMPTS, 12)
+  assert again.tokens == fresh.tokens
+  np.testing.assert_array_equal(np.asarray(again.logprobs), np.asarray(fresh.logprobs))
+  streamed = s.generate(PROMPTS, 12, stream=lambda ids, text: None)  # the streaming path too
+  assert streamed.tokens == fresh.tokens
+  s.generate(PROMPTS[:1], 4)  # another batch size: a new cache, the old one is dropped
+  assert s._spare.layers[0].k.shape[0] == 1

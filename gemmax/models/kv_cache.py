@@ -7,6 +7,7 @@ segment id (0 = empty or padding) and the window mask works on true positions.
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -25,6 +26,9 @@ class LayerCache:
     was re-transposed every step, a third of the decode time at batch 8).
   positions, segments: [B, S] int32 per slot (segment 0 = empty/padding, never attended to).
   index: [] int32, the number of tokens written so far (the next slot of the sequence).
+  fresh: static; True for a cache from `init_cache` that nothing has been written to. Its first
+    chunk attends to itself only: a prompt's prefill then costs O(T^2), not O(T * max_len)
+    (batch 8, 16-token prompt, 4096 slots: a prefill-only call 518 -> 287 ms).
   """
   k: jax.Array
   v: jax.Array
@@ -32,6 +36,7 @@ class LayerCache:
   segments: jax.Array
   index: jax.Array
   window: Optional[int] = struct.field(pytree_node=False, default=None)
+  fresh: bool = struct.field(pytree_node=False, default=False)
 
   @property
   def size(self) -> int:
@@ -47,7 +52,8 @@ class LayerCache:
 
     Global layers attend over the whole buffer. Ring layers attend over the old ring plus the
     chunk (for T > 1, so that early queries of a long chunk still see the keys they need), or
-    over the updated ring for a single decode token.
+    over the updated ring for a single decode token. The first chunk into a fresh cache attends
+    over itself only: every other slot is empty.
     """
     b, t = k.shape[:2]
     q_seg = (jnp.ones((b, t), jnp.int32) if segment_ids is None
@@ -55,18 +61,16 @@ class LayerCache:
     positions = positions.astype(jnp.int32)
     k = jnp.swapaxes(k, 1, 2).astype(self.k.dtype)  # [B, K, T, H]
     v = jnp.swapaxes(v, 1, 2).astype(self.v.dtype)
-    if self.window is None:
-      new = self._write_global(k, v, positions, q_seg)
+    new = (self._write_global if self.window is None else self._write_ring)(k, v, positions, q_seg)
+    if self.fresh:
+      keys, values, kv_pos, kv_seg = k, v, positions, q_seg
+    elif self.window is None or t == 1:
       keys, values, kv_pos, kv_seg = new.k, new.v, new.positions, new.segments
     else:
-      new = self._write_ring(k, v, positions, q_seg)
-      if t == 1:
-        keys, values, kv_pos, kv_seg = new.k, new.v, new.positions, new.segments
-      else:
-        keys = jnp.concatenate([self.k, k], axis=2)
-        values = jnp.concatenate([self.v, v], axis=2)
-        kv_pos = jnp.concatenate([self.positions, positions], axis=1)
-        kv_seg = jnp.concatenate([self.segments, q_seg], axis=1)
+      keys = jnp.concatenate([self.k, k], axis=2)
+      values = jnp.concatenate([self.v, v], axis=2)
+      kv_pos = jnp.concatenate([self.positions, positions], axis=1)
+      kv_seg = jnp.concatenate([self.segments, q_seg], axis=1)
     extra = dict(q_positions=positions, kv_positions=kv_pos, segment_ids=(q_seg, kv_seg))
     return jnp.swapaxes(keys, 1, 2), jnp.swapaxes(values, 1, 2), extra, new
 
@@ -77,7 +81,7 @@ class LayerCache:
         v=jax.lax.dynamic_update_slice(self.v, v, at),
         positions=jax.lax.dynamic_update_slice(self.positions, positions, (0, self.index)),
         segments=jax.lax.dynamic_update_slice(self.segments, seg, (0, self.index)),
-        index=self.index + k.shape[2])
+        index=self.index + k.shape[2], fresh=False)
 
   def _write_ring(self, k, v, positions, seg):
     t, w = k.shape[2], self.size
@@ -88,7 +92,7 @@ class LayerCache:
         v=self.v.at[:, :, slots].set(v[:, :, t - n:]),
         positions=self.positions.at[:, slots].set(positions[:, t - n:]),
         segments=self.segments.at[:, slots].set(seg[:, t - n:]),
-        index=self.index + t)
+        index=self.index + t, fresh=False)
 
 
 @struct.dataclass
@@ -124,5 +128,19 @@ def init_cache(config, batch: int, max_len: int, dtype=None) -> KVCache:
         k=jnp.zeros((batch, kh, size, h), dtype), v=jnp.zeros((batch, kh, size, h), dtype),
         positions=jnp.full((batch, size), EMPTY_POSITION, jnp.int32),
         segments=jnp.zeros((batch, size), jnp.int32),
-        index=jnp.zeros((), jnp.int32), window=window))
+        index=jnp.zeros((), jnp.int32), window=window, fresh=True))
   return KVCache(layers=tuple(layers), max_len=max_len)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def clear_cache(cache: KVCache) -> KVCache:
+  """`cache` emptied in place (donated), as from `init_cache`: recycling a cache's buffers is cheaper
+  than fresh memory, whose page faults cost ~6x the zero-fill (134 MB: 213 vs 36 ms here)."""
+  def clear(layer):
+    def zero(x, fill):  # an in-place overwrite, which XLA keeps in the donated buffer
+      return jax.lax.dynamic_update_slice(x, jnp.full_like(x, fill), (0,) * x.ndim)
+    return layer.replace(k=zero(layer.k, 0), v=zero(layer.v, 0),
+                         positions=zero(layer.positions, EMPTY_POSITION),
+                         segments=zero(layer.segments, 0), index=jnp.zeros_like(layer.index),
+                         fresh=True)
+  return cache.replace_layers(clear(layer) for layer in cache.layers)
