@@ -95,3 +95,22 @@ def test_clear_cache_equals_init_cache():
   assert jax.tree_util.tree_structure(cleared) == jax.tree_util.tree_structure(want)
   for a, b in zip(jax.tree.leaves(cleared), jax.tree.leaves(want)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_long_prefill_into_a_fresh_cache_uses_the_chunked_kernel():
+  """A fresh cache's first chunk takes the uncached attention path, so a long prompt gets the
+  memory-bounded kernel instead of [T, T] logits per head."""
+  model = _model("llama3-tiny")
+  cfg = model.config
+  graphdef, state = nnx.split(model)
+  t = 4096  # CPU_CHUNKED_MIN_KV_LEN: impl="auto" picks xla_chunked from here on
+  ids = jnp.zeros((1, t), jnp.int32)
+  pos = jnp.arange(t)[None]
+
+  def prefill(state, ids, pos, cache):
+    return nnx.merge(graphdef, state)(ids, positions=pos, cache=cache)[0][:, -1]
+
+  cache = init_cache(cfg, 1, t + 8)
+  mem = jax.jit(prefill).lower(state, ids, pos, cache).compile().memory_analysis()
+  logits_bytes = cfg.num_attention_heads * t * t * 4  # one layer's f32 attention logits
+  assert mem.temp_size_in_bytes < logits_bytes / 4, (mem.temp_size_in_bytes, logits_bytes)

@@ -40,17 +40,21 @@ class Attention(nnx.Module):
     inv_freq = inverse_frequencies(*self.rope)
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)
-    extra = {}
+    extra, impl = {}, self.impl
     if cache is not None:
       # The cache stores k/v and returns the keys visible now plus explicit positions/segments.
+      first = cache.fresh
       k, v, extra, cache = cache.update(k, v, positions=positions, segment_ids=segment_ids)
       if t == 1:  # one token per row: visit only the written slots (cost O(tokens so far))
         out = attention_decode(q, k, v, scale=self.scale, sliding_window=self.sliding_window,
                                softcap=self.softcap, written=cache.written(), **extra)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache
       segment_ids = extra.pop("segment_ids", None)
+      if first:  # the chunk attends to itself: the uncached path and its kernels apply
+        extra, segment_ids = {}, segment_ids[0]
+      else:
+        impl = "xla"
     out = attention(q, k, v, scale=self.scale, causal=True, sliding_window=self.sliding_window,
-                    softcap=self.softcap, segment_ids=segment_ids,
-                    impl=self.impl if cache is None else "xla", **extra)
+                    softcap=self.softcap, segment_ids=segment_ids, impl=impl, **extra)
     out = self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
     return out if cache is None else (out, cache)
