@@ -64,21 +64,24 @@ def test_ring_size_independent_of_max_len():
   assert jax.tree_util.tree_structure(cache)  # a pytree
 
 
+def _prefill(model):
+  """(state, jitted (state, ids, positions, cache) -> (logits, cache)) for compiled-cost checks."""
+  graphdef, state = nnx.split(model)
+  return state, jax.jit(lambda st, ids, pos, cache: nnx.merge(graphdef, st)(
+      ids, positions=pos, cache=cache))
+
+
 def test_prefill_into_a_fresh_cache_does_not_scale_with_max_len():
   """The first chunk attends to itself only: its cost is that of the prompt, whatever max_len."""
   model = _model("llama3-tiny")
-  graphdef, state = nnx.split(model)
+  state, prefill = _prefill(model)
   ids = jax.random.randint(jax.random.key(3), (2, 16), 0, 256)
   pos = jnp.broadcast_to(jnp.arange(16), (2, 16))
-
-  def prefill(state, ids, pos, cache):
-    return nnx.merge(graphdef, state)(ids, positions=pos, cache=cache)
-
   flops = []
   for max_len in (32, 4096):
     cache = init_cache(model.config, 2, max_len)
     assert all(layer.fresh for layer in cache.layers)
-    compiled = jax.jit(prefill).lower(state, ids, pos, cache).compile()
+    compiled = prefill.lower(state, ids, pos, cache).compile()
     flops.append(compiled.cost_analysis()["flops"])
     _, after = compiled(state, ids, pos, cache)
     assert not any(layer.fresh for layer in after.layers)
@@ -102,15 +105,11 @@ def test_long_prefill_into_a_fresh_cache_uses_the_chunked_kernel():
   memory-bounded kernel instead of [T, T] logits per head."""
   model = _model("llama3-tiny")
   cfg = model.config
-  graphdef, state = nnx.split(model)
+  state, prefill = _prefill(model)
   t = 4096  # CPU_CHUNKED_MIN_KV_LEN: impl="auto" picks xla_chunked from here on
   ids = jnp.zeros((1, t), jnp.int32)
   pos = jnp.arange(t)[None]
-
-  def prefill(state, ids, pos, cache):
-    return nnx.merge(graphdef, state)(ids, positions=pos, cache=cache)[0][:, -1]
-
   cache = init_cache(cfg, 1, t + 8)
-  mem = jax.jit(prefill).lower(state, ids, pos, cache).compile().memory_analysis()
+  mem = prefill.lower(state, ids, pos, cache).compile().memory_analysis()
   logits_bytes = cfg.num_attention_heads * t * t * 4  # one layer's f32 attention logits
   assert mem.temp_size_in_bytes < logits_bytes / 4, (mem.temp_size_in_bytes, logits_bytes)

@@ -44,16 +44,16 @@ class Attention(nnx.Module):
     if cache is not None:
       # The cache stores k/v and returns the keys visible now plus explicit positions/segments.
       first = cache.fresh
-      k, v, extra, cache = cache.update(k, v, positions=positions, segment_ids=segment_ids)
+      kc, vc, extra, cache = cache.update(k, v, positions=positions, segment_ids=segment_ids)
       if t == 1:  # one token per row: visit only the written slots (cost O(tokens so far))
-        out = attention_decode(q, k, v, scale=self.scale, sliding_window=self.sliding_window,
+        out = attention_decode(q, kc, vc, scale=self.scale, sliding_window=self.sliding_window,
                                softcap=self.softcap, written=cache.written(), **extra)
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache
-      segment_ids = extra.pop("segment_ids", None)
-      if first:  # the chunk attends to itself: the uncached path and its kernels apply
-        extra, segment_ids = {}, segment_ids[0]
+      if first:  # every other slot is empty: the chunk attends to itself, uncached path and kernels
+        extra = {}
       else:
-        impl = "xla"
+        k, v, impl = kc, vc, "xla"
+        segment_ids = extra.pop("segment_ids")
     out = attention(q, k, v, scale=self.scale, causal=True, sliding_window=self.sliding_window,
                     softcap=self.softcap, segment_ids=segment_ids, impl=impl, **extra)
     out = self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))

@@ -26,8 +26,8 @@ class LayerCache:
     was re-transposed every step, a third of the decode time at batch 8).
   positions, segments: [B, S] int32 per slot (segment 0 = empty/padding, never attended to).
   index: [] int32, the number of tokens written so far (the next slot of the sequence).
-  fresh: static; True for a cache from `init_cache` that nothing has been written to. Its first
-    chunk attends to itself only, through the uncached attention path and its kernels: a
+  fresh: static; True for a cache from `init_cache` that nothing has been written to. The model
+    attends its first chunk to itself only, through the uncached attention path and kernels: a
     prompt's prefill costs O(T^2), not O(T * max_len) (batch 8, 16-token prompt, 4096 slots: a
     prefill-only call 518 -> 287 ms), and a long one gets the memory-bounded kernel (4096
     tokens, tiny Llama: 772 -> 20 MiB of temporaries).
@@ -54,8 +54,7 @@ class LayerCache:
 
     Global layers attend over the whole buffer. Ring layers attend over the old ring plus the
     chunk (for T > 1, so that early queries of a long chunk still see the keys they need), or
-    over the updated ring for a single decode token. The first chunk into a fresh cache attends
-    over itself only: every other slot is empty.
+    over the updated ring for a single decode token.
     """
     b, t = k.shape[:2]
     q_seg = (jnp.ones((b, t), jnp.int32) if segment_ids is None
@@ -64,9 +63,7 @@ class LayerCache:
     k = jnp.swapaxes(k, 1, 2).astype(self.k.dtype)  # [B, K, T, H]
     v = jnp.swapaxes(v, 1, 2).astype(self.v.dtype)
     new = (self._write_global if self.window is None else self._write_ring)(k, v, positions, q_seg)
-    if self.fresh:
-      keys, values, kv_pos, kv_seg = k, v, positions, q_seg
-    elif self.window is None or t == 1:
+    if self.window is None or t == 1:
       keys, values, kv_pos, kv_seg = new.k, new.v, new.positions, new.segments
     else:
       keys = jnp.concatenate([self.k, k], axis=2)
