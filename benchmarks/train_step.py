@@ -2,22 +2,27 @@
 
 Same model and recipe on both sides, measured in one run on one machine: Gemma 2 style, vocab 8192,
 hidden 512, 8 layers, 8 heads / 4 kv heads, head_dim 64, window 128, batch 4 x 256 tokens, rank 16
-on every linear layer, AdamW. float32 compute on both sides (bf16 is slow on CPU). Rounds of the
-two frameworks are interleaved so background load hits both alike; the median step is reported.
-Also: compiled peak memory (XLA memory_analysis) of a LoRA vs a full fine-tuning step.
+on every linear layer, AdamW. `--dtype float32` (default): float32 compute on both sides.
+`--dtype bfloat16`: the mixed-precision recipe on both sides, bf16 compute with float32 adapters;
+gemmax stores the frozen base in bf16, peft is timed both under torch.autocast over a float32
+model and with its base cast to bf16 (peft keeps the adapters float32), and the faster counts.
+Rounds of the two frameworks are interleaved so background load hits both alike; the median step
+is reported. Also: compiled peak memory (XLA memory_analysis) of a LoRA vs a full fine-tuning step.
 
 Threads: XLA:CPU runs on its default pool, one thread per visible core; torch gets
 `torch.set_num_threads(cores)`. peft is also timed with 1 thread as a control: torch's OpenMP
 barriers spin, so on a machine shared with other work 2 threads can be far slower than 1. The ratio
 is taken against the faster of the two peft settings, so load cannot flatter gemmax.
 
-    python benchmarks/train_step.py [--steps 4] [--rounds 3] [--out PATH]
+    python benchmarks/train_step.py [--dtype float32|bfloat16] [--steps 4] [--rounds 3] [--out PATH]
 
 Last line: `lora_vs_peft=<ratio> dora_vs_peft=<ratio>` (tokens/s gemmax / tokens/s of best peft).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import platform
 import statistics
@@ -50,7 +55,9 @@ def batch_arrays(seed=0):
 # --- gemmax ------------------------------------------------------------------------------------
 def gemmax_step(method: str | None):
   """(run_one_step, compiled) for method None (full), 'lora' or 'dora'."""
-  model = Transformer(CFG, rngs=nnx.Rngs(0))
+  # full fine-tuning trains float32 params whatever the compute dtype; adapters are float32
+  cfg = CFG if method else dataclasses.replace(CFG, param_dtype="float32")
+  model = Transformer(cfg, rngs=nnx.Rngs(0))
   if method:
     peft.apply(model, method=method, rank=RANK, alpha=2 * RANK, targets="all-linear")
   sm = split_model(model)
@@ -75,16 +82,20 @@ def gemmax_step(method: str | None):
 
 
 # --- transformers + peft -----------------------------------------------------------------------
-def torch_step(method: str):
+def torch_step(method: str, precision: str = "float32"):
+  """precision: float32 | autocast (bf16 autocast over a float32 model) | bf16 (base cast to bf16,
+  adapters float32 as peft keeps them)."""
   import torch
   import transformers
   from peft import LoraConfig, get_peft_model
 
   torch.manual_seed(0)
   hf = transformers.Gemma2Config(**{k: v for k, v in CFG.to_hf().items()
-                                    if k not in ("architectures", "model_type")},
+                                    if k not in ("architectures", "model_type", "torch_dtype")},
                                  attn_implementation="eager")
   model = transformers.Gemma2ForCausalLM(hf).float()
+  if precision == "bf16":
+    model = model.to(torch.bfloat16)
   model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK,
                                            target_modules="all-linear",
                                            use_dora=method == "dora", lora_dropout=0.0))
@@ -95,7 +106,9 @@ def torch_step(method: str):
   ids, tg = torch.from_numpy(ids).long(), torch.from_numpy(tg).long()
 
   def run():
-    logits = model(input_ids=ids).logits.float()
+    with (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "autocast"
+          else contextlib.nullcontext()):
+      logits = model(input_ids=ids).logits.float()
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tg.reshape(-1))
     loss.backward()
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -123,11 +136,17 @@ def memory_mib(compiled) -> float:
 
 def main():
   ap = argparse.ArgumentParser()
+  ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                  help="compute dtype on both sides (bfloat16: see the module docstring)")
   ap.add_argument("--steps", type=int, default=4, help="timed steps per round")
   ap.add_argument("--rounds", type=int, default=3)
-  ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
-                                                "train_step.md"))
+  ap.add_argument("--out", default=None, help="default: results/train_step[_bfloat16].md")
   args = ap.parse_args()
+  global CFG
+  if args.dtype == "bfloat16":
+    CFG = dataclasses.replace(CFG, dtype="bfloat16", param_dtype="bfloat16")
+  args.out = args.out or os.path.join(os.path.dirname(__file__), "results", "train_step" + (
+      "_bfloat16" if args.dtype == "bfloat16" else "") + ".md")
   import torch
   threads = len(os.sched_getaffinity(0))  # cores this process may use (taskset respected)
   load_start = os.getloadavg()
@@ -137,10 +156,12 @@ def main():
     run, compiled = gemmax_step(method)
     runners[f"gemmax {method}"] = (run, None)
     mem[method] = memory_mib(compiled)
-    peft_run = torch_step(method)
-    runners[f"peft {method}"] = (peft_run, threads)
-    if threads > 1:
-      runners[f"peft {method} (1 thread)"] = (peft_run, 1)
+    for precision in (("autocast", "bf16") if args.dtype == "bfloat16" else ("float32",)):
+      peft_run = torch_step(method, precision)
+      tag = "" if precision == "float32" else f", {precision}"
+      runners[f"peft {method}{tag}"] = (peft_run, threads)
+      if threads > 1:
+        runners[f"peft {method}{tag}, 1 thread"] = (peft_run, 1)
   _, full = gemmax_step(None)
   mem["full"] = memory_mib(full)
   del full
@@ -190,7 +211,7 @@ def main():
           f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end.\n"
           f"Config: Gemma 2 style, vocab 8192, hidden 512, MLP 2048, 8 layers, 8 heads / 4 kv, "
           f"head_dim 64, window 128, batch {B} x {T}, rank {RANK} on all linear layers, AdamW, "
-          f"float32. Threads: XLA default pool ({threads}), torch {threads} (and 1 as a control)."
+          f"{args.dtype}. Threads: XLA default pool ({threads}), torch {threads} (and 1 as a control)."
           f"\n\n{table}\n\nlora_vs_peft = {ratio['lora']:.2f}, "
           f"dora_vs_peft = {ratio['dora']:.2f} (against the faster peft thread setting; "
           f"per round: {rounds_txt})\n\n{mem_table}\n")

@@ -2,7 +2,7 @@
 
     python experiments/finetune.py --config experiments/configs/demo.py
 
-Small enough for a laptop CPU (float32 compute: bf16 is slow on CPU).
+Small enough for a laptop CPU (float32 compute: most laptop CPUs have no bf16 matmul instructions).
 """
 import os
 import sys

@@ -14,7 +14,7 @@ def get_config():
   c.model.path = "checkpoints/gemmax-tiny"   # HF dir (config.json + *.safetensors); "" to use preset
   c.model.preset = ""                         # e.g. "gemma2-tiny" when path is ""
   c.model.tokenizer = ""                      # tokenizer file or dir; "" = model.path
-  c.model.dtype = "bfloat16"                  # compute dtype (float32 is faster on CPU)
+  c.model.dtype = "bfloat16"                  # compute dtype (CPUs without bf16 matmul: float32)
   c.model.param_dtype = ""                    # base weight storage; "" = checkpoint dtype
   c.model.remat = "none"                      # none | full | save_dots
   c.model.attn_impl = "auto"

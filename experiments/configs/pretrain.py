@@ -30,7 +30,7 @@ def get_config():
   c.model.max_position_embeddings = 2048
   c.model.rope_theta = 10000.0
   c.model.tokenizer = "checkpoints/gemmax-tiny/tokenizer.model"
-  c.model.dtype = "float32"                 # compute dtype (bf16 is slow on CPU)
+  c.model.dtype = "float32"                 # compute dtype (bf16 is slow on CPUs without AMX)
 
   # Data: the corpus cut into ~chunk_chars pieces ("text" records), TREC-6 *train* questions
   # (questions only, no labels), packed into seq_len rows. Every holdout_every-th corpus chunk is

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from gemmax.distill import losses
+from gemmax.models.layers import dot2d
 from gemmax.train.losses import DEFAULT_LOGIT_BUDGET, chunk_tokens_for
 
 
@@ -71,10 +72,11 @@ def _chunked(x, n_chunks, chunk, fill=0):
 
 def distill_sums(hidden, weight, targets, loss_mask, *, loss: DistillLoss = DistillLoss(),
                  softcap: Optional[float] = None, topk=None, teacher=None,
-                 chunk: Optional[int] = None) -> DistillSums:
+                 chunk: Optional[int] = None, vocab_major: bool = False) -> DistillSums:
   """Masked sums of the mixed loss, chunked over tokens.
 
-  hidden [B, T, D], weight [D, V]: the student's final hidden states and output projection;
+  hidden [B, T, D], weight [D, V] ([V, D] with `vocab_major`): the student's final hidden states
+  and output projection;
   targets, loss_mask [B, T]. The teacher is one of
     topk=(ids [B, T, k] int, probs [B, T, k], tail [B, T])        offline, stored top-k
     teacher=(hidden [B, T, Dt], weight [Dt, V], softcap or None)  online; gets no gradient
@@ -84,7 +86,7 @@ def distill_sums(hidden, weight, targets, loss_mask, *, loss: DistillLoss = Dist
   if topk is not None and teacher is not None:
     raise ValueError("distill_sums: pass topk (offline) or teacher (online), not both")
   b, t, d = hidden.shape
-  v = weight.shape[1]
+  v = weight.shape[0 if vocab_major else 1]
   if targets.shape != (b, t) or loss_mask.shape != (b, t):
     raise ValueError(f"targets {targets.shape} and loss_mask {loss_mask.shape} must be [{b}, {t}]")
   if teacher is not None and teacher[1].shape[1] != v:
@@ -114,7 +116,8 @@ def distill_sums(hidden, weight, targets, loss_mask, *, loss: DistillLoss = Dist
   temp = float(loss.temperature)
 
   def chunk_sums(w, t_w, x):
-    logits = _softcap(jnp.dot(x["h"], w, preferred_element_type=jnp.float32), softcap)  # [c, V]
+    logits = _softcap(dot2d(x["h"], w, w_t=vocab_major, preferred_element_type=jnp.float32),
+                      softcap)  # [c, V]
     m = x["m"]
     lse = jax.nn.logsumexp(logits, axis=-1)
     ce = lse - jnp.take_along_axis(logits, x["y"][:, None], axis=-1)[:, 0]
@@ -127,8 +130,8 @@ def distill_sums(hidden, weight, targets, loss_mask, *, loss: DistillLoss = Dist
       kd = losses.topk_distill_loss(student, x["ids"], x["p"], x["tail"], temp)
       kl = kd - losses.topk_teacher_entropy(x["p"], x["tail"])
     elif "th" in x:
-      t_logits = _softcap(jnp.dot(x["th"], t_w.astype(x["th"].dtype),
-                                  preferred_element_type=jnp.float32), t_cap)
+      t_logits = _softcap(dot2d(x["th"], t_w.astype(x["th"].dtype),
+                                preferred_element_type=jnp.float32), t_cap)
       kd = losses.divergence(loss.divergence, t_logits, student, beta=loss.beta, temperature=temp)
       kl = kd if loss.divergence == "forward_kl" else losses.forward_kl(t_logits, student, temp)
     if a == 0.0:

@@ -63,8 +63,10 @@ def model_distill_sums(model, batch: dict, loss: DistillLoss, *, chunk=None) -> 
   elif isinstance(model, TeacherStudent) and (loss.kd_ratio > 0 or model.deterministic):
     t = model.teacher
     teacher = (t.hidden_states(batch["input_ids"], **kw), t.output_weight(), _softcap_of(t))
-  return distill_sums(h, student.output_weight(), batch["targets"], batch["loss_mask"], loss=loss,
-                      softcap=_softcap_of(student), topk=topk, teacher=teacher, chunk=chunk)
+  w, vocab_major = student.output_projection()
+  return distill_sums(h, w, batch["targets"], batch["loss_mask"], loss=loss,
+                      softcap=_softcap_of(student), topk=topk, teacher=teacher, chunk=chunk,
+                      vocab_major=vocab_major)
 
 
 def distill_loss_fn(loss: DistillLoss):

@@ -31,6 +31,7 @@ from flax import nnx
 
 from gemmax.distill import store as st
 from gemmax.distill.losses import _NEG, _not_in
+from gemmax.models.layers import dot2d
 from gemmax.train.losses import DEFAULT_LOGIT_BUDGET, chunk_tokens_for
 
 
@@ -58,15 +59,17 @@ def _make_runner(graphdef, k, temperature, gumbel, chunk):
     model = nnx.merge(graphdef, state)
     h = model.hidden_states(input_ids, positions=positions, segment_ids=segment_ids)
     b, t, d = h.shape
-    w = model.output_weight().astype(h.dtype)
+    w, vocab_major = model.output_projection()
+    w = w.astype(h.dtype)
     cap = model.config.final_logit_softcapping if model.config.family == "gemma2" else None
-    c = chunk or chunk_tokens_for(w.shape[1], b * t, DEFAULT_LOGIT_BUDGET // 2)
+    c = chunk or chunk_tokens_for(w.shape[0 if vocab_major else 1], b * t,
+                                  DEFAULT_LOGIT_BUDGET // 2)
     n_chunks = -(-(b * t) // c)
     flat = jnp.pad(h.reshape(b * t, d), ((0, n_chunks * c - b * t), (0, 0)))
 
     def body(_, xs):
       i, hc = xs
-      logits = jnp.dot(hc, w, preferred_element_type=jnp.float32)
+      logits = dot2d(hc, w, w_t=vocab_major, preferred_element_type=jnp.float32)
       logits = logits if cap is None else jnp.tanh(logits / cap) * cap
       key = jax.random.fold_in(rng, i) if gumbel else None
       ids, p, tail = select_topk(logits, k, temperature=temperature, rng=key)

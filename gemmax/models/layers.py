@@ -1,6 +1,8 @@
 """Building blocks: Linear, Embed, RMSNorm (both families' variants) and the gated MLP."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -8,7 +10,52 @@ from flax import nnx
 _init = nnx.initializers.normal(stddev=0.02)
 
 
-def matmul(x: jax.Array, w: jax.Array, **kw) -> jax.Array:
+def _contract(x, w, x_dim: int, w_dim: int) -> jax.Array:
+  """2-D product contracting x's dim `x_dim` with w's dim `w_dim`, float32 accumulation."""
+  return jax.lax.dot_general(x, w, (((x_dim,), (w_dim,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dot_f32_acc(x: jax.Array, w: jax.Array, w_t: bool, out_dtype) -> jax.Array:
+  """x [n, k] @ (w [k, m], or w [m, k] transposed when w_t) for bf16/f16 operands, accumulated
+  in float32 and cast to `out_dtype`.
+
+  Why: XLA:CPU runs a dot whose result is bf16 by upcasting both operands to float32 (~170
+  GFLOP/s here), but a bf16 x bf16 -> f32 dot natively (AMX / AVX512-BF16: 600-900 GFLOP/s);
+  both round the same float32 sums. The fast kernels also need the transposes expressed as
+  contracting dims: `jnp.dot(a, b.T)` compiles to the slow path, the same product as a
+  dot_general contracting dim 1 with dim 1 does not. Autodiff would give f32 x bf16 gradient
+  products (upcast again), hence the custom VJP, which keeps both gradient dots in this form.
+  """
+  return _contract(x, w, 1, 1 if w_t else 0).astype(out_dtype)
+
+
+def _dot_f32_acc_fwd(x, w, w_t, out_dtype):
+  return _dot_f32_acc(x, w, w_t, out_dtype), (x, w)
+
+
+def _dot_f32_acc_bwd(w_t, out_dtype, res, g):
+  x, w = res
+  g = g.astype(x.dtype)  # the gradient enters the products in the operands' precision
+  dx = _contract(g, w, 1, 0 if w_t else 1)
+  dw = _contract(g, x, 0, 0) if w_t else _contract(x, g, 0, 0)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_dot_f32_acc.defvjp(_dot_f32_acc_fwd, _dot_f32_acc_bwd)
+
+
+def dot2d(x: jax.Array, w: jax.Array, *, w_t: bool = False,
+          preferred_element_type=None) -> jax.Array:
+  """x [n, k] @ w [k, m] (or @ w.T for w [m, k] when `w_t`); bf16/f16 operands accumulate in
+  float32 through `_dot_f32_acc`, float32 ones take XLA's dot as is."""
+  if x.dtype == w.dtype and jnp.dtype(x.dtype).itemsize < 4:
+    return _dot_f32_acc(x, w, w_t, jnp.dtype(preferred_element_type or x.dtype))
+  return jnp.dot(x, w.T if w_t else w, preferred_element_type=preferred_element_type)
+
+
+def matmul(x: jax.Array, w: jax.Array, preferred_element_type=None) -> jax.Array:
   """x [..., in] @ w [in, out] -> [..., out], computed as one 2-D [tokens, in] matmul.
 
   Why flatten: the weight gradient x^T @ dy of a [B, T, in] input contracts two dims, and
@@ -17,7 +64,7 @@ def matmul(x: jax.Array, w: jax.Array, **kw) -> jax.Array:
   contraction is a single leading dim, which the matmul library takes as is.
   """
   lead = x.shape[:-1]
-  y = jnp.dot(x.reshape(-1, x.shape[-1]), w, **kw)
+  y = dot2d(x.reshape(-1, x.shape[-1]), w, preferred_element_type=preferred_element_type)
   return y.reshape(*lead, w.shape[-1])
 
 
@@ -25,7 +72,7 @@ def matmul(x: jax.Array, w: jax.Array, **kw) -> jax.Array:
 FEW_ROWS = 64
 
 
-def matmul_t(x: jax.Array, wt: jax.Array, **kw) -> jax.Array:
+def matmul_t(x: jax.Array, wt: jax.Array, preferred_element_type=None) -> jax.Array:
   """x [..., in] @ wt[out, in]^T -> [..., out].
 
   Why: decoding multiplies a few rows by every weight. On XLA:CPU a [8, in] x [in, out] product
@@ -37,9 +84,10 @@ def matmul_t(x: jax.Array, wt: jax.Array, **kw) -> jax.Array:
   lead = x.shape[:-1]
   x2 = x.reshape(-1, x.shape[-1])
   if x2.shape[0] <= FEW_ROWS:
-    y = jax.lax.optimization_barrier(jnp.dot(wt, x2.T, **kw)).T
+    y = jax.lax.optimization_barrier(
+        dot2d(wt, x2, w_t=True, preferred_element_type=preferred_element_type)).T
   else:
-    y = jnp.dot(x2, wt.T, **kw)
+    y = dot2d(x2, wt, w_t=True, preferred_element_type=preferred_element_type)
   return y.reshape(*lead, wt.shape[0])
 
 
@@ -78,8 +126,7 @@ class Embed(nnx.Module):
 
   def attend(self, h: jax.Array) -> jax.Array:
     """[..., hidden] -> [..., vocab] logits in float32."""
-    return jnp.dot(h, self.embedding[...].astype(h.dtype).T,
-                   preferred_element_type=jnp.float32)
+    return matmul_t(h, self.embedding[...].astype(h.dtype), preferred_element_type=jnp.float32)
 
 
 class RMSNorm(nnx.Module):

@@ -7,7 +7,7 @@ from flax import nnx
 
 from gemmax.models.attention import Attention
 from gemmax.models.config import ModelConfig
-from gemmax.models.layers import MLP, Embed, Linear, RMSNorm, matmul_t
+from gemmax.models.layers import MLP, Embed, Linear, RMSNorm, matmul, matmul_t
 from gemmax.sharding import HIDDEN, constrain
 
 _REMAT_POLICIES = {
@@ -110,12 +110,18 @@ class Transformer(nnx.Module):
       h = constrain(run(block, h), HIDDEN)
     return self.norm(h)
 
+  def output_projection(self) -> tuple[jax.Array, bool]:
+    """(weight, vocab_major): the output projection as stored, [vocab, hidden] when vocab_major
+    (tied embeddings, an [out, in] lm_head) else [hidden, vocab]. Losses take it as stored: a
+    transposed view would send bf16 products down XLA:CPU's slow path (layers._dot_f32_acc)."""
+    if self.config.tie_word_embeddings:
+      return self.embed_tokens.embedding[...], True
+    return self.lm_head.kernel[...], self.lm_head.kernel_layout == "out_in"
+
   def output_weight(self) -> jax.Array:
     """The [hidden, vocab] output projection (tied embeddings transposed, or lm_head)."""
-    if self.config.tie_word_embeddings:
-      return self.embed_tokens.embedding[...].T
-    k = self.lm_head.kernel[...]
-    return k.T if self.lm_head.kernel_layout == "out_in" else k
+    w, vocab_major = self.output_projection()
+    return w.T if vocab_major else w
 
   def logits(self, h: jax.Array) -> jax.Array:
     """[..., D] hidden states -> float32 [..., vocab] logits, soft-capped for Gemma 2."""
@@ -125,7 +131,7 @@ class Transformer(nnx.Module):
     elif self.lm_head.kernel_layout == "out_in":
       logits = matmul_t(h, self.lm_head.kernel[...].astype(h.dtype), **f32)
     else:
-      logits = jnp.dot(h, self.lm_head.kernel[...].astype(h.dtype), **f32)
+      logits = matmul(h, self.lm_head.kernel[...].astype(h.dtype), **f32)
     return softcap(logits, self.config.final_logit_softcapping if self.config.family == "gemma2"
                    else None)
 

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gemmax.models.layers import matmul_t
+
 BLOCK = 64
 ABSMAX_BLOCK = 256
 
@@ -126,7 +128,7 @@ class NF4Linear(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     w = self.weight(self.dtype)
-    return jax.lax.dot_general(x.astype(self.dtype), w, (((x.ndim - 1,), (1,)), ((), ())))
+    return matmul_t(x.astype(self.dtype), w)
 
   def nbytes(self) -> int:
     return int(sum(a.nbytes for a in self.arrays().values()))

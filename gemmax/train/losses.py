@@ -18,6 +18,8 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from gemmax.models.layers import dot2d
+
 # Default number of float32 logits per chunk (2**24 = 64 MiB): the chunk length in tokens is
 # this budget divided by the vocabulary size, so memory stays flat as the vocabulary grows.
 DEFAULT_LOGIT_BUDGET = 2 ** 24
@@ -41,20 +43,22 @@ def chunk_tokens_for(vocab_size: int, n_tokens: int, budget: int = DEFAULT_LOGIT
 
 def cross_entropy_sums(hidden: jax.Array, weight: jax.Array, targets: jax.Array,
                        loss_mask: jax.Array, *, softcap: Optional[float] = None,
-                       chunk: Optional[int] = None) -> CESums:
+                       chunk: Optional[int] = None, vocab_major: bool = False) -> CESums:
   """Masked CE sums of `softcap(hidden @ weight)` against `targets`, chunked over tokens.
 
-  hidden: [B, T, D] (any float dtype; the matmul accumulates in float32); weight: [D, V];
-  targets: [B, T] int next-token ids; loss_mask: [B, T] (1 where the token is scored).
-  `chunk` is the number of tokens per chunk (default from DEFAULT_LOGIT_BUDGET).
+  hidden: [B, T, D] (any float dtype; the matmul accumulates in float32); weight: [D, V], or
+  [V, D] with `vocab_major` (a tied embedding table as stored); targets: [B, T] int next-token
+  ids; loss_mask: [B, T] (1 where the token is scored). `chunk` is the number of tokens per
+  chunk (default from DEFAULT_LOGIT_BUDGET).
   """
   b, t, d = hidden.shape
-  if weight.ndim != 2 or weight.shape[0] != d:
-    raise ValueError(f"output weight must be [hidden={d}, vocab]; got {weight.shape}")
+  if weight.ndim != 2 or weight.shape[1 if vocab_major else 0] != d:
+    want = f"[vocab, hidden={d}]" if vocab_major else f"[hidden={d}, vocab]"
+    raise ValueError(f"output weight must be {want}; got {weight.shape}")
   if targets.shape != (b, t) or loss_mask.shape != (b, t):
     raise ValueError(f"targets {targets.shape} and loss_mask {loss_mask.shape} must be [{b}, {t}]")
   n = b * t
-  chunk = chunk or chunk_tokens_for(weight.shape[1], n)
+  chunk = chunk or chunk_tokens_for(weight.shape[0 if vocab_major else 1], n)
   n_chunks = -(-n // chunk)
   pad = n_chunks * chunk - n
   h = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0))).reshape(n_chunks, chunk, d)
@@ -63,7 +67,8 @@ def cross_entropy_sums(hidden: jax.Array, weight: jax.Array, targets: jax.Array,
   w = weight.astype(hidden.dtype)
 
   def chunk_sums(w, h, y, m):
-    logits = _softcap(jnp.dot(h, w, preferred_element_type=jnp.float32), softcap)  # [c, V]
+    logits = _softcap(dot2d(h, w, w_t=vocab_major, preferred_element_type=jnp.float32),
+                      softcap)  # [c, V]
     lse = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
     ce = (lse - target_logit) * m
@@ -113,5 +118,6 @@ def model_loss_sums(model, batch, *, chunk=None) -> CESums:
                           segment_ids=batch.get("segment_ids"))
   cfg = model.config
   cap = cfg.final_logit_softcapping if cfg.family == "gemma2" else None
-  return cross_entropy_sums(h, model.output_weight(), batch["targets"], batch["loss_mask"],
-                            softcap=cap, chunk=chunk)
+  w, vocab_major = model.output_projection()
+  return cross_entropy_sums(h, w, batch["targets"], batch["loss_mask"], softcap=cap, chunk=chunk,
+                            vocab_major=vocab_major)

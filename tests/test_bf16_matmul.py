@@ -1,0 +1,111 @@
+"""bf16 products accumulate in float32 through one custom VJP (gemmax.models.layers.dot2d).
+
+Values and gradients must equal float32 products of the same bf16 operands rounded once to bf16.
+On a CPU with bf16 matmul instructions, the forward and input-gradient products must compile to
+bf16 dots: XLA:CPU upcasts to float32 any bf16 dot that returns bf16 or whose transposed operand
+is a view (`a @ b.T`). Weight gradients x^T g, which contract the leading (token) axis, it
+upcasts whatever their form; those stay float32 here.
+"""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gemmax.models.layers import dot2d, matmul, matmul_t
+from gemmax.train.losses import cross_entropy_sums
+
+BF16 = jnp.bfloat16
+
+
+def _rand(key, shape):
+  return jax.random.normal(jax.random.key(key), shape, jnp.float32).astype(BF16)
+
+
+def _ref(x, w, w_t, out=BF16):
+  w = w.astype(jnp.float32)
+  return (x.astype(jnp.float32) @ (w.T if w_t else w)).astype(out)
+
+
+def _close(a, b):  # one bf16 rounding apart at most (float32 sums in another order)
+  np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                             rtol=2 ** -7, atol=1e-3)
+
+
+@pytest.mark.parametrize("w_t", [False, True])
+@pytest.mark.parametrize("out", [None, jnp.float32])
+def test_values_and_gradients_match_float32_products(w_t, out):
+  x, w = _rand(0, (96, 40)), _rand(1, (24, 40) if w_t else (40, 24))
+  y = jax.jit(lambda x, w: dot2d(x, w, w_t=w_t, preferred_element_type=out))(x, w)
+  assert y.dtype == (out or BF16)
+  _close(y, _ref(x, w, w_t, out or BF16))
+
+  g = _rand(2, (96, 24))
+  f = lambda x, w: jnp.sum(dot2d(x, w, w_t=w_t, preferred_element_type=out).astype(
+      jnp.float32) * g.astype(jnp.float32))
+  dx, dw = jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
+  assert dx.dtype == dw.dtype == BF16
+  g32, x32, w32 = (a.astype(jnp.float32) for a in (g, x, w))
+  _close(dx, (g32 @ (w32 if w_t else w32.T)).astype(BF16))
+  _close(dw, ((g32.T @ x32) if w_t else (x32.T @ g32)).astype(BF16))
+
+
+@pytest.mark.parametrize("rows", [8, 200])  # matmul_t's two paths
+def test_matmul_and_matmul_t_agree_in_bf16(rows):
+  x, w = _rand(3, (2, rows // 2, 32)), _rand(4, (32, 48))
+  _close(matmul(x, w), matmul_t(x, w.T))
+  gx = jax.grad(lambda x: jnp.sum(matmul(x, w).astype(jnp.float32)))(x)
+  gx_t = jax.grad(lambda x: jnp.sum(matmul_t(x, w.T).astype(jnp.float32)))(x)
+  _close(gx, gx_t)
+
+
+def test_vocab_major_loss_equals_the_transposed_weight():
+  h, emb = _rand(5, (2, 8, 16)), _rand(6, (40, 16))  # tied table as stored: [vocab, hidden]
+  y = jax.random.randint(jax.random.key(7), (2, 8), 0, 40)
+  m = jnp.ones((2, 8))
+  a = cross_entropy_sums(h, emb, y, m, vocab_major=True, softcap=30.0)
+  b = cross_entropy_sums(h, emb.T, y, m, softcap=30.0)
+  np.testing.assert_allclose(a.loss_sum, b.loss_sum, rtol=1e-6)
+  ga = jax.grad(lambda e: cross_entropy_sums(h, e, y, m, vocab_major=True).loss_sum)(emb)
+  gb = jax.grad(lambda e: cross_entropy_sums(h, e.T, y, m).loss_sum)(emb)
+  _close(ga, gb)
+  with pytest.raises(ValueError, match=r"\[vocab, hidden=16\]"):
+    cross_entropy_sums(h, emb.T, y, m, vocab_major=True)
+
+
+def _cpu_has_bf16_matmul() -> bool:
+  try:
+    flags = open("/proc/cpuinfo").read()
+  except OSError:
+    return False
+  return jax.default_backend() == "cpu" and bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
+
+
+def _dots(hlo: str) -> list[tuple[str, str, str]]:
+  """(lhs type, rhs type, lhs contracting dim) of every dot in optimised HLO, fused bodies too."""
+  out = []
+  for comp in re.split(r"\n(?=\S)", hlo):  # one computation per block
+    types = dict(re.findall(r"(%[\w.\-]+) = (\w+)\[", comp))
+    types.update(re.findall(r"([\w.\-]+): (\w+)\[", comp.split("\n")[0]))
+    for a, b, dim in re.findall(
+        r" dot\((%[\w.\-]+), (%[\w.\-]+)\), lhs_contracting_dims=\{(\d)\}", comp):
+      out.append((types.get(a) or types.get(a[1:]), types.get(b) or types.get(b[1:]), dim))
+  return out
+
+
+@pytest.mark.skipif(not _cpu_has_bf16_matmul(), reason="needs a CPU with bf16 matmul instructions")
+def test_compiled_bf16_step_keeps_forward_and_input_gradient_dots_in_bf16():
+  x, w = _rand(8, (4, 64, 128)), _rand(9, (128, 256))
+  emb = _rand(10, (512, 256))  # a tied output table: the transposed-operand case
+  y = jax.random.randint(jax.random.key(11), (4, 64), 0, 512)
+
+  def loss(x, w, emb):
+    h = matmul(x, w)
+    return cross_entropy_sums(h, emb, y, jnp.ones((4, 64)), vocab_major=True).loss_sum
+
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, w, emb).compile().as_text()
+  dots = _dots(hlo)
+  assert len(dots) == 6, dots  # forward 2; backward: 2 input gradients, 2 weight gradients
+  row_major = [d for d in dots if d[2] == "1"]  # x @ w, g @ w^T: contract the last lhs axis
+  assert len(row_major) == 4 and all(d[:2] == ("bf16", "bf16") for d in row_major), dots
