@@ -39,6 +39,7 @@ def _dot_f32_acc_bwd(w_t, out_dtype, res, g):
   x, w = res
   g = g.astype(x.dtype)  # the gradient enters the products in the operands' precision
   dx = _contract(g, w, 1, 0 if w_t else 1)
+  # contracts the token axis: XLA:CPU upcasts this form however it is spelled (RESULTS.md)
   dw = _contract(g, x, 0, 0) if w_t else _contract(x, g, 0, 0)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
