@@ -51,7 +51,7 @@ def dot2d(x: jax.Array, w: jax.Array, *, w_t: bool = False,
           preferred_element_type=None) -> jax.Array:
   """x [n, k] @ w [k, m] (or @ w.T for w [m, k] when `w_t`); bf16/f16 operands accumulate in
   float32 through `_dot_f32_acc`, float32 ones take XLA's dot as is."""
-  if x.dtype == w.dtype and jnp.dtype(x.dtype).itemsize < 4:
+  if x.dtype == w.dtype and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize < 4:
     return _dot_f32_acc(x, w, w_t, jnp.dtype(preferred_element_type or x.dtype))
   return jnp.dot(x, w.T if w_t else w, preferred_element_type=preferred_element_type)
 
