@@ -1,10 +1,10 @@
-"""bf16 products accumulate in float32 through one custom VJP (gemmax.models.layers.dot2d).
+"""bf16 products accumulate in float32 (gemmax.models.layers.dot2d, contract_tokens and the
+low-precision attention backward in gemmax.ops.xla).
 
 Values and gradients must equal float32 products of the same bf16 operands rounded once to bf16.
-On a CPU with bf16 matmul instructions, the forward and input-gradient products must compile to
-bf16 dots: XLA:CPU upcasts to float32 any bf16 dot that returns bf16 or whose transposed operand
-is a view (`a @ b.T`). Weight gradients x^T g, which contract the leading (token) axis, it
-upcasts whatever their form; those stay float32 here.
+On a CPU with bf16 matmul instructions, every product of a bf16 train step must compile to a
+bf16 dot: XLA:CPU upcasts to float32 any bf16 dot that returns bf16, that contracts the leading
+axis of a 2-D operand, or whose operand is an explicit transpose (`a @ b.T`).
 """
 import re
 
@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gemmax.models.layers import dot2d, matmul, matmul_t
+from gemmax.models.layers import contract_tokens, dot2d, matmul, matmul_t
+from gemmax.ops.xla import attention_xla
 from gemmax.train.losses import cross_entropy_sums
 
 BF16 = jnp.bfloat16
@@ -84,6 +85,7 @@ def _cpu_has_bf16_matmul() -> bool:
 
 def _dots(hlo: str) -> list[tuple[str, str, str]]:
   """(lhs type, rhs type, lhs contracting dim) of every dot in optimised HLO, fused bodies too."""
+  hlo = re.sub(r"lhs_batch_dims=\{[\d,]*\}, ", "", hlo)  # batched dots too
   out = []
   for comp in re.split(r"\n(?=\S)", hlo):  # one computation per block
     types = dict(re.findall(r"(%[\w.\-]+) = (\w+)\[", comp))
@@ -109,5 +111,52 @@ def test_compiled_bf16_step_keeps_forward_and_input_gradient_dots_in_bf16():
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, w, emb).compile().as_text()
   dots = _dots(hlo)
   assert len(dots) == 6, dots  # forward 2; backward: 2 input gradients, 2 weight gradients
-  row_major = [d for d in dots if d[2] == "1"]  # x @ w, g @ w^T: contract the last lhs axis
-  assert len(row_major) == 4 and all(d[:2] == ("bf16", "bf16") for d in row_major), dots
+  assert all(d[:2] == ("bf16", "bf16") for d in dots), dots
+
+
+@pytest.mark.parametrize("n", [64, 7])
+@pytest.mark.parametrize("dtype", [BF16, jnp.float32])
+def test_contract_tokens_is_a_transposed_product(n, dtype):
+  a, b = _rand(12, (n, 16)).astype(dtype), _rand(13, (n, 48)).astype(dtype)
+  got = contract_tokens(a, b)
+  assert got.dtype == jnp.float32 and got.shape == (16, 48)
+  want = a.astype(jnp.float32).T @ b.astype(jnp.float32)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-4)
+
+
+_ATTN = dict(scale=0.125, causal=True, softcap=20.0, segment_ids=None)
+
+
+def _attn_grads(q, k, v, cot, window):
+  def f(q, k, v):
+    out = attention_xla(q, k, v, sliding_window=window, **_ATTN)
+    return jnp.sum(out.astype(jnp.float32) * cot)
+  return jax.grad(f, argnums=(0, 1, 2))(q, k, v)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_low_precision_attention_gradients_match_float32_autodiff(window):
+  q, k, v = _rand(14, (2, 12, 4, 16)), _rand(15, (2, 12, 2, 16)), _rand(16, (2, 12, 2, 16))
+  cot = jax.random.normal(jax.random.key(17), q.shape)
+  f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+  want = _attn_grads(f32(q), f32(k), f32(v), cot, window)  # plain autodiff in float32
+  got = _attn_grads(q, k, v, cot, window)  # the bf16 custom VJP
+  for g, w in zip(got, want):
+    assert g.dtype == BF16
+    scale = float(jnp.max(jnp.abs(w)))
+    np.testing.assert_allclose(np.asarray(f32(g)), np.asarray(w), atol=2e-2 * scale, rtol=0)
+  out = attention_xla(q, k, v, sliding_window=window, **_ATTN)
+  ref = attention_xla(f32(q), f32(k), f32(v), sliding_window=window, **_ATTN)
+  np.testing.assert_allclose(np.asarray(f32(out)), np.asarray(ref), atol=2e-2, rtol=0)
+
+
+@pytest.mark.skipif(not _cpu_has_bf16_matmul(), reason=(
+    "XLA:CPU has native bf16 dot kernels only on CPUs with AMX or AVX512-BF16; elsewhere it may "
+    "upcast every bf16 dot, so there is no fast form to check (values are checked above)"))
+def test_compiled_bf16_attention_gradient_keeps_every_dot_in_bf16():
+  q, k, v = _rand(14, (2, 32, 4, 16)), _rand(15, (2, 32, 2, 16)), _rand(16, (2, 32, 2, 16))
+  cot = jax.random.normal(jax.random.key(17), q.shape)
+  hlo = jax.jit(_attn_grads, static_argnums=4).lower(q, k, v, cot, 8).compile().as_text()
+  dots = _dots(hlo)
+  # logits, then dV, dP, dQ, dK (the forward P @ V is dead code when only gradients are kept)
+  assert len(dots) == 5 and all(d[:2] == ("bf16", "bf16") for d in dots), dots

@@ -35,12 +35,29 @@ def _dot_f32_acc_fwd(x, w, w_t, out_dtype):
   return _dot_f32_acc(x, w, w_t, out_dtype), (x, w)
 
 
+def contract_tokens(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a^T @ b for a [n, p], b [n, q] -> [p, q] float32: a weight gradient, contracting tokens.
+
+  Why the split: XLA:CPU takes a 2-D product contracting the leading axis of both operands
+  (and any product whose operand is an explicit transpose) as unsupported by its matmul
+  library and, for bf16, upcasts both operands to float32. Written with the token axis split
+  in two, the dot is canonicalised by XLA itself (a transposing copy of `a`, so keep `a` the
+  smaller operand) and runs as a bf16 x bf16 -> f32 library dot: 3-6x faster for bf16 here.
+  float32 operands (and odd n) keep the 2-D form, which is as fast for them.
+  """
+  n = a.shape[0]
+  if a.dtype.itemsize < 4 and n % 2 == 0 and n > 2:
+    a, b = a.reshape(2, n // 2, a.shape[1]), b.reshape(2, n // 2, b.shape[1])
+    return jax.lax.dot_general(a, b, (((0, 1), (0, 1)), ((), ())),
+                               preferred_element_type=jnp.float32)
+  return _contract(a, b, 0, 0)
+
+
 def _dot_f32_acc_bwd(w_t, out_dtype, res, g):
   x, w = res
   g = g.astype(x.dtype)  # the gradient enters the products in the operands' precision
   dx = _contract(g, w, 1, 0 if w_t else 1)
-  # contracts the token axis: XLA:CPU upcasts this form however it is spelled (RESULTS.md)
-  dw = _contract(g, x, 0, 0) if w_t else _contract(x, g, 0, 0)
+  dw = contract_tokens(g, x) if w_t else contract_tokens(x, g)
   return dx.astype(x.dtype), dw.astype(w.dtype)
 
 

@@ -1,8 +1,12 @@
-"""Reference attention in plain XLA: grouped einsum (GQA as a reshape), f32 softmax."""
+"""Reference attention in plain XLA: grouped dot_generals (GQA as a reshape), f32 softmax."""
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
+
+_F32 = jnp.float32
 
 
 def visibility_mask(q_pos, k_pos, *, causal, sliding_window, q_seg=None, k_seg=None):
@@ -22,21 +26,76 @@ def visibility_mask(q_pos, k_pos, *, causal, sliding_window, q_seg=None, k_seg=N
   return mask
 
 
+# The products take q as [B, T, K, G, H] and k, v as [B, S, K, H] as they are, never through an
+# explicit transpose: XLA:CPU treats a dot fed by a transpose as unsupported by its matmul
+# library and upcasts bf16 operands to f32 (2x slower here), while the dimension numbers below
+# let XLA canonicalise the layouts itself. Logits come out [B, K, T, G, S]: (T, G) is one query
+# axis per kv head, so no [B, K, G, T, S] transposes appear around the softmax either.
+def _dot(a, b, contract, batch):
+  return jax.lax.dot_general(a, b, (contract, batch), preferred_element_type=_F32)
+
+
+def _probs(q5, k, mask, scale, softcap):
+  """(f32 probabilities [B, K, T, G, S], tanh of the soft-capped logits or None)."""
+  logits = _dot(q5, k, ((4,), (3,)), ((0, 2), (0, 2))) * scale
+  capped = None
+  if softcap is not None:
+    capped = jnp.tanh(logits / softcap)  # softcap comes before the mask
+    logits = capped * softcap
+  logits = jnp.where(mask, logits, jnp.finfo(_F32).min)
+  probs = jax.nn.softmax(logits, axis=-1)
+  # A query with no visible key (fully padded row) gets zeros, not a uniform average.
+  return jnp.where(mask.any(-1, keepdims=True), probs, 0.0), capped
+
+
+def _attend(q5, k, v, mask, scale, softcap):
+  """[B, T, K, G, H] output in q's dtype."""
+  probs, _ = _probs(q5, k, mask, scale, softcap)
+  out = _dot(probs.astype(v.dtype), v, ((4,), (1,)), ((0, 1), (0, 2)))  # [B, K, T, G, H]
+  return out.transpose(0, 2, 1, 3, 4).astype(q5.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attend_low_precision(q5, k, v, mask, scale, softcap):
+  """`_attend` for bf16/f16 inputs with the backward written out (flash-attention style).
+
+  Why: autodiff gives the backward products an f32 operand (the logits' gradient) and a bf16 one,
+  which XLA:CPU runs in f32. Here dS is rounded to the inputs' dtype, as flash attention and
+  torch's bf16 attention do, so all four gradient products are bf16 x bf16 -> f32.
+  """
+  return _attend(q5, k, v, mask, scale, softcap)
+
+
+def _attend_fwd(q5, k, v, mask, scale, softcap):
+  probs, capped = _probs(q5, k, mask, scale, softcap)
+  out = _dot(probs.astype(v.dtype), v, ((4,), (1,)), ((0, 1), (0, 2)))
+  return out.transpose(0, 2, 1, 3, 4).astype(q5.dtype), (q5, k, v, mask, probs, capped)
+
+
+def _attend_bwd(scale, softcap, res, d_out):
+  q5, k, v, mask, probs, capped = res
+  dt = q5.dtype
+  d_out = d_out.astype(dt)  # [B, T, K, G, H]
+  dv = _dot(probs.astype(dt), d_out, ((2, 3), (1, 3)), ((0, 1), (0, 2)))  # [B, K, S, H]
+  dp = _dot(d_out, v, ((4,), (3,)), ((0, 2), (0, 2)))  # [B, K, T, G, S]
+  ds = probs * (dp - jnp.sum(dp * probs, axis=-1, keepdims=True))  # softmax; masked p are 0
+  if capped is not None:
+    ds = ds * (1.0 - capped * capped)
+  ds = (ds * scale).astype(dt)
+  dq = _dot(ds, k, ((4,), (1,)), ((0, 1), (0, 2)))  # [B, K, T, G, H]
+  dk = _dot(ds, q5, ((2, 3), (1, 3)), ((0, 1), (0, 2)))  # [B, K, S, H]
+  return (dq.transpose(0, 2, 1, 3, 4).astype(dt), dk.transpose(0, 2, 1, 3).astype(k.dtype),
+          dv.transpose(0, 2, 1, 3).astype(v.dtype), None)
+
+
+_attend_low_precision.defvjp(_attend_fwd, _attend_bwd)
+
+
 def attention_xla(q, k, v, *, scale, causal, sliding_window, softcap, segment_ids,
                   q_positions=None, kv_positions=None):
   """q: [B, T, N, H]; k, v: [B, S, K, H] with N = K * G. Returns [B, T, N, H] in q.dtype."""
   b, t, n, h = q.shape
   s, kh = k.shape[1], k.shape[2]
-  g = n // kh
-  # Heads move next to batch and (T, G) merge into one query axis, so both attention matmuls and
-  # all four of their gradients are plain batched [B, K] matmuls. With separate T and G axes
-  # XLA:CPU transposes the [B, K, G, T, S] logits and their gradient into fresh buffers.
-  qg = q.reshape(b, t, kh, g, h).transpose(0, 2, 1, 3, 4).reshape(b, kh, t * g, h)
-  kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, H]
-  logits = jnp.einsum("BKQH,BKSH->BKQS", qg, kt, preferred_element_type=jnp.float32)
-  logits = logits.reshape(b, kh, t, g, s) * scale
-  if softcap is not None:
-    logits = jnp.tanh(logits / softcap) * softcap  # softcap comes before the mask
   if q_positions is None:
     q_positions = jnp.arange(t)[None] + (s - t)  # queries are the last t keys
   if kv_positions is None:
@@ -46,10 +105,8 @@ def attention_xla(q, k, v, *, scale, causal, sliding_window, softcap, segment_id
     q_seg, k_seg = segment_ids if isinstance(segment_ids, tuple) else (segment_ids, segment_ids)
   mask = visibility_mask(q_positions, kv_positions, causal=causal, sliding_window=sliding_window,
                          q_seg=q_seg, k_seg=k_seg)[:, None, :, None, :]  # [B or 1, 1, T, 1, S]
-  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1)
-  # A query with no visible key (fully padded row) gets zeros, not a uniform average.
-  probs = jnp.where(mask.any(-1, keepdims=True), probs, 0.0)
-  out = jnp.einsum("BKQS,BKSH->BKQH", probs.reshape(b, kh, t * g, s).astype(v.dtype), vt,
-                   preferred_element_type=jnp.float32)
-  return out.reshape(b, kh, t, g, h).transpose(0, 2, 1, 3, 4).reshape(b, t, n, h).astype(q.dtype)
+  low = q.dtype == k.dtype == v.dtype and jnp.issubdtype(q.dtype, jnp.floating) \
+      and q.dtype.itemsize < 4
+  attend = _attend_low_precision if low else _attend
+  out = attend(q.reshape(b, t, kh, n // kh, h), k, v, mask, float(scale), softcap)
+  return out.reshape(b, t, n, h)

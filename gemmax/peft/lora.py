@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemmax.models.layers import matmul, matmul_t
+from gemmax.models.layers import contract_tokens, matmul, matmul_t
 from gemmax.peft.nf4 import NF4Linear
 
 
@@ -108,8 +108,7 @@ def _down_bwd(res, g):
   # dA = x^T g contracts the token axis. XLA folds any transpose into the dot and emits it as
   # [in, r] = x^T g, which XLA:CPU runs ~6x slower than the same product laid out [r, in] = g^T x
   # (tiny rank leading); the barrier keeps that layout and only the [r, in] result is transposed.
-  da = jax.lax.optimization_barrier(jax.lax.dot_general(
-      g2, x2, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)).T
+  da = jax.lax.optimization_barrier(contract_tokens(g2.astype(x2.dtype), x2)).T
   return matmul_t(g, a), da.astype(a.dtype)
 
 
