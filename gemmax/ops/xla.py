@@ -48,11 +48,15 @@ def _probs(q5, k, mask, scale, softcap):
   return jnp.where(mask.any(-1, keepdims=True), probs, 0.0), capped
 
 
+def _mix_values(probs, v, out_dtype):
+  """probs [B, K, T, G, S] @ v [B, S, K, H] -> [B, T, K, G, H] in `out_dtype`."""
+  out = _dot(probs.astype(v.dtype), v, ((4,), (1,)), ((0, 1), (0, 2)))  # [B, K, T, G, H]
+  return out.transpose(0, 2, 1, 3, 4).astype(out_dtype)
+
+
 def _attend(q5, k, v, mask, scale, softcap):
   """[B, T, K, G, H] output in q's dtype."""
-  probs, _ = _probs(q5, k, mask, scale, softcap)
-  out = _dot(probs.astype(v.dtype), v, ((4,), (1,)), ((0, 1), (0, 2)))  # [B, K, T, G, H]
-  return out.transpose(0, 2, 1, 3, 4).astype(q5.dtype)
+  return _mix_values(_probs(q5, k, mask, scale, softcap)[0], v, q5.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -68,12 +72,11 @@ def _attend_low_precision(q5, k, v, mask, scale, softcap):
 
 def _attend_fwd(q5, k, v, mask, scale, softcap):
   probs, capped = _probs(q5, k, mask, scale, softcap)
-  out = _dot(probs.astype(v.dtype), v, ((4,), (1,)), ((0, 1), (0, 2)))
-  return out.transpose(0, 2, 1, 3, 4).astype(q5.dtype), (q5, k, v, mask, probs, capped)
+  return _mix_values(probs, v, q5.dtype), (q5, k, v, probs, capped)
 
 
 def _attend_bwd(scale, softcap, res, d_out):
-  q5, k, v, mask, probs, capped = res
+  q5, k, v, probs, capped = res
   dt = q5.dtype
   d_out = d_out.astype(dt)  # [B, T, K, G, H]
   dv = _dot(probs.astype(dt), d_out, ((2, 3), (1, 3)), ((0, 1), (0, 2)))  # [B, K, S, H]
@@ -85,7 +88,7 @@ def _attend_bwd(scale, softcap, res, d_out):
   dq = _dot(ds, k, ((4,), (1,)), ((0, 1), (0, 2)))  # [B, K, T, G, H]
   dk = _dot(ds, q5, ((2, 3), (1, 3)), ((0, 1), (0, 2)))  # [B, K, S, H]
   return (dq.transpose(0, 2, 1, 3, 4).astype(dt), dk.transpose(0, 2, 1, 3).astype(k.dtype),
-          dv.transpose(0, 2, 1, 3).astype(v.dtype), None)
+          dv.transpose(0, 2, 1, 3).astype(v.dtype), None)  # None: the mask has no gradient
 
 
 _attend_low_precision.defvjp(_attend_fwd, _attend_bwd)
