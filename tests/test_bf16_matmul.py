@@ -83,6 +83,11 @@ def _cpu_has_bf16_matmul() -> bool:
   return jax.default_backend() == "cpu" and bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
 
 
+needs_bf16_matmul = pytest.mark.skipif(not _cpu_has_bf16_matmul(), reason=(
+    "XLA:CPU has native bf16 dot kernels only on CPUs with AMX or AVX512-BF16; elsewhere it may "
+    "upcast every bf16 dot, so there is no fast form to check (values are checked above)"))
+
+
 def _dots(hlo: str) -> list[tuple[str, str, str]]:
   """(lhs type, rhs type, lhs contracting dim) of every dot in optimised HLO, fused bodies too."""
   hlo = re.sub(r"lhs_batch_dims=\{[\d,]*\}, ", "", hlo)  # batched dots too
@@ -96,9 +101,7 @@ def _dots(hlo: str) -> list[tuple[str, str, str]]:
   return out
 
 
-@pytest.mark.skipif(not _cpu_has_bf16_matmul(), reason=(
-    "XLA:CPU has native bf16 dot kernels only on CPUs with AMX or AVX512-BF16; elsewhere it may "
-    "upcast every bf16 dot, so there is no fast form to check (values are checked above)"))
+@needs_bf16_matmul
 def test_compiled_bf16_step_keeps_forward_and_input_gradient_dots_in_bf16():
   x, w = _rand(8, (4, 64, 128)), _rand(9, (128, 256))
   emb = _rand(10, (512, 256))  # a tied output table: the transposed-operand case
@@ -150,9 +153,7 @@ def test_low_precision_attention_gradients_match_float32_autodiff(window):
   np.testing.assert_allclose(np.asarray(f32(out)), np.asarray(ref), atol=2e-2, rtol=0)
 
 
-@pytest.mark.skipif(not _cpu_has_bf16_matmul(), reason=(
-    "XLA:CPU has native bf16 dot kernels only on CPUs with AMX or AVX512-BF16; elsewhere it may "
-    "upcast every bf16 dot, so there is no fast form to check (values are checked above)"))
+@needs_bf16_matmul
 def test_compiled_bf16_attention_gradient_keeps_every_dot_in_bf16():
   q, k, v = _rand(14, (2, 32, 4, 16)), _rand(15, (2, 32, 2, 16)), _rand(16, (2, 32, 2, 16))
   cot = jax.random.normal(jax.random.key(17), q.shape)

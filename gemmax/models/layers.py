@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gemmax.ops.common import is_low_precision
+
 _init = nnx.initializers.normal(stddev=0.02)
 
 
@@ -46,7 +48,7 @@ def contract_tokens(a: jax.Array, b: jax.Array) -> jax.Array:
   float32 operands (and odd n) keep the 2-D form, which is as fast for them.
   """
   n = a.shape[0]
-  if a.dtype.itemsize < 4 and n % 2 == 0 and n > 2:
+  if is_low_precision(a, b) and n % 2 == 0 and n > 2:
     a, b = a.reshape(2, n // 2, a.shape[1]), b.reshape(2, n // 2, b.shape[1])
     return jax.lax.dot_general(a, b, (((0, 1), (0, 1)), ((), ())),
                                preferred_element_type=jnp.float32)
@@ -68,7 +70,7 @@ def dot2d(x: jax.Array, w: jax.Array, *, w_t: bool = False,
           preferred_element_type=None) -> jax.Array:
   """x [n, k] @ w [k, m] (or @ w.T for w [m, k] when `w_t`); bf16/f16 operands accumulate in
   float32 through `_dot_f32_acc`, float32 ones take XLA's dot as is."""
-  if x.dtype == w.dtype and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize < 4:
+  if is_low_precision(x, w):
     return _dot_f32_acc(x, w, w_t, jnp.dtype(preferred_element_type or x.dtype))
   return jnp.dot(x, w.T if w_t else w, preferred_element_type=preferred_element_type)
 

@@ -8,6 +8,14 @@ from jax import lax
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
+def is_low_precision(*arrays) -> bool:
+  """True when the arrays share one floating dtype narrower than float32 (bf16, f16, fp8): the
+  operands XLA:CPU multiplies natively only in some forms (see gemmax.models.layers.dot2d)."""
+  dt = arrays[0].dtype
+  return (all(a.dtype == dt for a in arrays) and jnp.issubdtype(dt, jnp.floating)
+          and dt.itemsize < 4)
+
+
 def round_up(x: int, m: int) -> int:
   return -(-x // m) * m
 

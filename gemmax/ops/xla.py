@@ -6,6 +6,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from gemmax.ops.common import is_low_precision, split_segments
+
 _F32 = jnp.float32
 
 
@@ -103,13 +105,9 @@ def attention_xla(q, k, v, *, scale, causal, sliding_window, softcap, segment_id
     q_positions = jnp.arange(t)[None] + (s - t)  # queries are the last t keys
   if kv_positions is None:
     kv_positions = jnp.arange(s)[None]
-  q_seg = k_seg = None
-  if segment_ids is not None:
-    q_seg, k_seg = segment_ids if isinstance(segment_ids, tuple) else (segment_ids, segment_ids)
+  q_seg, k_seg = split_segments(segment_ids)
   mask = visibility_mask(q_positions, kv_positions, causal=causal, sliding_window=sliding_window,
                          q_seg=q_seg, k_seg=k_seg)[:, None, :, None, :]  # [B or 1, 1, T, 1, S]
-  low = q.dtype == k.dtype == v.dtype and jnp.issubdtype(q.dtype, jnp.floating) \
-      and q.dtype.itemsize < 4
-  attend = _attend_low_precision if low else _attend
+  attend = _attend_low_precision if is_low_precision(q, k, v) else _attend
   out = attend(q.reshape(b, t, kh, n // kh, h), k, v, mask, float(scale), softcap)
   return out.reshape(b, t, n, h)
