@@ -73,19 +73,24 @@ class LoRALinear(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dt = self.dtype
-    y = self.base(x)
+    # The base and adapter products are summed from their float32 accumulators and rounded
+    # once: one full-width pass, where rounding each product first cost two more (and kept both
+    # rounded arrays alive for the backward).
+    acc = jnp.promote_types(dt, jnp.float32)
+    y = self.base(x, out_dtype=acc)
     drop = self.dropout is not None and not self.dropout.deterministic
     xd = self.dropout(x) if drop else x
     a, b = self.lora_a[...].astype(dt), self.lora_b[...].astype(dt)
     # s scales the rank-r activations rather than the [tokens, out] product: one pass over a
     # 16-wide array instead of a full-width one (equal up to rounding).
-    lora = matmul(down_project(xd.astype(dt), a) * jnp.asarray(self.scaling, dt), b)
+    lora = matmul(down_project(xd.astype(dt), a) * jnp.asarray(self.scaling, dt), b,
+                  preferred_element_type=acc)
     if not self.use_dora:
-      return y + lora
-    g = (self.magnitude[...] / self.weight_norm()).astype(dt)
+      return (y + lora).astype(dt)
+    g = self.magnitude[...] / self.weight_norm()
     if not drop:  # peft's y + (g - 1) * y + g * lora, in two elementwise ops instead of five
-      return g * (y + lora)
-    return y + (g - 1) * self.base(xd) + g * lora
+      return (g * (y + lora)).astype(dt)
+    return (y + (g - 1) * self.base(xd, out_dtype=acc) + g * lora).astype(dt)
 
   def merged_kernel(self) -> jax.Array:
     """The plain kernel [in, out] (float32) this adapter is equivalent to."""

@@ -126,9 +126,9 @@ class NF4Linear(nnx.Module):
     """Dequantised kernel [in, out] (gemmax orientation)."""
     return self.weight(dtype).T
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
     w = self.weight(self.dtype)
-    return matmul_t(x.astype(self.dtype), w)
+    return matmul_t(x.astype(self.dtype), w, preferred_element_type=out_dtype)
 
   def nbytes(self) -> int:
     return int(sum(a.nbytes for a in self.arrays().values()))

@@ -13,12 +13,13 @@ same loss as one big batch.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-from gemmax.models.layers import dot2d
+from gemmax.models.layers import contract_tokens, dot2d
 
 # Default number of float32 logits per chunk (2**24 = 64 MiB): the chunk length in tokens is
 # this budget divided by the vocabulary size, so memory stays flat as the vocabulary grows.
@@ -26,7 +27,7 @@ DEFAULT_LOGIT_BUDGET = 2 ** 24
 
 
 class CESums(NamedTuple):
-  """Sums over masked tokens: cross-entropy, correct argmax predictions, and token count."""
+  """Sums over masked tokens: cross-entropy, correct top-1 predictions, and token count."""
   loss_sum: jax.Array
   correct: jax.Array
   count: jax.Array
@@ -34,6 +35,44 @@ class CESums(NamedTuple):
 
 def _softcap(x, cap):
   return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunk_ce(w, h, y, m, softcap, vocab_major):
+  """(sum of masked CE, masked count of correct top-1) for one chunk: h [c, D], y, m [c]."""
+  return _chunk_ce_fwd(w, h, y, m, softcap, vocab_major)[0]
+
+
+def _chunk_ce_fwd(w, h, y, m, softcap, vocab_major):
+  logits = _softcap(dot2d(h, w, w_t=vocab_major, preferred_element_type=jnp.float32),
+                    softcap)  # [c, V]
+  # One max serves the logsumexp and the accuracy: top-1 is correct when the target's logit is
+  # the maximum (argmax, a variadic reduce, took longer on XLA:CPU than the whole matmul).
+  mx = jnp.max(logits, axis=-1)
+  lse = mx + jnp.log(jnp.sum(jnp.exp(logits - mx[:, None]), axis=-1))
+  target_logit = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
+  sums = (jnp.sum((lse - target_logit) * m), jnp.sum((target_logit >= mx) * m))
+  return sums, (w, h, y, m, logits, lse)
+
+
+def _chunk_ce_bwd(softcap, vocab_major, res, g):
+  """d CE / d logits = (softmax - onehot) * m, times the soft-cap's 1 - tanh^2, in one pass.
+
+  Written out because autodiff spread it over six [c, V] float32 passes (and a scatter).
+  """
+  w, h, y, m, logits, lse = res
+  onehot = jnp.arange(logits.shape[-1])[None, :] == y[:, None]
+  d = (jnp.exp(logits - lse[:, None]) - onehot) * (m * g[0])[:, None]
+  if softcap is not None:  # the capped logits are kept: t = logits / cap (one array, not two)
+    t = logits / softcap
+    d = d * (1.0 - t * t)
+  d = d.astype(h.dtype)
+  dh = dot2d(d, w, w_t=not vocab_major, preferred_element_type=jnp.float32)
+  dw = contract_tokens(d, h) if vocab_major else contract_tokens(h, d)
+  return dw.astype(w.dtype), dh.astype(h.dtype), None, None
+
+
+_chunk_ce.defvjp(_chunk_ce_fwd, _chunk_ce_bwd)
 
 
 def chunk_tokens_for(vocab_size: int, n_tokens: int, budget: int = DEFAULT_LOGIT_BUDGET) -> int:
@@ -67,13 +106,7 @@ def cross_entropy_sums(hidden: jax.Array, weight: jax.Array, targets: jax.Array,
   w = weight.astype(hidden.dtype)
 
   def chunk_sums(w, h, y, m):
-    logits = _softcap(dot2d(h, w, w_t=vocab_major, preferred_element_type=jnp.float32),
-                      softcap)  # [c, V]
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
-    ce = (lse - target_logit) * m
-    correct = (jnp.argmax(logits, axis=-1) == y).astype(jnp.float32) * m
-    return jnp.sum(ce), jnp.sum(correct)
+    return _chunk_ce(w, h, y, m, softcap, vocab_major)
 
   if n_chunks == 1:
     # Every token fits in one chunk's budget: keeping its logits for the backward costs no more
