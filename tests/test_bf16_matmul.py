@@ -159,5 +159,5 @@ def test_compiled_bf16_attention_gradient_keeps_every_dot_in_bf16():
   cot = jax.random.normal(jax.random.key(17), q.shape)
   hlo = jax.jit(_attn_grads, static_argnums=4).lower(q, k, v, cot, 8).compile().as_text()
   dots = _dots(hlo)
-  # logits, then dV, dP, dQ, dK (the forward P @ V is dead code when only gradients are kept)
-  assert len(dots) == 5 and all(d[:2] == ("bf16", "bf16") for d in dots), dots
+  # logits, P @ V (its output enters the backward's row term), then dV, dP, dQ, dK
+  assert len(dots) == 6 and all(d[:2] == ("bf16", "bf16") for d in dots), dots

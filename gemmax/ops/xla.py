@@ -37,17 +37,19 @@ def _dot(a, b, contract, batch):
   return jax.lax.dot_general(a, b, (contract, batch), preferred_element_type=_F32)
 
 
-def _probs(q5, k, mask, scale, softcap):
-  """(f32 probabilities [B, K, T, G, S], tanh of the soft-capped logits or None)."""
+def _masked_logits(q5, k, mask, scale, softcap):
+  """f32 logits [B, K, T, G, S]: scaled, soft-capped (the cap comes before the mask), masked."""
   logits = _dot(q5, k, ((4,), (3,)), ((0, 2), (0, 2))) * scale
-  capped = None
   if softcap is not None:
-    capped = jnp.tanh(logits / softcap)  # softcap comes before the mask
-    logits = capped * softcap
-  logits = jnp.where(mask, logits, jnp.finfo(_F32).min)
-  probs = jax.nn.softmax(logits, axis=-1)
+    logits = jnp.tanh(logits / softcap) * softcap
+  return jnp.where(mask, logits, jnp.finfo(_F32).min)
+
+
+def _probs(q5, k, mask, scale, softcap):
+  """f32 probabilities [B, K, T, G, S]."""
+  probs = jax.nn.softmax(_masked_logits(q5, k, mask, scale, softcap), axis=-1)
   # A query with no visible key (fully padded row) gets zeros, not a uniform average.
-  return jnp.where(mask.any(-1, keepdims=True), probs, 0.0), capped
+  return jnp.where(mask.any(-1, keepdims=True), probs, 0.0)
 
 
 def _mix_values(probs, v, out_dtype):
@@ -58,34 +60,47 @@ def _mix_values(probs, v, out_dtype):
 
 def _attend(q5, k, v, mask, scale, softcap):
   """[B, T, K, G, H] output in q's dtype."""
-  return _mix_values(_probs(q5, k, mask, scale, softcap)[0], v, q5.dtype)
+  return _mix_values(_probs(q5, k, mask, scale, softcap), v, q5.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _attend_low_precision(q5, k, v, mask, scale, softcap):
-  """`_attend` for bf16/f16 inputs with the backward written out (flash-attention style).
+  """`_attend` for bf16/f16 inputs, written out forward and backward (flash-attention style).
 
   Why: autodiff gives the backward products an f32 operand (the logits' gradient) and a bf16 one,
   which XLA:CPU runs in f32. Here dS is rounded to the inputs' dtype, as flash attention and
-  torch's bf16 attention do, so all four gradient products are bf16 x bf16 -> f32.
+  torch's bf16 attention do, so all four gradient products are bf16 x bf16 -> f32. The softmax is
+  kept as the masked logits and their logsumexp: the backward recomputes P from them in the same
+  pass that forms dS, and the softmax's row term sum(dP * P) is taken as sum(dO * O) over the
+  head dim, so no f32 probabilities, soft-cap tanh or [.., S]-wide reduction are stored or run.
   """
-  return _attend(q5, k, v, mask, scale, softcap)
+  return _attend_fwd(q5, k, v, mask, scale, softcap)[0]
 
 
 def _attend_fwd(q5, k, v, mask, scale, softcap):
-  probs, capped = _probs(q5, k, mask, scale, softcap)
-  return _mix_values(probs, v, q5.dtype), (q5, k, v, probs, capped)
+  logits = _masked_logits(q5, k, mask, scale, softcap)
+  mx = jnp.max(logits, axis=-1, keepdims=True)
+  lse = mx + jnp.log(jnp.sum(jnp.exp(logits - mx), axis=-1, keepdims=True))
+  # A query with no visible key gets P = exp(-inf) = 0: zeros, not a uniform average.
+  lse = jnp.where(mask.any(-1, keepdims=True), lse, jnp.inf)
+  probs = jnp.exp(logits - lse).astype(v.dtype)
+  out = _mix_values(probs, v, q5.dtype)
+  return out, (q5, k, v, logits, lse, probs, out)
 
 
 def _attend_bwd(scale, softcap, res, d_out):
-  q5, k, v, probs, capped = res
+  # The barrier keeps XLA from merging the backward's exp(logits - lse) with the forward's
+  # (CSE), which would store P in float32 after all.
+  q5, k, v, logits, lse, probs, out, d_out = jax.lax.optimization_barrier((*res, d_out))
   dt = q5.dtype
   d_out = d_out.astype(dt)  # [B, T, K, G, H]
-  dv = _dot(probs.astype(dt), d_out, ((2, 3), (1, 3)), ((0, 1), (0, 2)))  # [B, K, S, H]
+  dv = _dot(probs, d_out, ((2, 3), (1, 3)), ((0, 1), (0, 2)))  # [B, K, S, H]
   dp = _dot(d_out, v, ((4,), (3,)), ((0, 2), (0, 2)))  # [B, K, T, G, S]
-  ds = probs * (dp - jnp.sum(dp * probs, axis=-1, keepdims=True))  # softmax; masked p are 0
-  if capped is not None:
-    ds = ds * (1.0 - capped * capped)
+  row = jnp.sum(d_out.astype(_F32) * out.astype(_F32), axis=-1)  # = sum_S dP * P, [B, T, K, G]
+  ds = jnp.exp(logits - lse) * (dp - row.transpose(0, 2, 1, 3)[..., None])  # masked P are 0
+  if softcap is not None:  # tanh' = 1 - t^2; masked logits clip to t = -1 (their P is 0)
+    t = jnp.maximum(logits / softcap, -1.0)
+    ds = ds * (1.0 - t * t)
   ds = (ds * scale).astype(dt)
   dq = _dot(ds, k, ((4,), (1,)), ((0, 1), (0, 2)))  # [B, K, T, G, H]
   dk = _dot(ds, q5, ((2, 3), (1, 3)), ((0, 1), (0, 2)))  # [B, K, S, H]
