@@ -1,5 +1,6 @@
 """bf16 products accumulate in float32 (gemmax.models.layers.dot2d, contract_tokens and the
-low-precision attention backward in gemmax.ops.xla).
+low-precision attention backward in gemmax.ops.xla); the hand-written backward passes (bf16
+attention, the gated MLP activation) agree with autodiff of the plain float32 expression.
 
 Values and gradients must equal float32 products of the same bf16 operands rounded once to bf16.
 On a CPU with bf16 matmul instructions, every product of a bf16 train step must compile to a
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gemmax.models.layers import contract_tokens, dot2d, matmul, matmul_t
+from gemmax.models.layers import activation, contract_tokens, dot2d, gated, matmul, matmul_t
 from gemmax.ops.xla import attention_xla
 from gemmax.train.losses import cross_entropy_sums
 
@@ -161,3 +162,51 @@ def test_compiled_bf16_attention_gradient_keeps_every_dot_in_bf16():
   dots = _dots(hlo)
   # logits, P @ V (its output enters the backward's row term), then dV, dP, dQ, dK
   assert len(dots) == 6 and all(d[:2] == ("bf16", "bf16") for d in dots), dots
+
+
+def test_low_precision_attention_query_without_visible_keys_gets_zeros():
+  q, k, v = _rand(20, (1, 8, 2, 16)), _rand(21, (1, 8, 1, 16)), _rand(22, (1, 8, 1, 16))
+  q_seg = jnp.asarray([[1, 1, 1, 1, 1, 2, 2, 2]])  # segment 2 has no keys: nothing is visible
+  kv_seg = jnp.ones((1, 8), jnp.int32)
+  kw = dict(scale=0.25, causal=True, sliding_window=None, softcap=20.0,
+            segment_ids=(q_seg, kv_seg))
+
+  def f(q, k, v):
+    return jnp.sum(attention_xla(q, k, v, **kw).astype(jnp.float32) ** 2)
+
+  out = attention_xla(q, k, v, **kw)
+  assert not np.asarray(out[0, 5:].astype(jnp.float32)).any()
+  f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+  np.testing.assert_allclose(np.asarray(f32(out)),
+                             np.asarray(attention_xla(f32(q), f32(k), f32(v), **kw)), atol=2e-2)
+  for g, w in zip(jax.grad(f, (0, 1, 2))(q, k, v), jax.grad(f, (0, 1, 2))(f32(q), f32(k), f32(v))):
+    assert np.isfinite(np.asarray(f32(g))).all()
+    np.testing.assert_allclose(np.asarray(f32(g)), np.asarray(w),
+                               atol=3e-2 * float(jnp.max(jnp.abs(w))))
+
+
+@pytest.mark.parametrize("name", ["gelu_pytorch_tanh", "silu"])
+@pytest.mark.parametrize("dtype", [jnp.float32, BF16])
+def test_gated_activation_matches_autodiff_of_the_plain_expression(name, dtype):
+  act = activation(name)
+  gate, up = _rand(30, (64, 48)).astype(dtype), _rand(31, (64, 48)).astype(dtype)
+  cot = jax.random.normal(jax.random.key(32), gate.shape)
+
+  def plain(g, u):  # float32 throughout, autodiff's gradient
+    return act(g.astype(jnp.float32)) * u.astype(jnp.float32)
+
+  out = gated(act, gate, up)
+  assert out.dtype == dtype
+  want = plain(gate, up)
+  if dtype == BF16:
+    _close(out, want.astype(dtype))
+  else:
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+  got = jax.grad(lambda g, u: jnp.sum(gated(act, g, u).astype(jnp.float32) * cot), (0, 1))(gate, up)
+  ref = jax.grad(lambda g, u: jnp.sum(plain(g, u) * cot), (0, 1))(gate, up)
+  for a, r in zip(got, ref):
+    assert a.dtype == dtype
+    if dtype == BF16:
+      _close(a, r.astype(BF16))
+    else:
+      np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
