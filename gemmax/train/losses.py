@@ -27,7 +27,8 @@ DEFAULT_LOGIT_BUDGET = 2 ** 24
 
 
 class CESums(NamedTuple):
-  """Sums over masked tokens: cross-entropy, correct top-1 predictions, and token count."""
+  """Sums over masked tokens: cross-entropy, correct top-1 predictions (the target logit is the
+  maximum; a tie counts as correct), and token count."""
   loss_sum: jax.Array
   correct: jax.Array
   count: jax.Array
