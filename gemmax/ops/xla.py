@@ -72,7 +72,8 @@ def _attend_low_precision(q5, k, v, mask, scale, softcap):
   torch's bf16 attention do, so all four gradient products are bf16 x bf16 -> f32. The softmax is
   kept as the masked logits and their logsumexp: the backward recomputes P from them in the same
   pass that forms dS, and the softmax's row term sum(dP * P) is taken as sum(dO * O) over the
-  head dim, so no f32 probabilities, soft-cap tanh or [.., S]-wide reduction are stored or run.
+  head dim: no f32 probabilities or soft-cap tanh are stored, and the backward's row term reduces
+  over H, not S.
   """
   return _attend_fwd(q5, k, v, mask, scale, softcap)[0]
 
