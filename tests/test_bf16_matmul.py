@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from gemmax.models.layers import activation, contract_tokens, dot2d, gated, matmul, matmul_t
+from gemmax.models.rope import apply_rope, inverse_frequencies
 from gemmax.ops.xla import attention_xla
 from gemmax.train.losses import cross_entropy_sums
 
@@ -210,3 +211,25 @@ def test_gated_activation_matches_autodiff_of_the_plain_expression(name, dtype):
       _close(a, r.astype(BF16))
     else:
       np.testing.assert_allclose(a, r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, BF16])
+def test_rope_backward_is_the_inverse_rotation(dtype):
+  """apply_rope's hand-written VJP (rotate by -angle) equals autodiff of the rotation as written,
+  in the same dtype: the same products, rounded the same way."""
+  x = _rand(40, (2, 12, 3, 16)).astype(dtype)
+  pos = jnp.array([np.arange(12), np.arange(3, 15)], jnp.int32)
+  inv = inverse_frequencies(16, 10000.0)
+  cot = _rand(41, x.shape).astype(dtype)
+
+  def plain(x):
+    angles = pos[..., None].astype(jnp.float32) * jnp.asarray(inv)
+    angles = jnp.concatenate([angles, angles], -1)[:, :, None, :]
+    cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+    return x * cos + jnp.concatenate([-x[..., 8:], x[..., :8]], -1) * sin
+
+  np.testing.assert_array_equal(apply_rope(x, pos, inv), plain(x))
+  got = jax.vjp(lambda x: apply_rope(x, pos, inv), x)[1](cot)[0]
+  want = jax.vjp(plain, x)[1](cot)[0]
+  assert got.dtype == dtype
+  np.testing.assert_array_equal(got, want)
