@@ -6,8 +6,9 @@ on every linear layer, AdamW. `--dtype float32` (default): float32 compute on bo
 `--dtype bfloat16`: the mixed-precision recipe on both sides, bf16 compute with float32 adapters;
 gemmax stores the frozen base in bf16, peft is timed both under torch.autocast over a float32
 model and with its base cast to bf16 (peft keeps the adapters float32), and the faster counts.
-Rounds of the two frameworks are interleaved so background load hits both alike; the median step
-is reported. Also: compiled peak memory (XLA memory_analysis) of a LoRA vs a full fine-tuning step.
+The process keeps freed host memory for reuse (`gemmax.host_memory`, as gemmax's CLIs do on
+CPU; GEMMAX_KEEP_HOST_MEMORY=0 turns it off). Rounds of the two frameworks are interleaved so
+background load hits both alike; the median step is reported. Also: compiled peak memory (XLA memory_analysis) of a LoRA vs a full fine-tuning step.
 
 Threads: XLA:CPU runs on its default pool, one thread per visible core; torch gets
 `torch.set_num_threads(cores)`. peft is also timed with 1 thread as a control: torch's OpenMP
@@ -30,6 +31,12 @@ import sys
 import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from gemmax import host_memory  # noqa: E402
+
+# Before JAX starts (gemmax.host_memory says why); process-wide, so peft runs under it too.
+# GEMMAX_KEEP_HOST_MEMORY=0 turns it off.
+HOST_MEMORY_KEPT = host_memory.keep_on_cpu()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -211,7 +218,9 @@ def main():
           f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end.\n"
           f"Config: Gemma 2 style, vocab 8192, hidden 512, MLP 2048, 8 layers, 8 heads / 4 kv, "
           f"head_dim 64, window 128, batch {B} x {T}, rank {RANK} on all linear layers, AdamW, "
-          f"{args.dtype}. Threads: XLA default pool ({threads}), torch {threads} (and 1 as a control)."
+          f"{args.dtype}. Threads: XLA default pool ({threads}), torch {threads} (and 1 as a control). "
+          f"glibc keeps freed host memory (gemmax.host_memory, both frameworks): "
+          f"{'yes' if HOST_MEMORY_KEPT else 'no'}."
           f"\n\n{table}\n\nlora_vs_peft = {ratio['lora']:.2f}, "
           f"dora_vs_peft = {ratio['dora']:.2f} (against the faster peft thread setting; "
           f"per round: {rounds_txt})\n\n{mem_table}\n")

@@ -1,0 +1,67 @@
+"""gemmax.host_memory: XLA:CPU's per-step temporaries stop page-faulting once glibc keeps them."""
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import jax
+import pytest
+
+from gemmax import host_memory
+
+glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                           reason="mallopt settings are glibc's")
+
+# A jitted step whose 48 MiB temporary is above glibc's largest mmap threshold (32 MiB): prints
+# the page faults of runs 6-8. The first few runs may still grow the heap (small allocations
+# settle into the freed space); the pause lets the runtime free a run's temporary before the
+# next run allocates one, as a training loop's host work between steps does.
+_PROBE = textwrap.dedent("""
+    import resource, sys, time
+    from gemmax import host_memory
+    kept = host_memory.keep_host_memory() if sys.argv[1] == "keep" else False
+    import jax, jax.numpy as jnp
+    x = jnp.ones((3500, 3500), jnp.float32)
+    f = jax.jit(lambda x: (jnp.sin(x) @ x[0]).sum())  # sin(x) materialised for the dot
+    faults = 0
+    for i in range(8):
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+      f(x).block_until_ready()
+      faults += (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) if i >= 5 else 0
+      time.sleep(0.05)
+    print(kept, faults)
+""")
+
+
+def _faults(mode):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env, capture_output=True,
+                       text=True, timeout=300, check=True).stdout.split()
+  return out[0] == "True", int(out[1])
+
+
+@glibc
+def test_kept_memory_is_reused_across_steps():
+  kept, faults = _faults("keep")
+  _, baseline = _faults("plain")
+  assert kept
+  pages = 3500 * 3500 * 4 // 4096
+  assert baseline > 2 * pages, baseline  # glibc maps and unmaps the temporary every run ...
+  assert faults < pages // 10, faults  # ... and with the settings later runs reuse it
+
+
+def test_too_late_once_jax_has_started():
+  jax.devices()
+  assert host_memory.keep_host_memory() is False
+
+
+def test_platform_and_switch(monkeypatch):
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  assert host_memory.runs_on_cpu()
+  monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+  assert not host_memory.runs_on_cpu()
+  assert host_memory.keep_on_cpu() is False  # not a CPU run: untouched
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setenv(host_memory.ENV_SWITCH, "0")
+  assert host_memory.keep_on_cpu() is False
