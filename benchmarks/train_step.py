@@ -6,9 +6,11 @@ on every linear layer, AdamW. `--dtype float32` (default): float32 compute on bo
 `--dtype bfloat16`: the mixed-precision recipe on both sides, bf16 compute with float32 adapters;
 gemmax stores the frozen base in bf16, peft is timed both under torch.autocast over a float32
 model and with its base cast to bf16 (peft keeps the adapters float32), and the faster counts.
-The process keeps freed host memory for reuse (`gemmax.host_memory`, as gemmax's CLIs do on
-CPU; GEMMAX_KEEP_HOST_MEMORY=0 turns it off). Rounds of the two frameworks are interleaved so
-background load hits both alike; the median step is reported. Also: compiled peak memory (XLA memory_analysis) of a LoRA vs a full fine-tuning step.
+gemmax runs in this process, which keeps freed host memory for reuse (`gemmax.host_memory`, as
+gemmax's CLIs do on CPU; GEMMAX_KEEP_HOST_MEMORY=0 turns it off); peft runs in a plain worker
+process of its own (`--peft-worker`), so that process-wide setting cannot touch its timings.
+Rounds of the two frameworks are interleaved so background load hits both alike; the median step
+is reported. Also: compiled peak memory (XLA memory_analysis) of a LoRA vs a full fine-tuning step.
 
 Threads: XLA:CPU runs on its default pool, one thread per visible core; torch gets
 `torch.set_num_threads(cores)`. peft is also timed with 1 thread as a control: torch's OpenMP
@@ -24,9 +26,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.metadata
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 
@@ -34,9 +39,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from gemmax import host_memory  # noqa: E402
 
-# Before JAX starts (gemmax.host_memory says why); process-wide, so peft runs under it too.
-# GEMMAX_KEEP_HOST_MEMORY=0 turns it off.
-HOST_MEMORY_KEPT = host_memory.keep_on_cpu()
+# Before JAX starts (gemmax.host_memory says why); process-wide, hence peft's own process.
+HOST_MEMORY_KEPT = "--peft-worker" not in sys.argv and host_memory.keep_on_cpu()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -125,6 +129,42 @@ def torch_step(method: str, precision: str = "float32"):
   return run
 
 
+def peft_worker(dtype: str):
+  """Serves peft's runners to the main process: one JSON request per stdin line,
+  {"method", "precision", "threads", "steps"} -> one JSON line of [wall, cpu] per step."""
+  import torch
+  runners = {}
+  for line in sys.stdin:
+    req = json.loads(line)
+    key = (req["method"], req["precision"])
+    if key not in runners:
+      runners[key] = torch_step(*key)
+    torch.set_num_threads(req["threads"])
+    print(json.dumps(timed(runners[key], req["steps"])), flush=True)
+
+
+class PeftProcess:
+  """The main process's handle on the worker: `run(method, precision, threads, steps)`."""
+
+  def __init__(self, dtype: str):
+    env = dict(os.environ, GEMMAX_KEEP_HOST_MEMORY="0")
+    self.proc = subprocess.Popen([sys.executable, __file__, "--peft-worker", "--dtype", dtype],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+  def run(self, method, precision, threads, steps):
+    self.proc.stdin.write(json.dumps(dict(method=method, precision=precision, threads=threads,
+                                          steps=steps)) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"peft worker exited with status {self.proc.wait()}")
+    return [tuple(x) for x in json.loads(line)]
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
 def timed(run, steps):
   """[(wall seconds, process CPU seconds)] per step."""
   out = []
@@ -148,36 +188,36 @@ def main():
   ap.add_argument("--steps", type=int, default=4, help="timed steps per round")
   ap.add_argument("--rounds", type=int, default=3)
   ap.add_argument("--out", default=None, help="default: results/train_step[_bfloat16].md")
+  ap.add_argument("--peft-worker", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args()
   global CFG
   if args.dtype == "bfloat16":
     CFG = dataclasses.replace(CFG, dtype="bfloat16", param_dtype="bfloat16")
+  if args.peft_worker:
+    return peft_worker(args.dtype)
   args.out = args.out or os.path.join(os.path.dirname(__file__), "results", "train_step" + (
       "_bfloat16" if args.dtype == "bfloat16" else "") + ".md")
-  import torch
+  torch_version = importlib.metadata.version("torch")  # torch itself loads in the worker only
   threads = len(os.sched_getaffinity(0))  # cores this process may use (taskset respected)
   load_start = os.getloadavg()
 
+  peft_proc = PeftProcess(args.dtype)
   runners, mem = {}, {}
   for method in ("lora", "dora"):
     run, compiled = gemmax_step(method)
-    runners[f"gemmax {method}"] = (run, None)
+    runners[f"gemmax {method}"] = run
     mem[method] = memory_mib(compiled)
     for precision in (("autocast", "bf16") if args.dtype == "bfloat16" else ("float32",)):
-      peft_run = torch_step(method, precision)
       tag = "" if precision == "float32" else f", {precision}"
-      runners[f"peft {method}{tag}"] = (peft_run, threads)
-      if threads > 1:
-        runners[f"peft {method}{tag}, 1 thread"] = (peft_run, 1)
+      for n in (threads, 1) if threads > 1 else (threads,):
+        runners[f"peft {method}{tag}" + (", 1 thread" if n < threads else "")] = (
+            method, precision, n)
   _, full = gemmax_step(None)
   mem["full"] = memory_mib(full)
   del full
 
   def timed_with(entry, steps):
-    run, n = entry
-    if n is not None:
-      torch.set_num_threads(n)
-    return timed(run, steps)
+    return peft_proc.run(*entry, steps) if isinstance(entry, tuple) else timed(entry, steps)
 
   for entry in runners.values():  # warm-up
     timed_with(entry, 1)
@@ -189,6 +229,7 @@ def main():
       r[name] = timed_with(entry, args.steps)
       times[name] += r[name]
     per_round.append(r)
+  peft_proc.close()
   load_end = os.getloadavg()
   med = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
   cpu = {k: statistics.median(c for _, c in v) for k, v in times.items()}
@@ -214,13 +255,13 @@ def main():
   text = (f"# Train step: gemmax vs transformers + peft\n\n"
           f"Measured by `python benchmarks/train_step.py` on {platform.machine()} CPU with "
           f"{threads} cores ({time.strftime('%Y-%m-%d')}), jax {jax.__version__}, "
-          f"torch {torch.__version__}, {args.rounds} interleaved rounds x {args.steps} steps; "
+          f"torch {torch_version}, {args.rounds} interleaved rounds x {args.steps} steps; "
           f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end.\n"
           f"Config: Gemma 2 style, vocab 8192, hidden 512, MLP 2048, 8 layers, 8 heads / 4 kv, "
           f"head_dim 64, window 128, batch {B} x {T}, rank {RANK} on all linear layers, AdamW, "
           f"{args.dtype}. Threads: XLA default pool ({threads}), torch {threads} (and 1 as a control). "
-          f"glibc keeps freed host memory (gemmax.host_memory, both frameworks): "
-          f"{'yes' if HOST_MEMORY_KEPT else 'no'}."
+          f"glibc keeps freed host memory in gemmax's process (gemmax.host_memory): "
+          f"{'yes' if HOST_MEMORY_KEPT else 'no'}; peft runs in a plain process of its own."
           f"\n\n{table}\n\nlora_vs_peft = {ratio['lora']:.2f}, "
           f"dora_vs_peft = {ratio['dora']:.2f} (against the faster peft thread setting; "
           f"per round: {rounds_txt})\n\n{mem_table}\n")
