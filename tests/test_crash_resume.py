@@ -21,7 +21,9 @@ import pytest
 from finetune_assets import ROOT, base_args, make_assets
 
 RUNNER = os.path.join(ROOT, "tests", "crash_runner.py")
-STEPS, EVERY = 14, 2
+# Enough steps that a signal sent at the last target step never lands after the run has ended
+# (on a fast step, 14 left one step after the SIGINT target and the run could finish first).
+STEPS, EVERY = 20, 2
 PREEMPTED = 75
 
 
