@@ -11,7 +11,7 @@ import pytest
 from gemmax import host_memory
 
 glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                           reason="mallopt settings are glibc's")
+                           reason="keep_host_memory sets glibc's mallopt and is a no-op on other C libraries")
 
 # A jitted step whose 48 MiB temporary is above glibc's largest mmap threshold (32 MiB): prints
 # the page faults of runs 6-8. The first few runs may still grow the heap (small allocations

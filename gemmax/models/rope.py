@@ -54,7 +54,7 @@ def _rotate_fwd(x, cos, sin):
 
 def _rotate_bwd(res, dy):
   cos, sin = res
-  return dy * cos - _rotate_half(dy) * sin, jnp.zeros_like(cos), jnp.zeros_like(sin)
+  return dy * cos - _rotate_half(dy) * sin, None, None  # cos, sin come from integer positions
 
 
 _rotate.defvjp(_rotate_fwd, _rotate_bwd)
