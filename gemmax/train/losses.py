@@ -44,29 +44,14 @@ def _chunk_ce(w, h, y, m, softcap, vocab_major):
   return _chunk_ce_fwd(w, h, y, m, softcap, vocab_major)[0]
 
 
-# With a soft-cap of at most this, |logits| <= cap and exp(logits) cannot overflow float32 (e^88.7),
-# so the logsumexp needs no max shift.
-_NO_SHIFT_CAP = 64.0
-
-
 def _chunk_ce_fwd(w, h, y, m, softcap, vocab_major):
-  s = dot2d(h, w, w_t=vocab_major, preferred_element_type=jnp.float32)  # [c, V]
-  if softcap is None:
-    logits, scale = s, 1.0
-  else:
-    # The soft-cap's tanh is what is kept: the reductions read it scaled by cap inside their own
-    # passes, where keeping cap * tanh as well cost one more [c, V] float32 array written and
-    # read twice. The backward's 1 - tanh^2 reads it as is.
-    logits, scale = jnp.tanh(s / softcap), softcap
-  # One max serves the accuracy (top-1 is correct when the target's logit is the maximum:
-  # argmax, a variadic reduce, took longer on XLA:CPU than the whole matmul) and, without a
-  # small cap, the logsumexp's shift.
-  mx = jnp.max(logits, axis=-1) * scale
-  if softcap is not None and softcap <= _NO_SHIFT_CAP:
-    lse = jnp.log(jnp.sum(jnp.exp(logits * scale), axis=-1))
-  else:
-    lse = mx + jnp.log(jnp.sum(jnp.exp(logits * scale - mx[:, None]), axis=-1))
-  target_logit = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0] * scale
+  logits = _softcap(dot2d(h, w, w_t=vocab_major, preferred_element_type=jnp.float32),
+                    softcap)  # [c, V]
+  # One max serves the logsumexp and the accuracy: top-1 is correct when the target's logit is
+  # the maximum (argmax, a variadic reduce, took longer on XLA:CPU than the whole matmul).
+  mx = jnp.max(logits, axis=-1)
+  lse = mx + jnp.log(jnp.sum(jnp.exp(logits - mx[:, None]), axis=-1))
+  target_logit = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
   sums = (jnp.sum((lse - target_logit) * m), jnp.sum((target_logit >= mx) * m))
   return sums, (w, h, y, m, logits, lse)
 
@@ -76,12 +61,12 @@ def _chunk_ce_bwd(softcap, vocab_major, res, g):
 
   Written out because autodiff spread it over six [c, V] float32 passes (and a scatter).
   """
-  w, h, y, m, logits, lse = res  # logits: tanh(s / cap) when soft-capped
+  w, h, y, m, logits, lse = res
   onehot = jnp.arange(logits.shape[-1])[None, :] == y[:, None]
-  scale = 1.0 if softcap is None else softcap
-  d = (jnp.exp(logits * scale - lse[:, None]) - onehot) * (m * g[0])[:, None]
-  if softcap is not None:
-    d = d * (1.0 - logits * logits)
+  d = (jnp.exp(logits - lse[:, None]) - onehot) * (m * g[0])[:, None]
+  if softcap is not None:  # the capped logits are kept: t = logits / cap (one array, not two)
+    t = logits / softcap
+    d = d * (1.0 - t * t)
   d = d.astype(h.dtype)
   dh = dot2d(d, w, w_t=not vocab_major, preferred_element_type=jnp.float32)
   dw = contract_tokens(d, h) if vocab_major else contract_tokens(h, d)
