@@ -16,7 +16,8 @@ def _inputs(b=2, t=13, d=16, v=97, seed=0):
   return h, w, y, m
 
 
-@pytest.mark.parametrize("chunk,softcap", [(5, 30.0), (26, None), (7, 5.0), (None, 30.0), (7, 100.0)])
+@pytest.mark.parametrize("chunk,softcap",
+                         [(5, 30.0), (26, None), (7, 5.0), (None, 30.0), (7, 100.0)])
 def test_matches_dense_values_and_grads(chunk, softcap):
   h, w, y, m = _inputs()
   f = lambda h, w: cross_entropy(h, w, y, m, softcap=softcap, chunk=chunk)
