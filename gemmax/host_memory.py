@@ -36,9 +36,14 @@ def _backends_started() -> bool:
     return True
 
 
+def on_glibc() -> bool:
+  """Whether this process's C library is glibc (the only one whose mallopt this module sets)."""
+  return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 def keep_host_memory() -> bool:
   """Apply the settings; True when they took effect (glibc, before JAX's backends started)."""
-  if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc" or _backends_started():
+  if not on_glibc() or _backends_started():
     return False
   libc = ctypes.CDLL("libc.so.6")
   # -1 is read by glibc as SIZE_MAX (its setter takes size_t): never trim the heap's top.

@@ -1,6 +1,5 @@
 """gemmax.host_memory: XLA:CPU's per-step temporaries stop page-faulting once glibc keeps them."""
 import os
-import platform
 import subprocess
 import sys
 import textwrap
@@ -10,8 +9,9 @@ import pytest
 
 from gemmax import host_memory
 
-glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                           reason="keep_host_memory sets glibc's mallopt and is a no-op on other C libraries")
+glibc = pytest.mark.skipif(not host_memory.on_glibc(),
+                           reason="keep_host_memory sets glibc's mallopt; on other C libraries "
+                                  "it is a no-op, so there is nothing to measure")
 
 # A jitted step whose 48 MiB temporary is above glibc's largest mmap threshold (32 MiB): prints
 # the page faults of runs 6-8. The first few runs may still grow the heap (small allocations
