@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from gemmax.models.layers import contract_tokens, dot2d
+from gemmax.ops.common import index_equals
 
 # Default number of float32 logits per chunk (2**24 = 64 MiB): the chunk length in tokens is
 # this budget divided by the vocabulary size, so memory stays flat as the vocabulary grows.
@@ -62,7 +63,7 @@ def _chunk_ce_bwd(softcap, vocab_major, res, g):
   Written out because autodiff spread it over six [c, V] float32 passes (and a scatter).
   """
   w, h, y, m, logits, lse = res
-  onehot = jnp.arange(logits.shape[-1])[None, :] == y[:, None]
+  onehot = index_equals(y, logits.shape[-1])
   d = (jnp.exp(logits - lse[:, None]) - onehot) * (m * g[0])[:, None]
   if softcap is not None:  # the capped logits are kept: t = logits / cap (one array, not two)
     t = logits / softcap
