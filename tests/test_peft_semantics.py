@@ -119,6 +119,29 @@ def test_gradients_only_reach_lora_params():
   assert len(leaves) == 14 * 3 and all(float(jnp.abs(v[...]).max()) > 0 for v in leaves)
 
 
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_shared_input_adapters_take_one_down_projection(method, monkeypatch):
+  """q/k/v and gate/up share their input: their down-projections are one product, and the
+  logits and gradients are those of adapters applied one by one."""
+  model = randomize(gp.apply(tiny(), method=method, rank=4))
+  graphdef, params, rest = nnx.split(model, gp.trainable_filter(model), ...)
+  loss = lambda p: jnp.mean(nnx.merge(graphdef, p, rest)(IDS) ** 2)
+
+  def run():
+    dots = str(jax.make_jaxpr(jax.grad(loss))(params)).count("dot_general")
+    return loss(params), jax.tree.leaves(jax.grad(loss)(params)), dots
+
+  shared, per_module = run(), None
+  monkeypatch.setattr(gp.LoRALinear, "shared_input", None)  # project_shared: one by one
+  per_module = run()
+  np.testing.assert_allclose(shared[0], per_module[0], rtol=1e-6)
+  for a, b in zip(shared[1], per_module[1]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # per layer 5 adapters -> 2 groups: 3 fewer products each in the forward, the input gradient
+  # and A's gradient
+  assert shared[2] == per_module[2] - 3 * 3 * len(model.layers), (shared[2], per_module[2])
+
+
 def test_adapter_save_load_and_base_check(tmp_path):
   model = randomize(gp.apply(tiny(), method="dora", rank=4, targets=["q_proj", "down_proj"]))
   gp.save_adapter(model, str(tmp_path / "a"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from gemmax.models.layers import Linear
+from gemmax.models.layers import Linear, project_shared
 from gemmax.models.rope import apply_rope, inverse_frequencies
 from gemmax.ops import attention
 from gemmax.ops.decode import attention_decode
@@ -34,9 +34,10 @@ class Attention(nnx.Module):
   def __call__(self, x: jax.Array, positions: jax.Array, segment_ids=None, cache=None):
     """x: [B, T, D]; positions, segment_ids: [B, T]. Returns [B, T, D] (and the new cache)."""
     b, t, _ = x.shape
-    q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-    k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-    v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+    q, k, v = project_shared((self.q_proj, self.k_proj, self.v_proj), x)
+    q = q.reshape(b, t, self.num_heads, self.head_dim)
+    k = k.reshape(b, t, self.num_kv_heads, self.head_dim)
+    v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
     inv_freq = inverse_frequencies(*self.rope)
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)

@@ -135,6 +135,16 @@ class Linear(nnx.Module):
               preferred_element_type=out_dtype)
 
 
+def project_shared(mods, x: jax.Array) -> tuple:
+  """`tuple(m(x) for m in mods)` for projections of one input (q/k/v, gate/up). A module class
+  may define `shared_input(mods, x)` to share work between them: LoRA adapters take their
+  down-projections as one product."""
+  share = getattr(type(mods[0]), "shared_input", None)
+  if share is not None and all(type(m) is type(mods[0]) for m in mods):
+    return share(mods, x)
+  return tuple(m(x) for m in mods)
+
+
 class Embed(nnx.Module):
   """Token embedding [vocab, hidden]; `attend` is the tied output projection."""
 
@@ -229,4 +239,4 @@ class MLP(nnx.Module):
     self.act = activation(config.hidden_activation)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down_proj(gated(self.act, self.gate_proj(x), self.up_proj(x)))
+    return self.down_proj(gated(self.act, *project_shared((self.gate_proj, self.up_proj), x)))

@@ -12,6 +12,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from gemmax.models.layers import contract_tokens, matmul, matmul_t
@@ -71,19 +72,21 @@ class LoRALinear(nnx.Module):
     v = base_kernel(self.base) + self.delta()
     return jax.lax.stop_gradient(jnp.sqrt(jnp.sum(v * v, axis=0)))
 
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, down=None) -> jax.Array:
+    """`down`: x @ A, if already computed (see `shared_input`)."""
     dt = self.dtype
     # The base and adapter products are summed from their float32 accumulators and rounded
     # once: one full-width pass, where rounding each product first cost two more (and kept both
     # rounded arrays alive for the backward).
     acc = jnp.promote_types(dt, jnp.float32)
     y = self.base(x, out_dtype=acc)
-    drop = self.dropout is not None and not self.dropout.deterministic
+    drop = self.dropout_active()
     xd = self.dropout(x) if drop else x
-    a, b = self.lora_a[...].astype(dt), self.lora_b[...].astype(dt)
+    if down is None:
+      down = down_project(xd.astype(dt), self.lora_a[...].astype(dt))
     # s scales the rank-r activations rather than the [tokens, out] product: one pass over a
     # 16-wide array instead of a full-width one (equal up to rounding).
-    lora = matmul(down_project(xd.astype(dt), a) * jnp.asarray(self.scaling, dt), b,
+    lora = matmul(down * jnp.asarray(self.scaling, dt), self.lora_b[...].astype(dt),
                   preferred_element_type=acc)
     if not self.use_dora:
       return (y + lora).astype(dt)
@@ -91,6 +94,22 @@ class LoRALinear(nnx.Module):
     if not drop:  # peft's y + (g - 1) * y + g * lora, in two elementwise ops instead of five
       return (g * (y + lora)).astype(dt)
     return (y + (g - 1) * self.base(xd, out_dtype=acc) + g * lora).astype(dt)
+
+  def dropout_active(self) -> bool:
+    return self.dropout is not None and not self.dropout.deterministic
+
+  @staticmethod
+  def shared_input(mods, x: jax.Array) -> tuple:
+    """Adapted projections of one input x (q/k/v, gate/up), their down-projections taken as one
+    product x @ [A_1 | A_2 | ...]: x is read once, and autodiff's input gradient for them is one
+    product too, where separate rank-16 products each wrote a [tokens, in] float32 array.
+    With adapter dropout (an independent mask per adapter) each adapter projects on its own."""
+    dt = mods[0].dtype
+    if len(mods) < 2 or any(m.dropout_active() or m.dtype != dt for m in mods):
+      return tuple(m(x) for m in mods)
+    down = down_project(x.astype(dt), jnp.concatenate([m.lora_a[...] for m in mods], 1).astype(dt))
+    ends = np.cumsum([m.rank for m in mods])
+    return tuple(m(x, down=down[..., e - m.rank:e]) for m, e in zip(mods, ends))
 
   def merged_kernel(self) -> jax.Array:
     """The plain kernel [in, out] (float32) this adapter is equivalent to."""
