@@ -1,4 +1,5 @@
-"""Attention dispatcher, xla_chunked, cudnn mask translation and splash masks vs the xla reference."""
+"""Attention dispatcher, xla_chunked, cudnn mask translation and splash masks vs the xla
+reference."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,7 +77,8 @@ def test_window_boundary_exact(window):
 
 @pytest.mark.parametrize("causal,window", [(True, None), (True, 5), (False, 5), (False, None)])
 def test_cudnn_mask_translation(causal, window):
-  """The kwargs we give jax.nn.dot_product_attention encode the same mask (checked via its xla path)."""
+  """The kwargs we give jax.nn.dot_product_attention encode the same mask (checked via its xla
+  path)."""
   q, k, v = inputs(b=2, t=33, n=4, kh=2)
   kw = dict(scale=0.3, causal=causal, sliding_window=window, softcap=None, segment_ids=None)
   np.testing.assert_allclose(attention_cudnn(q, k, v, implementation="xla", **kw),
