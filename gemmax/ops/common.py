@@ -1,4 +1,5 @@
-"""Helpers shared by the blockwise attention implementations (chunked XLA and Pallas)."""
+"""Helpers shared by the blockwise attention implementations (chunked XLA and Pallas), and the
+iota-free one-hot (`index_equals`) the loss uses."""
 from __future__ import annotations
 
 import jax.numpy as jnp

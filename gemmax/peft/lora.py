@@ -73,7 +73,7 @@ class LoRALinear(nnx.Module):
     return jax.lax.stop_gradient(jnp.sqrt(jnp.sum(v * v, axis=0)))
 
   def __call__(self, x: jax.Array, *, down=None) -> jax.Array:
-    """`down`: x @ A, if already computed (see `shared_input`)."""
+    """`down`: the down-projection dropout(x) @ A, if already computed (see `shared_input`)."""
     dt = self.dtype
     # The base and adapter products are summed from their float32 accumulators and rounded
     # once: one full-width pass, where rounding each product first cost two more (and kept both
