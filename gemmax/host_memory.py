@@ -7,6 +7,15 @@ with a fresh mmap and returns it with munmap, so each step page-faults the whole
 one arena, no mmap for large blocks and no trimming, freed blocks stay in the heap and the next
 step reuses them (0 faults).
 
+The heap is also made to use transparent huge pages where the kernel leaves that to madvise
+(`/sys/kernel/mm/transparent_hugepage/enabled` = madvise, the common default): glibc pads each
+heap growth by `HUGE_PAGE_HEAP` bytes of address space, the heap is grown once now by twice that,
+and the range is advised MADV_HUGEPAGE, so the step's temporaries land on 2 MiB pages when first
+touched. With 4 KiB pages the ~0.5 GiB a step streams through is ~120k TLB entries; on 2 MiB
+pages the same bf16 LoRA step ran 4-5% faster (338-366 vs 357-367 ms, 4 alternating process
+pairs; glibc's own `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` measured the same, but it can only be
+set before the process starts). Growth past the padded range gets ordinary pages, as before.
+
 The settings only reach JAX's worker threads if they are made before those threads first
 allocate, i.e. before the CPU client exists (the first array, jit call or `jax.devices()`).
 They are process-wide: freed host memory is kept for reuse instead of returned to the OS, which
@@ -21,7 +30,10 @@ import os
 import platform
 
 # mallopt parameters (glibc malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
+_MADV_HUGEPAGE = 14
+_THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
+HUGE_PAGE_HEAP = 1 << 30  # address space only (mallopt takes an int): backed when touched
 # Accelerator plugins: with one installed (and JAX_PLATFORMS unset) JAX will not run on CPU.
 _ACCELERATOR_DISTS = ("jax-cuda12-plugin", "jax-cuda13-plugin", "jax-rocm60-plugin",
                       "jax-rocm7-plugin", "libtpu", "libtpu-nightly")
@@ -47,8 +59,45 @@ def keep_host_memory() -> bool:
     return False
   libc = ctypes.CDLL("libc.so.6")
   # -1 is read by glibc as SIZE_MAX (its setter takes size_t): never trim the heap's top.
-  return all(libc.mallopt(p, v) == 1
+  kept = all(libc.mallopt(p, v) == 1
              for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+  if kept:
+    advise_huge_pages(libc)
+  return kept
+
+
+def thp_mode() -> str:
+  """The kernel's transparent-huge-page mode (always | madvise | never), or "" if unknown."""
+  try:
+    with open(_THP_MODE) as f:
+      text = f.read()
+  except OSError:
+    return ""
+  start, end = text.find("["), text.find("]")
+  return text[start + 1:end] if 0 <= start < end else ""
+
+
+def advise_huge_pages(libc) -> bool:
+  """Grow the heap once by 2 x HUGE_PAGE_HEAP (a block that size plus the pad) and advise that
+  range MADV_HUGEPAGE.
+
+  Needs the settings above (large blocks from the heap, never trimmed). True when advised;
+  False where the kernel decides without advice (always / never) or refused."""
+  if thp_mode() != "madvise":
+    return False
+  libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+  libc.free.argtypes = [ctypes.c_void_p]
+  libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_ssize_t]
+  libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+  if libc.mallopt(_M_TOP_PAD, HUGE_PAGE_HEAP) != 1:
+    return False
+  # The block and the pad come from one brk growth; freed, they stay as the heap's free top.
+  block = libc.malloc(HUGE_PAGE_HEAP)
+  if not block:
+    return False
+  libc.free(block)
+  start = block & ~(os.sysconf("SC_PAGE_SIZE") - 1)
+  return libc.madvise(start, libc.sbrk(0) - start, _MADV_HUGEPAGE) == 0
 
 
 def runs_on_cpu() -> bool:

@@ -51,6 +51,50 @@ def test_kept_memory_is_reused_across_steps():
   assert faults < pages // 10, faults  # ... and with the settings later runs reuse it
 
 
+# The same kind of step; prints the kilobytes of its heap on huge pages (AnonHugePages summed
+# over the VMAs advised MADV_HUGEPAGE, "hg" in smaps) and the size of those VMAs in MiB.
+_HUGE = textwrap.dedent("""
+    import sys
+    from gemmax import host_memory
+    kept = host_memory.keep_host_memory() if sys.argv[1] == "keep" else False
+    import jax, jax.numpy as jnp
+    x = jnp.ones((3500, 3500), jnp.float32)
+    jax.jit(lambda x: (jnp.sin(x) @ x[0]).sum())(x).block_until_ready()
+    huge_kb, advised, size = 0, 0, 0
+    for line in open("/proc/self/smaps"):
+      head = line.split()[0]
+      if "-" in head and ":" not in head:
+        lo, hi = (int(a, 16) for a in head.split("-"))
+        size = hi - lo
+      elif line.startswith("AnonHugePages:"):
+        pages = int(line.split()[1])
+      elif line.startswith("VmFlags:") and " hg" in line:
+        huge_kb += pages
+        advised += size
+    print(kept, huge_kb, advised >> 20)
+""")
+
+
+def _huge(mode):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", _HUGE, mode], env=env, capture_output=True,
+                       text=True, timeout=300, check=True).stdout.split()
+  return out[0] == "True", int(out[1]), int(out[2])
+
+
+@glibc
+@pytest.mark.skipif(host_memory.thp_mode() != "madvise",
+                    reason="the kernel's huge-page mode is not madvise: it backs the heap with "
+                           "huge pages (always) or never, whatever gemmax advises")
+def test_heap_is_advised_onto_huge_pages():
+  kept, huge_kb, advised_mib = _huge("keep")
+  assert kept
+  assert advised_mib >= 2 * host_memory.HUGE_PAGE_HEAP >> 20, advised_mib
+  assert huge_kb >= 32 << 10, huge_kb  # the step's 48 MiB temporary, on 2 MiB pages
+  _, plain_kb, plain_mib = _huge("plain")
+  assert plain_mib == 0 and plain_kb == 0, (plain_mib, plain_kb)
+
+
 def test_too_late_once_jax_has_started():
   jax.devices()
   assert host_memory.keep_host_memory() is False
