@@ -11,10 +11,10 @@ The heap is also made to use transparent huge pages where the kernel leaves that
 (`/sys/kernel/mm/transparent_hugepage/enabled` = madvise, the common default): glibc pads each
 heap growth by `HUGE_PAGE_HEAP` bytes of address space, the heap is grown once now by twice that,
 and the range is advised MADV_HUGEPAGE, so the step's temporaries land on 2 MiB pages when first
-touched. With 4 KiB pages the ~0.5 GiB a step streams through is ~120k TLB entries; on 2 MiB
-pages the same bf16 LoRA step ran 4-5% faster (338-366 vs 357-367 ms, 4 alternating process
-pairs; glibc's own `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` measured the same, but it can only be
-set before the process starts). Growth past the padded range gets ordinary pages, as before.
+touched. The ~0.5 GiB a step streams through is ~120k pages of 4 KiB; on 2 MiB pages the bf16
+LoRA step ran 3-5% faster (350-366 -> 335-346 ms in alternating processes; glibc's own
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1` measured the same, but can only be set before the process
+starts). Growth past the padded range gets ordinary pages, as before.
 
 The settings only reach JAX's worker threads if they are made before those threads first
 allocate, i.e. before the CPU client exists (the first array, jit call or `jax.devices()`).
