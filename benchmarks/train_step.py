@@ -2,10 +2,11 @@
 
 Same model and recipe on both sides, measured in one run on one machine: Gemma 2 style, vocab 8192,
 hidden 512, 8 layers, 8 heads / 4 kv heads, head_dim 64, window 128, batch 4 x 256 tokens, rank 16
-on every linear layer, AdamW. `--dtype float32` (default): float32 compute on both sides.
-`--dtype bfloat16`: the mixed-precision recipe on both sides, bf16 compute with float32 adapters;
-gemmax stores the frozen base in bf16, peft is timed both under torch.autocast over a float32
-model and with its base cast to bf16 (peft keeps the adapters float32), and the faster counts.
+on every linear layer, AdamW. `--dtype bfloat16` (default): the mixed-precision recipe that
+gemmax's LoRA fine-tuning runs (experiments/configs/finetune_lora.py), on both sides: bf16
+compute with float32 adapters; gemmax stores the frozen base in bf16, peft is timed both under
+torch.autocast over a float32 model and with its base cast to bf16 (peft keeps the adapters
+float32), and the faster counts. `--dtype float32`: float32 compute on both sides.
 gemmax runs in this process, which keeps freed host memory for reuse (`gemmax.host_memory`, as
 gemmax's CLIs do on CPU; GEMMAX_KEEP_HOST_MEMORY=0 turns it off); peft runs in a plain worker
 process of its own (`--peft-worker`), so that process-wide setting cannot touch its timings.
@@ -17,7 +18,7 @@ Threads: XLA:CPU runs on its default pool, one thread per visible core; torch ge
 barriers spin, so on a machine shared with other work 2 threads can be far slower than 1. The ratio
 is taken against the faster of the two peft settings, so load cannot flatter gemmax.
 
-    python benchmarks/train_step.py [--dtype float32|bfloat16] [--steps 4] [--rounds 3] [--out PATH]
+    python benchmarks/train_step.py [--dtype bfloat16|float32] [--steps 4] [--rounds 3] [--out PATH]
 
 Last line: `lora_vs_peft=<ratio> dora_vs_peft=<ratio>` (tokens/s gemmax / tokens/s of best peft).
 """
@@ -183,7 +184,7 @@ def memory_mib(compiled) -> float:
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+  ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
                   help="compute dtype on both sides (bfloat16: see the module docstring)")
   ap.add_argument("--steps", type=int, default=4, help="timed steps per round")
   ap.add_argument("--rounds", type=int, default=3)
