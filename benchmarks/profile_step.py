@@ -1,7 +1,8 @@
 """Where gemmax's compiled train step spends its time on CPU: per-op times from jax.profiler.
 
     python benchmarks/profile_step.py [--dtype bfloat16|float32] [--method lora|dora|full]
-                                      [--steps 5] [--top 30] [--out PATH.md]
+                                      [--steps 5] [--top 30] [--attempts 3]
+                                      [--out PATH.md]
 
 Same model, batch and step as benchmarks/train_step.py. Prints, and writes to --out (default
 benchmarks/results/profile_<method>_<dtype>.md, a bar chart as PNG next to it), the untraced and
@@ -11,10 +12,10 @@ operand shapes), in ms per step.
 The profiler's overhead is uneven: in some traced runs the bf16 LoRA step took 440-830 ms
 against 350-370 ms untraced, with the excess landing on elementwise fusions (a [1024, 2048] add
 + convert: 10 ms in such a trace, 0.7 ms alone), in others it traced within 3%. So each op's time
-is the median over the traced steps, and the script warns when the traced steps' median is
-more than 15% over the untraced one. Times are per event on the thread that ran the thunk: an op
-that ran beside another one on the second core shows its own wall time, so the column sums to
-more than the step.
+is the median over the traced steps; a trace whose steps ran more than 15% over the untraced
+ones is retried (--attempts), the least slowed kept, and a warning printed if none came close.
+Times are per event on the thread that ran the thunk: an op that ran beside another one on the
+second core shows its own wall time, so the column sums to more than the step.
 """
 from __future__ import annotations
 
@@ -124,6 +125,8 @@ def main():
   ap.add_argument("--method", choices=("lora", "dora", "full"), default="lora")
   ap.add_argument("--steps", type=int, default=5, help="traced steps")
   ap.add_argument("--top", type=int, default=30, help="op groups listed")
+  ap.add_argument("--attempts", type=int, default=3,
+                  help="traces tried until one runs within 15%% of the untraced step")
   ap.add_argument("--out", default=None, help="markdown file, a .png chart next to it "
                   "(default: results/profile_<method>_<dtype>.md)")
   args = ap.parse_args()
@@ -141,17 +144,23 @@ def main():
     run()
     untraced.append(time.perf_counter() - t)
   ops = hlo_ops(compiled.as_text())
-  with tempfile.TemporaryDirectory() as d:
-    traced = []
-    with jax.profiler.trace(d):
-      for _ in range(args.steps):
-        t = time.perf_counter()
-        run()
-        traced.append(time.perf_counter() - t)
-    times = op_times(d, args.steps, ops)
-  if statistics.median(traced) > 1.15 * statistics.median(untraced):
-    print("warning: the traced step ran >15% slower than the untraced ones: "
-          "the per-op medians may still carry the profiler's overhead", file=sys.stderr)
+  best = None
+  for _ in range(args.attempts):  # a slowed trace is retried; the least slowed one is kept
+    with tempfile.TemporaryDirectory() as d:
+      traced = []
+      with jax.profiler.trace(d):
+        for _ in range(args.steps):
+          t = time.perf_counter()
+          run()
+          traced.append(time.perf_counter() - t)
+      attempt = (statistics.median(traced), op_times(d, args.steps, ops))
+    best = min(best or attempt, attempt, key=lambda a: a[0])
+    if best[0] <= 1.15 * statistics.median(untraced):
+      break
+  else:
+    print("warning: every traced attempt ran >15% slower than the untraced steps: the per-op "
+          "times still carry the profiler's overhead", file=sys.stderr)
+  traced_ms, times = best[0] * 1e3, best[1]
 
   by_kind, groups, counts = collections.Counter(), collections.Counter(), collections.Counter()
   for name, (ms, n) in times.items():
@@ -165,7 +174,7 @@ def main():
       f"# Train-step profile: gemmax {args.method}, {args.dtype}",
       "",
       f"Step: {statistics.median(untraced) * 1e3:.0f} ms untraced (median of 8), "
-      f"{statistics.median(traced) * 1e3:.0f} ms traced; ops summed over both threads: "
+      f"{traced_ms:.0f} ms traced; ops summed over both threads: "
       f"{sum(by_kind.values()):.0f} ms per step. jax {jax.__version__}, "
       f"{time.strftime('%Y-%m-%d')}, `python benchmarks/profile_step.py --dtype {args.dtype} "
       f"--method {args.method}`.",
