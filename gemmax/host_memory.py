@@ -32,6 +32,7 @@ import platform
 # mallopt parameters (glibc malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
 _MADV_HUGEPAGE = 14
+_DEFAULT_TOP_PAD = 128 << 10  # glibc's M_TOP_PAD default
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 HUGE_PAGE_HEAP = 1 << 30  # address space only (mallopt takes an int): backed when touched
 # Accelerator plugins: with one installed (and JAX_PLATFORMS unset) JAX will not run on CPU.
@@ -93,7 +94,8 @@ def advise_huge_pages(libc) -> bool:
     return False
   # The block and the pad come from one brk growth; freed, they stay as the heap's free top.
   block = libc.malloc(HUGE_PAGE_HEAP)
-  if not block:
+  if not block:  # no address space for it (strict overcommit): back to glibc's default pad
+    libc.mallopt(_M_TOP_PAD, _DEFAULT_TOP_PAD)
     return False
   libc.free(block)
   start = block & ~(os.sysconf("SC_PAGE_SIZE") - 1)

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import types
 
 import jax
 import pytest
@@ -109,3 +110,14 @@ def test_platform_and_switch(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   monkeypatch.setenv(host_memory.ENV_SWITCH, "0")
   assert host_memory.keep_on_cpu() is False
+
+
+def test_no_room_for_the_huge_page_heap_restores_the_pad(monkeypatch):
+  calls = []
+  libc = types.SimpleNamespace(  # malloc refuses the block, as under strict overcommit
+      mallopt=lambda param, value: calls.append((param, value)) or 1, malloc=lambda size: None,
+      free=lambda ptr: None, sbrk=lambda n: 0, madvise=lambda *args: 0)
+  monkeypatch.setattr(host_memory, "thp_mode", lambda: "madvise")
+  assert host_memory.advise_huge_pages(libc) is False
+  assert calls == [(host_memory._M_TOP_PAD, host_memory.HUGE_PAGE_HEAP),
+                   (host_memory._M_TOP_PAD, host_memory._DEFAULT_TOP_PAD)]
