@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import glob
 import gzip
 import json
@@ -132,9 +131,7 @@ def main():
   args = ap.parse_args()
   args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                       f"profile_{args.method}_{args.dtype}.md")
-  if args.dtype == "bfloat16":
-    train_step.CFG = dataclasses.replace(train_step.CFG, dtype="bfloat16",
-                                         param_dtype="bfloat16")
+  train_step.set_dtype(args.dtype)
   run, compiled = train_step.gemmax_step(None if args.method == "full" else args.method)
   for _ in range(3):
     run()
@@ -143,6 +140,7 @@ def main():
     t = time.perf_counter()
     run()
     untraced.append(time.perf_counter() - t)
+  untraced_s = statistics.median(untraced)
   ops = hlo_ops(compiled.as_text())
   best = None
   for _ in range(args.attempts):  # a slowed trace is retried; the least slowed one is kept
@@ -155,7 +153,7 @@ def main():
           traced.append(time.perf_counter() - t)
       attempt = (statistics.median(traced), op_times(d, args.steps, ops))
     best = min(best or attempt, attempt, key=lambda a: a[0])
-    if best[0] <= 1.15 * statistics.median(untraced):
+    if best[0] <= 1.15 * untraced_s:
       break
   else:
     print("warning: every traced attempt ran >15% slower than the untraced steps: the per-op "
@@ -173,7 +171,7 @@ def main():
   lines = [
       f"# Train-step profile: gemmax {args.method}, {args.dtype}",
       "",
-      f"Step: {statistics.median(untraced) * 1e3:.0f} ms untraced (median of 8), "
+      f"Step: {untraced_s * 1e3:.0f} ms untraced (median of 8), "
       f"{traced_ms:.0f} ms traced; ops summed over both threads: "
       f"{sum(by_kind.values()):.0f} ms per step. jax {jax.__version__}, "
       f"{time.strftime('%Y-%m-%d')}, `python benchmarks/profile_step.py --dtype {args.dtype} "
@@ -192,7 +190,7 @@ def main():
   with open(args.out, "w") as f:
     f.write(text)
   chart(top, os.path.splitext(args.out)[0] + ".png",
-          f"gemmax {args.method} {args.dtype} train step: top op groups")
+        f"gemmax {args.method} {args.dtype} train step: top op groups")
 
 
 if __name__ == "__main__":

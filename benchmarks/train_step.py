@@ -58,6 +58,13 @@ CFG = ModelConfig.preset(
     query_pre_attn_scalar=64, dtype="float32", param_dtype="float32")
 
 
+def set_dtype(dtype: str):
+  """The compute dtype of both sides: bfloat16 also stores gemmax's frozen base in bf16."""
+  global CFG
+  if dtype == "bfloat16":
+    CFG = dataclasses.replace(CFG, dtype="bfloat16", param_dtype="bfloat16")
+
+
 def batch_arrays(seed=0):
   rng = np.random.default_rng(seed)
   ids = rng.integers(3, CFG.vocab_size, (B, T + 1)).astype(np.int32)
@@ -191,9 +198,7 @@ def main():
   ap.add_argument("--out", default=None, help="default: results/train_step[_bfloat16].md")
   ap.add_argument("--peft-worker", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args()
-  global CFG
-  if args.dtype == "bfloat16":
-    CFG = dataclasses.replace(CFG, dtype="bfloat16", param_dtype="bfloat16")
+  set_dtype(args.dtype)
   if args.peft_worker:
     return peft_worker(args.dtype)
   args.out = args.out or os.path.join(os.path.dirname(__file__), "results", "train_step" + (

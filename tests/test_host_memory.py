@@ -35,17 +35,18 @@ _PROBE = textwrap.dedent("""
 """)
 
 
-def _faults(mode):
+def _probe(script, mode):
+  """Run a probe script in a fresh process (mode "keep" or "plain"): (kept, *its integers)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", _PROBE, mode], env=env, capture_output=True,
+  out = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True,
                        text=True, timeout=300, check=True).stdout.split()
-  return out[0] == "True", int(out[1])
+  return (out[0] == "True", *map(int, out[1:]))
 
 
 @glibc
 def test_kept_memory_is_reused_across_steps():
-  kept, faults = _faults("keep")
-  _, baseline = _faults("plain")
+  kept, faults = _probe(_PROBE, "keep")
+  _, baseline = _probe(_PROBE, "plain")
   assert kept
   pages = 3500 * 3500 * 4 // 4096
   assert baseline > 2 * pages, baseline  # glibc maps and unmaps the temporary every run ...
@@ -76,23 +77,16 @@ _HUGE = textwrap.dedent("""
 """)
 
 
-def _huge(mode):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", _HUGE, mode], env=env, capture_output=True,
-                       text=True, timeout=300, check=True).stdout.split()
-  return out[0] == "True", int(out[1]), int(out[2])
-
-
 @glibc
 @pytest.mark.skipif(host_memory.thp_mode() != "madvise",
                     reason="the kernel's huge-page mode is not madvise: it backs the heap with "
                            "huge pages (always) or never, whatever gemmax advises")
 def test_heap_is_advised_onto_huge_pages():
-  kept, huge_kb, advised_mib = _huge("keep")
+  kept, huge_kb, advised_mib = _probe(_HUGE, "keep")
   assert kept
   assert advised_mib >= 2 * host_memory.HUGE_PAGE_HEAP >> 20, advised_mib
   assert huge_kb >= 32 << 10, huge_kb  # the step's 48 MiB temporary, on 2 MiB pages
-  _, plain_kb, plain_mib = _huge("plain")
+  _, plain_kb, plain_mib = _probe(_HUGE, "plain")
   assert plain_mib == 0 and plain_kb == 0, (plain_mib, plain_kb)
 
 
