@@ -8,8 +8,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("convert", "data", "distill", "evals", "models", "ops", "peft", "sampling", "train",
-               "sharding", "distributed")
+_SUBMODULES = ("convert", "data", "distill", "evals", "fetch", "models", "ops", "peft", "quant",
+               "sampling", "train", "sharding", "distributed")
 
 
 def __getattr__(name):
