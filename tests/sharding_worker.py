@@ -2,6 +2,7 @@
 
   python tests/sharding_worker.py equiv [presets meshes] -> JSON: max diffs per mesh, bytes/device
   python tests/sharding_worker.py train [addr nproc id]  -> JSON: losses of a few sharded steps
+  python tests/sharding_worker.py gguf FILE             -> JSON: sharded vs single-device load
 """
 import json
 import os
@@ -131,6 +132,20 @@ def io():
       back.layers[0].mlp.up_proj.kernel[...].sharding.spec)}))
 
 
+def gguf():
+  """A GGUF file loaded onto a (1, 4, 2) mesh: every tensor sharded as its axes say, values equal
+  to the single-device load."""
+  from gemmax.convert import load_gguf
+  path = sys.argv[2]
+  mesh = S.make_mesh(1, 4, 2)
+  ref, got = load_gguf(path), load_gguf(path, mesh=mesh)
+  diff = max(float(np.max(np.abs(np.asarray(a[...]) - np.asarray(b[...]))))
+             for (_, a), (_, b) in zip(nnx.state(ref).flat_state(), nnx.state(got).flat_state()))
+  k = got.layers[0].mlp.up_proj.kernel[...]
+  print("RESULT " + json.dumps({"max_diff": diff, "spec": str(k.sharding.spec),
+                                "shards": len(k.addressable_shards)}))
+
+
 def train():
   if len(sys.argv) > 2:
     from gemmax import distributed
@@ -156,4 +171,4 @@ def train():
 
 
 if __name__ == "__main__":
-  {"equiv": equiv, "train": train, "io": io, "memory": memory}[MODE]()
+  {"equiv": equiv, "train": train, "io": io, "memory": memory, "gguf": gguf}[MODE]()

@@ -22,8 +22,8 @@ def _forward(graphdef, state, tokens, positions, segments, cache, out_in):
   model = nnx.merge(graphdef, state)
   if out_in:
     mark_out_in(model)
-  logits, cache = model(tokens, positions=positions, segment_ids=segments, cache=cache)
-  return logits[:, -1], cache
+  h, cache = model.hidden_states(tokens, positions=positions, segment_ids=segments, cache=cache)
+  return model.logits(h[:, -1]), cache  # only the last position's logits: [B, V], not [B, T, V]
 
 
 def _pick(logits, rng, temperature, top_p, greedy, top_k, use_top_p):
