@@ -46,7 +46,7 @@ def get_config():
   c.data.train = "data/trec6/train.jsonl"
   c.data.validation = ""                      # held-out eval (eval_kl needs teacher.path)
   c.data.format = "alpaca"                    # alpaca | chat | text
-  c.data.template = "gemma"
+  c.data.template = ""        # "" = the Alpaca prompt for Alpaca rows, gemma for chat rows
   c.data.seq_len = 256
   c.data.packing = True                       # False for on-policy sampling
   c.data.batch_size = 8

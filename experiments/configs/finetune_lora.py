@@ -24,7 +24,7 @@ def get_config():
   c.data.train = "data/alpaca/train.jsonl"
   c.data.validation = "data/alpaca/validation.jsonl"  # "" for no evaluation
   c.data.format = "alpaca"                    # alpaca | chat | text
-  c.data.template = "gemma"                   # chat template for chat data: gemma | llama3
+  c.data.template = ""                        # "" = by kind | alpaca | gemma | llama3 | model | <jinja>
   c.data.seq_len = 512
   c.data.packing = True
   c.data.batch_size = 8                       # sequences per optimizer step (all micro-batches)

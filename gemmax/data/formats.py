@@ -6,6 +6,12 @@ Kinds of record (after `sources` has renamed fields to these canonical names):
   "text":    {"text"}                                         bos + text + eos, every token a target
 `classification_to_alpaca` turns (text, label) rows into Alpaca records.
 
+Templates (`template=`): None picks the kind's default ("alpaca" for Alpaca rows, "gemma" for chat rows). Alpaca
+rows take a chat template too ("gemma", "llama3", "model" = the tokenizer's own, or a jinja string): the row becomes
+a one-turn chat (user: instruction, plus "\n\n" + input when there is one; assistant: output) so an instruct model
+is prompted in its own format; the text its template writes after the answer's end-of-turn is left out, so the
+ids end with the answer: prompt ids + answer ids + end-of-turn id, in both forms.
+
 `tokenize_example` returns `(ids, mask)`, int32 arrays of equal length; mask[i] = 1 iff token i belongs to a
 response (so predicting it is trained on), including the eos / end-of-turn token that closes the answer.
 """
@@ -16,12 +22,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from gemmax.data.chat import chat_segments
+from gemmax.data.chat import TEMPLATES, chat_segments, check_template
+from gemmax.errors import GemmaxError
 
-__all__ = ["ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "alpaca_prompt", "classification_to_alpaca",
-           "example_segments", "tokenize_segments", "tokenize_example", "KINDS"]
+__all__ = ["ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "alpaca_prompt", "alpaca_messages", "classification_to_alpaca",
+           "example_segments", "tokenize_segments", "tokenize_example", "resolve_template", "KINDS"]
 
 KINDS = ("alpaca", "chat", "text", "classification")
+DEFAULT_TEMPLATE = {"alpaca": "alpaca", "classification": "alpaca", "chat": "gemma", "text": None}
 
 # The Stanford Alpaca prompts, with the newline after "### Response:" that alpaca-lora and most later
 # Alpaca-format fine-tunes use.
@@ -52,18 +60,46 @@ def classification_to_alpaca(text: str, label, instruction: str, label_words: Ma
     return {"instruction": instruction, "input": text, "output": word}
 
 
-def example_segments(record: Mapping, kind: str, template: str = "gemma") -> tuple[list[tuple[str, bool]], bool, bool]:
+def alpaca_messages(record: Mapping) -> list[dict]:
+    """An Alpaca record as a one-turn chat: the instruction (and input) from the user, the output from the assistant."""
+    user = record["instruction"] + ("\n\n" + record["input"] if record.get("input") else "")
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
+
+
+def resolve_template(kind: str, template: str | None) -> str | None:
+    """The template an example of `kind` is rendered with: the kind's default for None (or ""), else `template`,
+    checked: "alpaca" | "gemma" | "llama3" | "model" | a jinja string for Alpaca rows, all but "alpaca" for chat."""
+    if kind not in DEFAULT_TEMPLATE:
+        raise GemmaxError(f"unknown example kind {kind!r}; expected one of {KINDS}")
+    if not template:
+        return DEFAULT_TEMPLATE[kind]
+    if kind == "text":
+        return None  # plain text has no template
+    allowed = TEMPLATES + ("model",) + (("alpaca",) if kind in ("alpaca", "classification") else ())
+    check_template(template, allowed)
+    return template
+
+
+def example_segments(record: Mapping, kind: str, template: str | None = None,
+                     tokenizer=None) -> tuple[list[tuple[str, bool]], bool, bool]:
     """(segments, add_bos, add_eos): the text pieces with their is-target flags, and which ids to add around
-    them. Chat templates write their own bos; the Alpaca answer and plain text end with eos."""
-    if kind == "alpaca":
+    them. Chat templates write their own bos (or none, as the checkpoint's template decides); the Alpaca answer
+    and plain text end with eos. `tokenizer` resolves template "model" and a jinja template's special tokens."""
+    if kind not in ("alpaca", "chat", "text"):
+        raise GemmaxError(f"unknown example kind {kind!r}; expected one of alpaca, chat, text "
+                          "(classification rows are converted to alpaca when read)")
+    template = resolve_template(kind, template)
+    if kind == "alpaca" and template == "alpaca":
         prompt = alpaca_prompt(record["instruction"], record.get("input") or "")
         return [(prompt, False), (record["output"], True)], True, True
+    if kind == "alpaca":
+        segments = chat_segments(alpaca_messages(record), template, tokenizer=tokenizer)
+        while segments and not segments[-1][1]:  # after the answer's end-of-turn: nothing to learn or score
+            segments.pop()
+        return segments, False, False
     if kind == "chat":
-        return chat_segments(record["messages"], template), False, False
-    if kind == "text":
-        return [(record["text"], True)], True, True
-    raise ValueError(f"unknown example kind {kind!r}; expected one of alpaca, chat, text "
-                     "(classification rows are converted to alpaca when read)")
+        return chat_segments(record["messages"], template, tokenizer=tokenizer), False, False
+    return [(record["text"], True)], True, True
 
 
 def tokenize_segments(tokenizer, segments, add_bos: bool, add_eos: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -92,6 +128,9 @@ def tokenize_segments(tokenizer, segments, add_bos: bool, add_eos: bool) -> tupl
     return ids.astype(np.int32), mask.astype(np.int32)
 
 
-def tokenize_example(tokenizer, record: Mapping, kind: str, template: str = "gemma") -> tuple[np.ndarray, np.ndarray]:
-    """(ids, mask) for one canonical record; see the module docstring."""
-    return tokenize_segments(tokenizer, *example_segments(record, kind, template))
+def tokenize_example(tokenizer, record: Mapping, kind: str,
+                     template: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, mask) for one canonical record; see the module docstring. For a classification prompt, give the
+    record each label as its output: ids[:k] up to the first target (mask 1) is the prompt, ids[k:] the label's
+    answer ids (answer + eos / end-of-turn)."""
+    return tokenize_segments(tokenizer, *example_segments(record, kind, template, tokenizer))

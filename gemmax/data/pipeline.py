@@ -99,7 +99,7 @@ class _Tokenize:
         """check(item)[1], cheaper: an example that fits seq_len and ends in a target eos (Alpaca, text) is
         kept, and its length needs only a plain encode (same ids as the offsets path, about 4x faster)."""
         kind, template, record = item
-        segments, add_bos, add_eos = example_segments(record, kind, template)
+        segments, add_bos, add_eos = example_segments(record, kind, template, self.tokenizer)
         if add_eos:
             n = len(self.tokenizer.encode("".join(piece for piece, _ in segments))) + add_bos
             if n <= self.seq_len:  # n = input length: ids[:-1] of bos + text + eos
@@ -184,7 +184,10 @@ def make_dataset(sources: SourceSpec | Sequence[SourceSpec], tokenizer, config: 
     items, origins, bad = [], [], BadRows()
     for spec in specs:
         kind = "alpaca" if spec.kind == "classification" else spec.kind
-        rows, b = load_numbered(spec, on_bad_rows=config.on_bad_rows)
+        if kind == "alpaca" and spec.template not in (None, "alpaca"):
+            shown = spec.template if len(spec.template) < 40 else "a jinja template"
+            log.info("%s: Alpaca rows become one-turn chats in chat template %s", spec.path, shown)
+        rows, b = load_numbered(spec, on_bad_rows=config.on_bad_rows, tokenizer=tokenizer)
         items += [(kind, spec.template, rec) for _, _, rec in rows]
         origins += [(path, n) for path, n, _ in rows]
         bad.rows += b.rows

@@ -19,8 +19,8 @@ import logging
 import os
 from typing import Any
 
-from gemmax.data.chat import TEMPLATES, chat_segments
-from gemmax.data.formats import KINDS, classification_to_alpaca
+from gemmax.data.chat import TEMPLATES, chat_segments, jinja_source
+from gemmax.data.formats import KINDS, classification_to_alpaca, resolve_template
 
 __all__ = ["SourceSpec", "BadRows", "load_records", "load_numbered", "read_rows"]
 
@@ -36,13 +36,15 @@ class SourceSpec:
     """path: file, glob or list of files (for tfds: a dataset name under data_dir, or the directory of one
     prepared dataset version); format: jsonl|csv|parquet|tfds (inferred from the extension when None); kind:
     alpaca|chat|text|classification; fields: canonical name -> column name (e.g. {"output": "response"});
-    template: chat template; instruction/label_words: for classification."""
+    template: None (or "") for the kind's default ("alpaca" prompt for Alpaca and classification rows, "gemma"
+    for chat rows), or "gemma" | "llama3" | "model" (the tokenizer's own) | a jinja string -- for Alpaca rows
+    too, which then become one-turn chats (formats.py); instruction/label_words: for classification."""
 
     path: Any
     kind: str = "alpaca"
     format: str | None = None
     fields: dict = dataclasses.field(default_factory=dict)
-    template: str = "gemma"
+    template: str | None = None
     instruction: str = "Classify the text."
     label_words: Any = None
     split: str = "train"        # tfds only
@@ -53,8 +55,9 @@ class SourceSpec:
             raise ValueError(f"unknown source kind {self.kind!r}; expected one of {KINDS}")
         if self.format is not None and self.format not in FORMATS:
             raise ValueError(f"unknown source format {self.format!r}; expected one of {FORMATS}")
-        if self.kind == "chat" and self.template not in TEMPLATES:
-            raise ValueError(f"unknown chat template {self.template!r}; expected one of {TEMPLATES}")
+        if self.template == "":
+            object.__setattr__(self, "template", None)
+        resolve_template(self.kind, self.template)  # raises on a template this kind cannot use
         if self.kind == "classification" and self.label_words is None:
             raise ValueError("a classification source needs label_words (e.g. ['negative', 'positive'])")
 
@@ -191,9 +194,10 @@ def _check_str(value, name):
     return value, None
 
 
-def canonical_record(row: dict, spec: SourceSpec):
+def canonical_record(row: dict, spec: SourceSpec, tokenizer=None):
     """(record, None) or (None, reason). Reasons start with: missing field, non-string, empty response,
-    invalid UTF-8, bad messages, bad label."""
+    invalid UTF-8, bad messages, bad label. Chat rows are checked against their template (roles, turn order);
+    for "model" and jinja templates only when the tokenizer is given (they may use its special tokens)."""
     col = lambda name: spec.fields.get(name, name)  # noqa: E731
     out = {}
     for name in _CANONICAL[spec.kind]:
@@ -225,10 +229,12 @@ def canonical_record(row: dict, spec: SourceSpec):
                 msgs.append({"role": role, "content": content})
             if not any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
                 return None, "empty response: no non-empty assistant message"
-            try:  # roles and turn order the template accepts: found here, with the row number, not mid-training
-                chat_segments(msgs, spec.template)
-            except ValueError as e:
-                return None, f"bad messages: {e}"
+            template = resolve_template("chat", spec.template)
+            if template in TEMPLATES or tokenizer is not None:
+                try:  # roles and turn order the template accepts: found here, with the row number, not mid-training
+                    chat_segments(msgs, template, tokenizer=tokenizer)
+                except ValueError as e:
+                    return None, f"bad messages: {e}"
             out[name] = msgs
             continue
         value, err = _check_str(value, col(name))
@@ -247,19 +253,23 @@ def canonical_record(row: dict, spec: SourceSpec):
     return out, None
 
 
-def load_records(spec: SourceSpec, on_bad_rows: str = "skip") -> tuple[list[dict], BadRows]:
-    """All valid canonical records of a source, and the bad rows. Raises if none is valid."""
-    rows, bad = load_numbered(spec, on_bad_rows)
+def load_records(spec: SourceSpec, on_bad_rows: str = "skip", tokenizer=None) -> tuple[list[dict], BadRows]:
+    """All valid canonical records of a source, and the bad rows. Raises if none is valid. The tokenizer (optional)
+    lets chat rows be checked against a "model" or jinja template."""
+    rows, bad = load_numbered(spec, on_bad_rows, tokenizer)
     return [rec for _, _, rec in rows], bad
 
 
-def load_numbered(spec: SourceSpec, on_bad_rows: str = "skip") -> tuple[list[tuple], BadRows]:
+def load_numbered(spec: SourceSpec, on_bad_rows: str = "skip", tokenizer=None) -> tuple[list[tuple], BadRows]:
     """Like load_records, with each record's origin: ([(file, row_number, record), ...], bad rows)."""
     if on_bad_rows not in ("skip", "fail"):
         raise ValueError(f"on_bad_rows must be 'skip' or 'fail', got {on_bad_rows!r}")
+    template = resolve_template(spec.kind, spec.template)
+    if tokenizer is not None and template not in TEMPLATES + ("alpaca", None):
+        jinja_source(template, tokenizer)  # a missing or broken template fails once, here, not on every row
     records, bad = [], BadRows()
     for path, n, row, err in read_rows(spec):
-        rec, err = (None, err) if err else canonical_record(row, spec)
+        rec, err = (None, err) if err else canonical_record(row, spec, tokenizer)
         if err:
             bad.rows.append((path, n, err))
         else:
