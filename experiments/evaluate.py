@@ -1,13 +1,17 @@
-"""Evaluates a model (HF dir, optionally with a fine-tuned adapter) and writes a JSON report.
+"""Evaluates a model and writes a JSON report.
 
     python experiments/evaluate.py --config experiments/configs/evaluate.py [--config.x=...]
+    python experiments/evaluate.py --config experiments/configs/evaluate.py --config.model.path=runs/demo
 
-Writes <workdir>/eval_report.json (and confusion_matrix.png for classification).
+The model is a registry name, an HF dir, a .gguf file or a finetune workdir (its base and its
+adapter; Alpaca rows are then prompted the way that run trained). Writes
+<workdir>/eval_report.json (and confusion_matrix.png for classification).
 """
 import json
 import os
 import time
 
+from absl import logging
 from ml_collections import config_flags
 
 from gemmax import cli
@@ -16,28 +20,42 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config fil
 TASKS = ("classification", "perplexity", "exact_match")
 
 
-def run_classification(c, model, tok):
+def prompt_template(c, run_cfg):
+  """How Alpaca rows are put to the model: classification.prompt, else as the run trained."""
+  return c.classification.prompt or run_cfg.get("data", {}).get("template") or None
+
+
+def run_classification(c, model, tok, run_cfg):
   from gemmax import evals
-  from gemmax.evals.loading import read_labeled
+  from gemmax.evals import answers
+  from gemmax.evals.loading import read_labeled, read_records
   cc = c.classification
-  pairs = read_labeled(cc.file, cc.format, cc.limit)
-  shots = []
-  if cc.few_shot:
-    shot_file = cc.few_shot_file or os.path.join(os.path.dirname(cc.file), "train.jsonl")
-    shots = read_labeled(shot_file, cc.format, cc.few_shot)
-  template = "{text}" if cc.format == "alpaca" else cc.template
   classes = [x.strip() for x in cc.classes.split(",") if x.strip()] or None
-  m = evals.evaluate_classification(
-      model, tok, [p for p, _ in pairs], [l for _, l in pairs], classes, template=template,
-      label_template=cc.label_template, few_shot=shots, reduction=cc.reduction,
-      batch_size=c.batch_size, progress=c.progress)
+  template = prompt_template(c, run_cfg)
+  if cc.format == "alpaca" and not cc.few_shot:
+    m = answers.classify_rows(model, tok, read_records(cc.file, cc.limit), classes,
+                              template=template, reduction=cc.reduction,
+                              batch_size=c.batch_size, progress=c.progress)
+  else:
+    if cc.format == "alpaca" and template not in (None, "alpaca"):
+      raise ValueError(f"classification.few_shot needs the Alpaca prompt, not {template!r}")
+    pairs = read_labeled(cc.file, cc.format, cc.limit)
+    shots = []
+    if cc.few_shot:
+      shot_file = cc.few_shot_file or os.path.join(os.path.dirname(cc.file), "train.jsonl")
+      shots = read_labeled(shot_file, cc.format, cc.few_shot)
+    m = evals.evaluate_classification(
+        model, tok, [p for p, _ in pairs], [l for _, l in pairs], classes,
+        template="{text}" if cc.format == "alpaca" else cc.template,
+        label_template=cc.label_template, few_shot=shots, reduction=cc.reduction,
+        batch_size=c.batch_size, progress=c.progress)
   print(evals.format_report(m))
   m["confusion_png"] = evals.save_confusion_png(m, os.path.join(c.workdir, "confusion_matrix.png"))
   m.update(file=cc.file, few_shot=len(shots))
   return m
 
 
-def run_perplexity(c, model, tok):
+def run_perplexity(c, model, tok, run_cfg):
   from gemmax import evals
   p = c.perplexity
   with open(p.file, encoding="utf-8") as f:
@@ -51,16 +69,17 @@ def run_perplexity(c, model, tok):
   return {"file": p.file, **r}
 
 
-def run_exact_match(c, model, tok):
-  from gemmax import evals
-  from gemmax.evals.loading import read_labeled
+def run_exact_match(c, model, tok, run_cfg):
+  from gemmax.evals import answers
+  from gemmax.evals.loading import read_records
   e = c.exact_match
-  pairs = read_labeled(e.file, "alpaca", e.limit)
-  r = evals.exact_match(model, tok, [p for p, _ in pairs], [l for _, l in pairs],
-                        max_new_tokens=e.max_new_tokens, batch_size=c.batch_size,
-                        progress=c.progress)
+  rows = read_records(e.file, e.limit)
+  r = answers.generate_rows(model, tok, rows, template=prompt_template(c, run_cfg),
+                            max_new_tokens=e.max_new_tokens, batch_size=c.batch_size,
+                            progress=c.progress)
   print(f"exact match {r['exact_match']:.4f} on {r['num_examples']} prompts")
-  return {"file": e.file, **r}
+  return {"file": e.file, "exact_match": r["exact_match"], "num_examples": r["num_examples"],
+          "predictions": r["answers"]}
 
 
 def evaluate(c):
@@ -70,12 +89,13 @@ def evaluate(c):
   if bad or not tasks:
     raise ValueError(f"tasks {bad or tasks} not in {TASKS}")
   os.makedirs(c.workdir, exist_ok=True)
-  model, base = load_model(c.model.path, c.model.adapter, c.model.dtype, c.model.quantize)
+  model, base, run_cfg = load_model(c.model.path, c.model.adapter, c.model.dtype,
+                                    c.model.quantize, with_config=True)
   tok = load_tokenizer_for(base, c.model.tokenizer)
   report = {"model": base, "adapter": c.model.adapter, "tasks": {}}
   for t in tasks:
     start = time.time()
-    report["tasks"][t] = globals()[f"run_{t}"](c, model, tok)
+    report["tasks"][t] = globals()[f"run_{t}"](c, model, tok, run_cfg)
     report["tasks"][t]["seconds"] = round(time.time() - start, 2)
   path = os.path.join(c.workdir, "eval_report.json")
   with open(path, "w", encoding="utf-8") as f:
@@ -86,6 +106,7 @@ def evaluate(c):
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # keep INFO lines out of the progress bars
   evaluate(_CONFIG.value)
 
 

@@ -3,8 +3,11 @@
     python experiments/finetune.py --config experiments/configs/demo.py [--config.steps=50 ...]
 
 The config (see experiments/configs/finetune_lora.py for every field) reads as a recipe: model,
-data, method, optimizer, loop. Writes to `workdir`: checkpoints/, metrics.jsonl, tensorboard/,
-loss_curve.png, summary.json, adapter/ (HF PEFT format) and optionally merged/ (HF format).
+data, method, optimizer, loop. `model.path` is an HF directory, a .gguf file or a registry name
+(`smollm2-135m-instruct`: fetched once, pinned by sha256). Writes to `workdir`: checkpoints/,
+metrics.jsonl, tensorboard/, loss_curve.png, summary.json, adapter/ (HF PEFT format), optionally
+merged/ (HF format) and model-<type>.gguf (`export.gguf`), and for `classify.file` the
+classification report and confusion_matrix.png.
 
 Running the same command again resumes from the last complete checkpoint; a workdir holding a run
 with a different config is refused (gemmax/train/workdir.py). Exit statuses (gemmax/cli.py): 0 done,
@@ -30,7 +33,8 @@ SCHEMA = {
     "data": {"train", "validation", "format", "template", "seq_len", "packing", "batch_size",
              "eval_batch_size", "workers", "on_bad_rows"},
     "lora": {"rank", "alpha", "targets", "dropout", "rslora"},
-    "classify": {"file", "limit", "reduction"},
+    "classify": {"file", "limit", "reduction", "generate"},
+    "export": {"gguf"},
     "mesh": {"data", "fsdp", "tensor"},
     "optimizer": {"learning_rate", "warmup_steps", "end_lr_fraction", "b1", "b2", "weight_decay",
                   "clip_norm", "grad_accum"},
@@ -42,8 +46,8 @@ SCHEMA = {
 RESUME_MAY_DIFFER = ("progress", "log_every", "eval_every", "eval_batches", "checkpoint_every",
                      "keep_checkpoints", "save_merged", "workdir", "multihost", "halt_on_nonfinite",
                      "data.workers", "data.eval_batch_size", "data.validation", "classify.file",
-                     "classify.limit", "classify.reduction", "mesh.data", "mesh.fsdp",
-                     "mesh.tensor")
+                     "classify.limit", "classify.reduction", "classify.generate", "mesh.data",
+                     "mesh.fsdp", "mesh.tensor", "export.gguf")
 REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "finetune_lora.py")
 
 
@@ -118,6 +122,8 @@ def check_config(c) -> None:
       (bool(c.workdir), "workdir is empty"),
       (c.classify.reduction in ("mean", "sum"),
        f"classify.reduction must be mean|sum, got {c.classify.reduction!r}"),
+      (c.export.gguf in ("", "f32", "f16", "bf16", "q8_0"),
+       f"export.gguf must be ''|f32|f16|bf16|q8_0, got {c.export.gguf!r}"),
   ]
   for ok, message in checks:
     if not ok:
@@ -126,8 +132,10 @@ def check_config(c) -> None:
                      ("classify.file", c.classify.file)):
     if path and not os.path.exists(path):
       raise ConfigError(f"{name}: {path} does not exist")
-  if c.model.path and not os.path.isdir(c.model.path):
-    raise ConfigError(f"model.path: {c.model.path} is not a directory")
+  from gemmax import fetch
+  if c.model.path and not (os.path.exists(c.model.path) or fetch.is_registry_name(c.model.path)):
+    raise ConfigError(f"model.path: {c.model.path} is neither a checkpoint directory, a .gguf "
+                      f"file nor a registry model ({', '.join(fetch.REGISTRY)})")
 
 
 def build_mesh(c):
@@ -141,17 +149,17 @@ def build_mesh(c):
 
 
 def build_model(c, mesh=None):
-  """The base model (HF dir or random preset), with adapters applied for lora/dora; created
-  straight into its shards when `mesh` is given."""
+  """The base model (HF dir, .gguf file, registry name or random preset), with adapters applied
+  for lora/dora; created straight into its shards when `mesh` is given."""
   from flax import nnx
   from gemmax import peft, sharding
-  from gemmax.convert import load_hf
+  from gemmax.convert import load
   from gemmax.models import ModelConfig, Transformer
 
   run = dict(remat=c.model.remat, attn_impl=c.model.attn_impl)
   if c.model.path:
-    model = load_hf(c.model.path, dtype=c.model.param_dtype or None, compute_dtype=c.model.dtype,
-                    mesh=mesh, **run)
+    model = load(c.model.path, c.model.param_dtype or None, compute_dtype=c.model.dtype,
+                 mesh=mesh, **run)
   else:
     cfg = ModelConfig.preset(c.model.preset, dtype=c.model.dtype,
                              param_dtype=c.model.param_dtype or "float32", **run)
@@ -191,29 +199,48 @@ def build_data(c, vocab_size):
   return train, evaluate
 
 
-def classify(c, model, tok, pairs, stage: str) -> dict:
-  """Label-likelihood accuracy of `model` on the classify.file rows (the demo's before/after)."""
-  from gemmax import evals
+_KEEP = ("accuracy", "macro_f1", "num_examples", "classes", "per_class", "confusion_matrix")
 
-  m = evals.evaluate_classification(
-      model, tok, [p for p, _ in pairs], [l for _, l in pairs], template="{text}",
-      label_template="{label}", reduction=c.classify.reduction, batch_size=c.data.eval_batch_size,
-      progress=c.progress)
-  keep = ("accuracy", "macro_f1", "num_examples", "classes", "per_class", "confusion_matrix")
-  out = {k: m[k] for k in keep if k in m}
+
+def classify(c, model, tok, rows, classes, stage: str) -> dict:
+  """Label-likelihood accuracy of `model` on the classify.file rows, prompted as training
+  prompts (data.template), and after fine-tuning also the generated answers' exact match."""
+  from gemmax import evals
+  from gemmax.evals import answers
+
+  generate = 8 if c.classify.generate else 0  # both stages: one compiled pass serves both
+  m = answers.classify_rows(model, tok, rows, classes, template=c.data.template,
+                            reduction=c.classify.reduction, answer_tokens=generate,
+                            batch_size=max(c.data.eval_batch_size, 16), progress=c.progress)
+  out = {k: m[k] for k in _KEEP}
+  print(f"{stage} (label likelihood, {c.classify.reduction}):\n{evals.format_report(m)}")
   if stage == "fine_tuned":
     out["confusion_png"] = evals.save_confusion_png(m, os.path.join(c.workdir, "confusion_matrix.png"))
+  if generate:
+    g = m["generated"]
+    out["generated"] = {**{k: g[k] for k in _KEEP}, "exact_match": g["exact_match"],
+                        "not_a_class": g["not_a_class"]}
+    print(f"{stage.replace('_', '-')}, answering by greedy generation: exact match "
+          f"{g['exact_match']:.2%} "
+          f"({g['not_a_class']} answers that are no class)")
   return out
 
 
-def majority_baseline(c, pairs) -> dict:
-  """Accuracy on `pairs` of always answering the most frequent label of the training file."""
+def classification_rows(c):
+  """(rows of classify.file, classes, majority baseline): the classes are the training file's
+  labels, and a test label never seen in training is an error, not a silent 0%."""
   import collections
-  from gemmax.evals.loading import read_labeled
+  from gemmax.evals.loading import read_records
 
-  counts = collections.Counter(label for _, label in read_labeled(c.data.train, "alpaca"))
+  rows = read_records(c.classify.file, c.classify.limit)
+  counts = collections.Counter(r["output"] for r in read_records(c.data.train))
+  unseen = sorted({r["output"] for r in rows} - set(counts))
+  if unseen:
+    raise ConfigError(f"classify.file {c.classify.file}: labels {unseen} never occur in "
+                      f"data.train {c.data.train}")
   label = counts.most_common(1)[0][0]
-  return {"label": label, "accuracy": sum(g == label for _, g in pairs) / len(pairs)}
+  baseline = {"label": label, "accuracy": sum(r["output"] == label for r in rows) / len(rows)}
+  return rows, sorted(counts), baseline
 
 
 def check_model(c, model) -> None:
@@ -228,7 +255,6 @@ def run(c) -> dict:
   """Builds and checks everything, claims the workdir, trains. Bad inputs raise GemmaxError (or
   ValueError / OSError) before anything in the workdir is written."""
   from gemmax.data import load_tokenizer
-  from gemmax.evals.loading import read_labeled
   from gemmax.train import OptimizerConfig, Trainer, TrainerConfig
   from gemmax.train.workdir import check_workdir, claim_workdir, write_atomic
 
@@ -241,8 +267,7 @@ def run(c) -> dict:
   model = build_model(c, mesh)
   check_model(c, model)
   train, evaluate = build_data(c, model.config.vocab_size)
-  pairs = read_labeled(c.classify.file, "alpaca", c.classify.limit) if c.classify.file else []
-  baseline = majority_baseline(c, pairs) if pairs else None
+  rows, classes, baseline = classification_rows(c) if c.classify.file else ([], [], None)
   o = c.optimizer
   opt = OptimizerConfig(learning_rate=o.learning_rate, warmup_steps=o.warmup_steps, steps=c.steps,
                         end_lr_fraction=o.end_lr_fraction, b1=o.b1, b2=o.b2,
@@ -255,21 +280,30 @@ def run(c) -> dict:
       halt_on_nonfinite=c.halt_on_nonfinite)
   claim_workdir(c.workdir, run_config, RESUME_MAY_DIFFER)
   scores = {}
-  if pairs:
-    tok = load_tokenizer(c.model.tokenizer or c.model.path)
-    scores["zero_shot"] = classify(c, model, tok, pairs, "zero_shot")
+  tok = load_tokenizer(c.model.tokenizer or c.model.path)
+  if rows:
+    scores["zero_shot"] = classify(c, model, tok, rows, classes, "zero_shot")
     print(f"zero-shot accuracy {scores['zero_shot']['accuracy']:.2%} on {c.classify.file} "
-          f"({len(pairs)} rows; majority-class baseline {baseline['accuracy']:.2%})")
+          f"({len(rows)} rows; majority-class baseline {baseline['accuracy']:.2%})")
   trainer = Trainer(model, opt, loop, train_data=train, eval_data=evaluate, mesh=mesh)
   summary = trainer.run()
-  if pairs:
-    scores["fine_tuned"] = classify(c, model, tok, pairs, "fine_tuned")
+  if c.export.gguf:
+    from gemmax.convert import save_gguf
+    summary["gguf"] = save_gguf(model, os.path.join(c.workdir, f"model-{c.export.gguf}.gguf"),
+                                tokenizer=tok, dtype=c.export.gguf)
+    print(f"exported {summary['gguf']} (adapters merged; loads in llama.cpp, Ollama, transformers)")
+  if rows:
+    scores["fine_tuned"] = classify(c, model, tok, rows, classes, "fine_tuned")
     summary["classification"] = dict(file=c.classify.file, baseline=baseline, **scores)
-    write_atomic(os.path.join(c.workdir, "summary.json"), json.dumps(summary, indent=2))
     z, t, b = (scores["zero_shot"]["accuracy"], scores["fine_tuned"]["accuracy"],
                baseline["accuracy"])
+    f1 = scores["fine_tuned"]["macro_f1"]
+    gen = scores["fine_tuned"].get("generated")
     print(f"{c.classify.file}: majority baseline {b:.2%} | zero-shot {z:.2%} | "
-          f"fine-tuned {t:.2%} ({100 * (t - b):+.1f} points over the baseline)")
+          f"fine-tuned {t:.2%}, macro-F1 {f1:.3f} ({100 * (t - b):+.1f} points over the baseline)"
+          + (f" | by generation {gen['exact_match']:.2%}" if gen else ""))
+  if rows or c.export.gguf:
+    write_atomic(os.path.join(c.workdir, "summary.json"), json.dumps(summary, indent=2))
   print(f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
         f"{summary['final_loss']:.4f}, {summary['tokens_per_sec'] or 0:,.0f} tokens/s; "
         f"outputs in {c.workdir}")

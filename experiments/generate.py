@@ -2,51 +2,53 @@
 
     python experiments/generate.py --config experiments/configs/generate.py [--config.prompt="..."]
 
-In the chat, `/reset` forgets the conversation and `/quit` (or Ctrl-D) leaves.
+The model is a registry name (the default, smollm2-135m-instruct: fetched once), an HF dir, a
+.gguf file or a finetune workdir (its base + adapter); it is prompted in its own chat template
+when its tokenizer has one. In the chat, `/reset` forgets the conversation and `/quit` (or
+Ctrl-D) leaves.
 """
 import sys
 
+from absl import logging
 from ml_collections import config_flags
 
 from gemmax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "generation config file")
-END_OF_TURN = {"gemma": "<end_of_turn>", "llama3": "<|eot_id|>"}
 
 
 class Chat:
   def __init__(self, c):
+    from gemmax.data import end_of_turn_ids
+    from gemmax.data.chat import check_template
     from gemmax.evals.loading import load_model, load_tokenizer_for
     from gemmax.sampling import Sampler
     self.c = c
     model, base = load_model(c.model.path, c.model.adapter, c.model.dtype, c.model.quantize)
     self.tok = load_tokenizer_for(base, c.model.tokenizer)
-    self.template = c.chat_template or ("gemma" if model.config.family == "gemma2" else "llama3")
-    if self.template not in ("gemma", "llama3", "none"):
-      raise ValueError(f"chat_template {self.template!r} is not gemma|llama3|none")
+    own = "model" if self.tok.chat_template else None
+    self.template = c.chat_template or own or (
+        "gemma" if model.config.family == "gemma2" else "llama3")
+    if self.template != "none":
+      check_template(self.template, ("gemma", "llama3", "model"))
+    self.stop = [] if self.template == "none" else end_of_turn_ids(self.tok, self.template)
     self.sampler = Sampler(model, self.tok, max_len=c.max_len)
     self.messages = [{"role": "system", "content": c.system}] if c.system else []
 
   def prompt_ids(self, user_text):
     if self.template == "none":
-      return self.tok.encode(user_text, add_bos=True)
+      return self.tok.encode(user_text, add_bos=self.tok.add_bos_token)
     from gemmax.data import render_chat
     msgs = self.messages + [{"role": "user", "content": user_text}]
-    return self.tok.encode(render_chat(msgs, self.template, add_generation_prompt=True),
-                           add_bos=False)  # the rendered chat already holds BOS
+    text = render_chat(msgs, self.template, add_generation_prompt=True, tokenizer=self.tok)
+    return self.tok.encode(text, add_bos=False)  # the template writes BOS where the model has one
 
   def reply(self, user_text, out=sys.stdout):
     c = self.c
-    stop = [END_OF_TURN[self.template]] if self.template in END_OF_TURN else []
-    for s in list(stop):  # also stop on the marker's id when the tokenizer has it as one token
-      try:
-        stop.append(int(self.tok.token_to_id(s)))
-      except (KeyError, AttributeError):
-        pass
     stream = lambda ids, text: (out.write(text[0]), out.flush())
     r = self.sampler.generate([self.prompt_ids(user_text)], c.max_new_tokens,
                               temperature=c.temperature, top_k=c.top_k or None,
-                              top_p=c.top_p if c.top_p < 1.0 else None, stop=stop, seed=c.seed,
+                              top_p=c.top_p if c.top_p < 1.0 else None, stop=self.stop, seed=c.seed,
                               stream=stream)
     out.write("\n")
     if r.cache_full:
@@ -58,6 +60,7 @@ class Chat:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # no INFO lines between the chat turns
   c = _CONFIG.value
   chat = Chat(c)
   if c.prompt:

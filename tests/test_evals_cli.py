@@ -110,3 +110,41 @@ def test_evaluate_with_adapter_workdir(tiny_dir, tmp_path):
                           progress=False)
   assert got["perplexity"] == pytest.approx(want["perplexity"], rel=1e-5)
   assert got["perplexity"] != pytest.approx(base["perplexity"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_generate_chats_with_the_registry_model():
+  """The default chat model is the registry's SmolLM2-135M-Instruct, in its own template."""
+  out = _run("generate.py", "--config.prompt=What is the capital of France?",
+             "--config.temperature=0", "--config.max_new_tokens=24")
+  assert "Paris" in out
+
+
+@pytest.mark.slow
+def test_evaluate_a_gguf_file_and_a_finetune_workdir(tmp_path):
+  """evaluate.py takes a .gguf file, and a finetune workdir (base + adapter, prompted the way
+  that run trained)."""
+  from gemmax.fetch import resolve
+  rows = str(tmp_path / "rows.jsonl")
+  with open(os.path.join(ROOT, "data", "trec6", "test.jsonl")) as f, open(rows, "w") as g:
+    g.writelines(f.readlines()[:12])
+  common = ["--config.tasks=classification,exact_match", f"--config.classification.file={rows}",
+            f"--config.exact_match.file={rows}", "--config.progress=False",
+            "--config.classification.prompt=model", "--config.model.dtype=bfloat16"]
+  out = _run("evaluate.py", f"--config.model.path={resolve('smollm2-135m-instruct')}",
+             f"--config.workdir={tmp_path / 'e1'}", *common)
+  assert "macro-F1" in out and "exact match" in out
+  work = tmp_path / "run"
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "finetune.py"),
+                      f"--config={os.path.join(ROOT, 'experiments', 'configs', 'demo.py')}",
+                      f"--config.workdir={work}", "--config.steps=2", "--config.eval_every=0",
+                      "--config.checkpoint_every=0", "--config.progress=False",
+                      "--config.classify.file="],
+                     capture_output=True, text=True, cwd=ROOT, timeout=900,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert r.returncode == 0, r.stderr[-3000:]
+  out = _run("evaluate.py", f"--config.model.path={work}", f"--config.workdir={tmp_path / 'e2'}",
+             *common[:-2], "--config.model.dtype=bfloat16")
+  report = json.load(open(tmp_path / "e2" / "eval_report.json"))
+  assert report["model"] == "smollm2-135m-instruct"
+  assert report["tasks"]["classification"]["num_examples"] == 12

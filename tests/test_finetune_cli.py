@@ -147,15 +147,17 @@ def test_sharded_lora_with_classification(assets, tmp_path):
 
 
 DEMO = os.path.join(ROOT, "experiments", "configs", "demo.py")
+DEMO_TINY = os.path.join(ROOT, "experiments", "configs", "demo_tiny.py")
 
 
 @pytest.mark.parametrize("variant", [
     "lora", pytest.param("dora", marks=pytest.mark.slow), pytest.param("nf4", marks=pytest.mark.slow)])
 def test_demo_config_on_bundled_model(tmp_path, variant):
-  """The README's main job, shortened: experiments/configs/demo.py on checkpoints/gemmax-tiny and
-  data/trec6 runs as configured (only steps, classification rows and outputs cut down)."""
+  """The main job's path on the bundled model, shortened: experiments/configs/demo_tiny.py on
+  checkpoints/gemmax-tiny and data/trec6 runs as configured (only steps, classification rows and
+  outputs cut down)."""
   extra = {"dora": ["--config.method=dora"], "nf4": ["--config.quantize=nf4"]}.get(variant, [])
-  args = [sys.executable, SCRIPT, f"--config={DEMO}", f"--config.workdir={tmp_path / 'demo'}",
+  args = [sys.executable, SCRIPT, f"--config={DEMO_TINY}", f"--config.workdir={tmp_path / 'demo'}",
           "--config.steps=3", "--config.log_every=1", "--config.eval_every=3",
           "--config.eval_batches=1", "--config.checkpoint_every=0", "--config.classify.limit=12",
           "--config.progress=False", *extra]
@@ -171,3 +173,28 @@ def test_demo_config_on_bundled_model(tmp_path, variant):
   assert sorted(os.listdir(tmp_path / "demo" / "adapter")) == ["adapter_config.json",
                                                                "adapter_model.safetensors"]
   assert os.path.getsize(tmp_path / "demo" / "loss_curve.png") > 1000
+
+
+@pytest.mark.slow
+def test_main_job_on_the_real_model(tmp_path):
+  """The README's main job, shortened: experiments/configs/demo.py LoRA-fine-tunes the registry's
+  SmolLM2-135M-Instruct in its own chat template, answers by label likelihood and by generation,
+  and exports the merged model as GGUF."""
+  args = [sys.executable, SCRIPT, f"--config={DEMO}", f"--config.workdir={tmp_path / 'demo'}",
+          "--config.steps=4", "--config.log_every=2", "--config.eval_every=4",
+          "--config.eval_batches=1", "--config.checkpoint_every=0", "--config.classify.limit=16",
+          "--config.progress=False", "--config.export.gguf=q8_0"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT)
+  r = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-3000:]
+  summary = json.load(open(tmp_path / "demo" / "summary.json"))
+  cls = summary["classification"]
+  assert cls["baseline"]["label"] == "entity"
+  gen = cls["fine_tuned"]["generated"]
+  assert gen["num_examples"] == 16 and 0.0 <= gen["exact_match"] <= 1.0
+  for word in ("majority baseline", "zero-shot", "fine-tuned", "macro-F1", "confusion matrix",
+               "by generation"):
+    assert word in r.stdout, word
+  assert summary["final_loss"] < summary["first_loss"]
+  from gemmax.convert import load_gguf
+  assert load_gguf(summary["gguf"]).config.num_hidden_layers == 30

@@ -1,7 +1,7 @@
 """Evaluation recipe: classification by label likelihood, perplexity and exact match.
 
     python experiments/evaluate.py --config experiments/configs/evaluate.py \
-        --config.model.adapter=runs/demo          # a finetune workdir (or an HF PEFT adapter dir)
+        --config.model.path=runs/demo      # a finetune workdir: its base model and its adapter
 """
 from ml_collections import config_dict
 
@@ -9,7 +9,7 @@ from ml_collections import config_dict
 def get_config():
   c = config_dict.ConfigDict()
   c.model = config_dict.ConfigDict()
-  c.model.path = "checkpoints/gemmax-tiny"  # HF dir; "" = the base named by the adapter workdir
+  c.model.path = "smollm2-135m-instruct"    # registry name, HF dir, .gguf or finetune workdir
   c.model.tokenizer = ""                    # "" = model.path
   c.model.adapter = ""                      # finetune workdir or HF PEFT adapter dir; "" = none
   c.model.quantize = ""                     # "" | "nf4" (a workdir's own setting is used if set)
@@ -24,6 +24,8 @@ def get_config():
   c.classification = config_dict.ConfigDict()
   c.classification.file = "data/trec6/validation.jsonl"
   c.classification.format = "alpaca"        # alpaca | text_label
+  c.classification.prompt = ""              # alpaca rows: "" = as the run trained (else the Alpaca
+                                            # prompt) | alpaca | gemma | llama3 | model | <jinja>
   c.classification.template = "{text}"      # prompt template (text_label format)
   c.classification.label_template = "{label}"  # how a class is written after the prompt
   c.classification.classes = ""             # comma list; "" = the sorted gold labels
@@ -33,7 +35,7 @@ def get_config():
   c.classification.limit = 0                # 0 = all rows
 
   c.perplexity = config_dict.ConfigDict()
-  c.perplexity.file = "data/corpus/pretrain.txt"
+  c.perplexity.file = "data/pretrain_sample.txt"
   c.perplexity.window = 256
   c.perplexity.stride = 0                   # 0 = window // 2
   c.perplexity.max_chars = 200_000          # 0 = whole file

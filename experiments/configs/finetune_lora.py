@@ -11,7 +11,7 @@ def get_config():
 
   # Model: an HF checkpoint directory, or a preset name for a randomly initialised model.
   c.model = config_dict.ConfigDict()
-  c.model.path = "checkpoints/gemmax-tiny"   # HF dir (config.json + *.safetensors); "" to use preset
+  c.model.path = "checkpoints/gemmax-tiny"   # HF dir, .gguf file or registry name; "" = preset
   c.model.preset = ""                         # e.g. "gemma2-tiny" when path is ""
   c.model.tokenizer = ""                      # tokenizer file or dir; "" = model.path
   c.model.dtype = "bfloat16"                  # compute dtype (CPUs without bf16 matmul: float32)
@@ -59,6 +59,12 @@ def get_config():
   c.classify.file = ""                        # "" = skip; e.g. "data/trec6/test.jsonl"
   c.classify.limit = 0                        # 0 = every row
   c.classify.reduction = "mean"               # mean | sum of the label tokens' logprobs
+  c.classify.generate = False                 # also answer by greedy generation (exact match)
+
+  # Export at the end of the run: the model with adapters merged, as a GGUF file for llama.cpp /
+  # Ollama / LM Studio (workdir/model-<type>.gguf).
+  c.export = config_dict.ConfigDict()
+  c.export.gguf = ""                          # "" = none | f16 | bf16 | q8_0 | f32
 
   # Devices: a mesh over every device of every process (ignored on a single device). -1 = the
   # rest. data.batch_size is per process; the global batch is batch_size x processes.

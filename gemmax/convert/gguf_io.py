@@ -208,7 +208,7 @@ def save_gguf(model, path: str | os.PathLike, *, tokenizer, dtype: str = "f16",
         writer.add_uint32(full, int(value))
       else:
         writer.add_float32(full, float(value))
-    write_tokenizer(writer, tokenizer)
+    write_tokenizer(writer, tokenizer, vocab_size=config.vocab_size)
     for tname, shape, qtype, _ in specs:
       block, size = gguf.GGML_QUANT_SIZES[qtype]
       nbytes = int(np.prod(shape)) // block * size

@@ -25,7 +25,8 @@ import functools
 
 from gemmax.errors import GemmaxError
 
-__all__ = ["render_chat", "chat_segments", "TEMPLATES", "is_jinja", "check_template", "jinja_source"]
+__all__ = ["render_chat", "chat_segments", "end_of_turn_ids", "TEMPLATES", "is_jinja", "check_template",
+           "jinja_source"]
 
 TEMPLATES = ("gemma", "llama3")  # built in; besides these: "model" (the tokenizer's own) and jinja strings
 
@@ -76,6 +77,16 @@ def render_chat(messages, template: str = "gemma", add_generation_prompt: bool =
     if template in TEMPLATES:
         return "".join(t for t, _ in chat_segments(messages, template, add_generation_prompt))
     return _render(jinja_source(template, tokenizer), messages, add_generation_prompt, tokenizer)
+
+
+def end_of_turn_ids(tokenizer, template: str = "gemma") -> list[int]:
+    """The token(s) that close an assistant turn under `template` (Gemma `<end_of_turn>`, Llama 3 `<|eot_id|>`,
+    ChatML `<|im_end|>`, ...): the last token of a rendered answer's target, when it is a special token. Generation
+    stops there; [] when the template closes turns with ordinary text."""
+    turn = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    target = "".join(t for t, is_target in chat_segments(turn, template, tokenizer=tokenizer) if is_target)
+    ids = tokenizer.encode(target)
+    return [ids[-1]] if ids and ids[-1] in set(tokenizer.special_tokens.values()) else []
 
 
 def _gemma(messages, add_generation_prompt):

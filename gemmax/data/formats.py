@@ -132,5 +132,7 @@ def tokenize_example(tokenizer, record: Mapping, kind: str,
                      template: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, mask) for one canonical record; see the module docstring. For a classification prompt, give the
     record each label as its output: ids[:k] up to the first target (mask 1) is the prompt, ids[k:] the label's
-    answer ids (answer + eos / end-of-turn)."""
-    return tokenize_segments(tokenizer, *example_segments(record, kind, template, tokenizer))
+    answer ids (answer + eos / end-of-turn). The Alpaca prompt and plain text start with bos where the checkpoint's
+    tokenizer adds one (not for SmolLM2, whose bos `<|im_start|>` opens chat turns)."""
+    segments, add_bos, add_eos = example_segments(record, kind, template, tokenizer)
+    return tokenize_segments(tokenizer, segments, add_bos and getattr(tokenizer, "add_bos_token", True), add_eos)

@@ -1,18 +1,27 @@
-"""Loading what an evaluation or chat runs on: an HF dir, optionally with a fine-tuning
-workdir's adapter (HF PEFT format) on top, plus its tokenizer."""
+"""Loading what an evaluation or chat runs on: a model source (HF dir, .gguf file or registry
+name), optionally with a fine-tuning workdir's adapter (HF PEFT format) on top, plus its
+tokenizer. A finetune workdir given as the model is its base plus its adapter."""
 from __future__ import annotations
 
 import json
 import os
 
 
+def is_workdir(path: str) -> bool:
+  """A finetune workdir: its run config.json and an adapter/ written at the end of the run."""
+  return (os.path.isfile(os.path.join(path, "config.json"))
+          and os.path.isfile(os.path.join(path, "adapter", "adapter_config.json")))
+
+
 def resolve_adapter(adapter: str) -> tuple[str, dict]:
   """An adapter dir, or a finetune workdir holding `adapter/`; returns (dir, workdir config)."""
   run_cfg = {}
-  if os.path.isfile(os.path.join(adapter, "config.json")) and os.path.isdir(
-      os.path.join(adapter, "adapter")):
+  if is_workdir(adapter):
     with open(os.path.join(adapter, "config.json"), encoding="utf-8") as f:
-      run_cfg = json.load(f)
+      try:
+        run_cfg = json.load(f)
+      except ValueError as e:
+        raise ValueError(f"{adapter}/config.json: not valid JSON ({e})") from None
     adapter = os.path.join(adapter, "adapter")
   if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
     raise FileNotFoundError(f"{adapter}: no adapter_config.json (expected an HF PEFT adapter dir "
@@ -21,18 +30,21 @@ def resolve_adapter(adapter: str) -> tuple[str, dict]:
 
 
 def load_model(path: str = "", adapter: str = "", dtype: str = "float32", quantize: str = "",
-               merge: bool = False):
-  """(model, base path). `path` "" takes the base from the adapter workdir's config.json."""
+               merge: bool = False, with_config: bool = False):
+  """(model, base source[, run config]). `path` is an HF dir, a .gguf file, a registry name or a
+  finetune workdir (its base + adapter); "" takes the base from the adapter workdir's config."""
   from gemmax import peft
-  from gemmax.convert import load_hf
+  from gemmax.convert import load
 
+  if path and not adapter and is_workdir(path):
+    path, adapter = "", path
   run_cfg = {}
   if adapter:
     adapter, run_cfg = resolve_adapter(adapter)
   path = path or run_cfg.get("model", {}).get("path", "")
   if not path:
     raise ValueError("model.path is empty and no adapter workdir names a base model")
-  model = load_hf(path, compute_dtype=dtype or None)
+  model = load(path, compute_dtype=dtype or None)
   quantize = quantize or run_cfg.get("quantize") or ""
   if quantize:
     if quantize != "nf4":
@@ -42,12 +54,21 @@ def load_model(path: str = "", adapter: str = "", dtype: str = "float32", quanti
     peft.load_adapter(model, adapter)
     if merge:
       peft.merge(model)
-  return model, path
+  return (model, path, run_cfg) if with_config else (model, path)
 
 
 def load_tokenizer_for(path: str, tokenizer: str = ""):
   from gemmax.data import load_tokenizer
   return load_tokenizer(tokenizer or path)
+
+
+def read_records(path: str, limit: int = 0) -> list[dict]:
+  """Alpaca rows {instruction, input, output} of a JSONL/CSV/Parquet file, checked as training
+  checks them (a bad row fails naming file and row), outputs stripped; the first `limit` rows."""
+  from gemmax.data import SourceSpec, load_records
+  records, _ = load_records(SourceSpec(path, kind="alpaca"), on_bad_rows="fail")
+  records = [{**r, "output": str(r["output"]).strip()} for r in records]
+  return records[:limit] if limit else records
 
 
 def read_labeled(path: str, fmt: str = "alpaca", limit: int = 0) -> list[tuple[str, str]]:

@@ -11,12 +11,13 @@ from gemmax.evals.scoring import continuation_logprobs
 
 def perplexity(model, tokenizer, text: str, *, window: int = 512, stride: int | None = None,
                batch_size: int = 4, progress: bool = True) -> dict:
-  """nats/token, bits/token and perplexity of `text` (BOS prepended; BOS itself not scored).
+  """nats/token, bits/token and perplexity of `text` (BOS prepended where the tokenizer adds one,
+  as transformers does; the first token is context, not scored).
 
   Windows of `window` tokens start every `stride` tokens; each token is scored once, in the
   first window that reaches it, after at least `window - stride` tokens of context.
   """
-  ids = list(tokenizer.encode(text, add_bos=True))
+  ids = list(tokenizer.encode(text, add_bos=getattr(tokenizer, "add_bos_token", True)))
   if len(ids) < 2:
     raise ValueError("perplexity: the text is empty after tokenization")
   stride = stride or window // 2

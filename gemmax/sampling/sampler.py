@@ -54,7 +54,10 @@ class Sampler:
     if isinstance(prompt, str):
       if self.tokenizer is None:
         raise ValueError("Sampler: a text prompt needs a tokenizer (pass token ids otherwise)")
-      return list(self.tokenizer.encode(prompt, add_bos=True))
+      # BOS where the checkpoint's tokenizer adds one (Gemma, Llama) and not where it does not
+      # (SmolLM2's `<|im_start|>` is its BOS): as transformers tokenizes a prompt.
+      return list(self.tokenizer.encode(prompt, add_bos=getattr(self.tokenizer, "add_bos_token",
+                                                                 True)))
     ids = [int(t) for t in prompt]
     if not ids:
       raise ValueError("Sampler: empty prompt")
