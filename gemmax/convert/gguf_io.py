@@ -50,13 +50,14 @@ def rotary_permute(w: np.ndarray, heads: int, inverse: bool = False) -> np.ndarr
   return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _metadata(f: GGUFFile) -> dict:
-  return {k: f.meta(k) for k in f.fields if k not in _BIG_ARRAYS and not k.startswith("GGUF.")}
+def _open(path) -> GGUFFile:
+  """The file without its vocabulary arrays (the tokenizer reads those; the model needs none)."""
+  return GGUFFile(path, keep=lambda key: key not in _BIG_ARRAYS)
 
 
 def config_from_gguf(source, **overrides) -> ModelConfig:
   """The ModelConfig a GGUF file (path or GGUFFile) describes."""
-  f = source if isinstance(source, GGUFFile) else GGUFFile(source)
+  f = source if isinstance(source, GGUFFile) else _open(source)
   factors = f.read("rope_freqs.weight") if "rope_freqs.weight" in f.tensors else None
   shapes = {n: f.shape(n) for n in f.tensors}
   bias = sorted(n for n in shapes if n.endswith(".bias"))
@@ -64,7 +65,8 @@ def config_from_gguf(source, **overrides) -> ModelConfig:
     raise GemmaxError(f"{f.path}: tensor {bias[0]} is a bias; gemmax's Llama and Gemma layers have "
                       "none")
   try:
-    return ModelConfig.from_gguf(_metadata(f), shapes, factors, source=f.path, **overrides)
+    meta = {k: v for k, (v, _, _) in f.fields.items()}
+    return ModelConfig.from_gguf(meta, shapes, factors, source=f.path, **overrides)
   except (TypeError, ValueError) as e:  # a field of the wrong type or value in the metadata
     raise GemmaxError(f"{f.path}: {' '.join(str(e).split())}" if f.path not in str(e) else str(e)) \
         from None
@@ -78,7 +80,7 @@ def load_gguf(path: str | os.PathLike, dtype=None, *, compute_dtype=None, mesh=N
   compute_dtype: activation dtype (default: dtype). With `mesh`, each tensor goes straight into
   its shards. `overrides` replace ModelConfig fields (e.g. attn_impl, remat).
   """
-  f = GGUFFile(path)
+  f = _open(path)
   config = config_from_gguf(f)
   pdt = check_dtype(dtype or "float32")
   config = config.replace(param_dtype=pdt, dtype=check_dtype(compute_dtype or pdt), **overrides)

@@ -86,8 +86,8 @@ class GGUFTokenizer(HFTokenizer):
 
 
 def load_gguf_tokenizer(path: str | os.PathLike, reader=None) -> GGUFTokenizer:
-    """The tokenizer of a GGUF file. Pass an open `gguf.GGUFReader` of it to skip parsing the header twice (the
-    reader walks every array element: ~10 s for Gemma 3's 262k-token vocabulary)."""
+    """The tokenizer of a GGUF file. `reader`: the file already opened as a `gemmax.quant.GGUFFile` holding its
+    tokenizer fields (parsing the header walks every array element: ~10 s for Gemma 3's 262k-token vocabulary)."""
     path = os.fspath(path)
     meta = tokenizer_metadata(reader if reader is not None else _open(path), path)
     data, config = _tokenizer_json(meta, path)
@@ -100,35 +100,23 @@ def load_gguf_tokenizer(path: str | os.PathLike, reader=None) -> GGUFTokenizer:
                           f"{' '.join(str(e).split())[:200]})") from None
 
 
+def _wanted(key: str) -> bool:
+    return key.startswith("tokenizer.") or key == "general.architecture"
+
+
 def _open(path: str):
-    import gguf
+    from gemmax.quant.gguf_file import GGUFFile
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"tokenizer file not found: {path}")
-    try:
-        return gguf.GGUFReader(path)
-    except Exception as e:  # noqa: BLE001 -- the reader raises ValueError, IndexError, KeyError, ...
-        raise GemmaxError(f"{path}: not a readable GGUF file ({type(e).__name__}: "
-                          f"{' '.join(str(e).split())[:160]})") from None
+    return GGUFFile(path, keep=_wanted)
 
 
 def tokenizer_metadata(reader, path: str) -> dict:
     """{key: (value, value type, array item type or None)} for `general.architecture` and every `tokenizer.*` key,
     with the types as gguf.GGUFValueType ints, so they can be written back exactly."""
-    import gguf
-
-    out = {}
-    for key, field in reader.fields.items():
-        if not (key.startswith("tokenizer.") or key == "general.architecture"):
-            continue
-        vtype = int(field.types[0])
-        sub = int(field.types[1]) if vtype == gguf.GGUFValueType.ARRAY and len(field.types) > 1 else None
-        try:
-            value = field.contents()
-        except Exception as e:  # noqa: BLE001 -- malformed strings (UnicodeDecodeError) and the like
-            raise GemmaxError(f"{path}: metadata field {key} is unreadable ({type(e).__name__})") from None
-        out[key] = (value, vtype, sub)
-    return out
+    return {key: (value, int(vtype), None if sub is None else int(sub))
+            for key, (value, vtype, sub) in reader.fields.items() if _wanted(key)}
 
 
 def _tokenizer_json(meta: dict, path: str) -> tuple[bytes, dict]:

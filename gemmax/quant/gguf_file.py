@@ -12,6 +12,7 @@ for a projection is HF's [out, in].
 from __future__ import annotations
 
 import os
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -28,10 +29,22 @@ def _types():
           q.Q5_K, q.Q6_K}
 
 
-class GGUFFile:
-  """Metadata and tensors of one GGUF file. `meta(key)`, `shape(name)`, `read(name, dtype)`."""
+class TensorInfo(NamedTuple):
+  name: str
+  tensor_type: object  # gguf.GGMLQuantizationType
+  ne: tuple            # GGUF order: ne0 (contiguous) first
+  data_offset: int     # absolute, in bytes
 
-  def __init__(self, path: str | os.PathLike):
+
+class GGUFFile:
+  """Metadata and tensors of one GGUF file. `meta(key)`, `shape(name)`, `read(name, dtype)`.
+
+  `keep(key)` picks the metadata kept (default: all). The reader itself is dropped once the
+  header is read: it holds a numpy view per array element (159 MiB for SmolLM2's vocabulary,
+  more for Gemma 3's), which would otherwise sit beside the weights while they load.
+  """
+
+  def __init__(self, path: str | os.PathLike, keep: Callable[[str], bool] = lambda key: True):
     import gguf
     self.path = os.fspath(path)
     if not os.path.isfile(self.path):
@@ -46,10 +59,22 @@ class GGUFFile:
           from None
     if reader.byte_order != "I":
       raise GemmaxError(f"{self.path}: a big-endian GGUF file; only little-endian files are read")
-    self.fields = reader.fields
-    self.tensors = {t.name: t for t in reader.tensors}
+    self.fields = {}  # key -> (value, GGUFValueType, array item type or None)
+    for key, field in reader.fields.items():
+      if key.startswith("GGUF.") or not keep(key):
+        continue
+      vtype = field.types[0] if field.types else None
+      sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY and len(field.types) > 1 else None
+      try:
+        self.fields[key] = (field.contents(), vtype, sub)
+      except Exception as e:  # noqa: BLE001 -- malformed strings (UnicodeDecodeError) and the like
+        raise GemmaxError(f"{self.path}: metadata field {key} is unreadable "
+                          f"({type(e).__name__})") from None
+    self.tensors = {t.name: TensorInfo(t.name, t.tensor_type, tuple(int(d) for d in t.shape),
+                                       int(t.data_offset)) for t in reader.tensors}
     self.file_size = os.path.getsize(self.path)
     self._check(reader.data_offset)
+    del reader
 
   def _check(self, data_start: int) -> None:
     import gguf
@@ -57,20 +82,19 @@ class GGUFFile:
     spans = []
     for t in self.tensors.values():
       if t.tensor_type not in supported:
-        raise GemmaxError(f"{self.path}: tensor {t.name} has type {t.tensor_type.name}, which gemmax "
-                          f"does not read (supported: {', '.join(s.name for s in supported)})")
+        raise GemmaxError(f"{self.path}: tensor {t.name} has type {t.tensor_type.name}, which "
+                          f"gemmax does not read (supported: "
+                          f"{', '.join(s.name for s in supported)})")
       block, nbytes = gguf.GGML_QUANT_SIZES[t.tensor_type]
-      ne0 = int(t.shape[0]) if len(t.shape) else 0
-      if ne0 <= 0 or ne0 % block or any(int(d) <= 0 for d in t.shape):
-        raise GemmaxError(f"{self.path}: tensor {t.name} has shape {list(map(int, t.shape))}, "
-                          f"not whole {t.tensor_type.name} blocks of {block}")
-      size = int(np.prod([int(d) for d in t.shape])) // block * nbytes
-      begin = int(t.data_offset)
-      if begin < data_start or begin + size > self.file_size:
-        raise GemmaxError(f"{self.path}: tensor {t.name} ({size:,} bytes at offset {begin:,}) lies "
-                          f"outside the file's data section (file is {self.file_size:,} bytes; "
-                          "truncated or corrupt)")
-      spans.append((begin, begin + size, t.name))
+      if not t.ne or t.ne[0] % block or any(d <= 0 for d in t.ne):
+        raise GemmaxError(f"{self.path}: tensor {t.name} has shape {list(t.ne)}, not whole "
+                          f"{t.tensor_type.name} blocks of {block}")
+      size = int(np.prod(t.ne)) // block * nbytes
+      if t.data_offset < data_start or t.data_offset + size > self.file_size:
+        raise GemmaxError(f"{self.path}: tensor {t.name} ({size:,} bytes at offset "
+                          f"{t.data_offset:,}) lies outside the file's data section (file is "
+                          f"{self.file_size:,} bytes; truncated or corrupt)")
+      spans.append((t.data_offset, t.data_offset + size, t.name))
     spans.sort()
     for (_, end, a), (begin, _, b) in zip(spans, spans[1:]):
       if begin < end:
@@ -82,15 +106,11 @@ class GGUFFile:
 
   def meta(self, key: str, default=_REQUIRED):
     """A metadata value as Python (str, int, float, bool or list); `default` when absent."""
-    field = self.fields.get(key)
-    if field is None:
+    if key not in self.fields:
       if default is _REQUIRED:
         raise GemmaxError(f"{self.path}: metadata lacks {key}")
       return default
-    try:
-      return field.contents()
-    except Exception as e:  # noqa: BLE001 -- malformed strings (UnicodeDecodeError) and the like
-      raise GemmaxError(f"{self.path}: metadata field {key} is unreadable ({type(e).__name__})") from None
+    return self.fields[key][0]
 
   @property
   def architecture(self) -> str:
@@ -98,7 +118,7 @@ class GGUFFile:
 
   # --- tensors ------------------------------------------------------------------------------
   def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(int(d) for d in reversed(self.tensors[name].shape))
+    return tuple(reversed(self.tensors[name].ne))
 
   def type_name(self, name: str) -> str:
     return self.tensors[name].tensor_type.name
