@@ -15,7 +15,13 @@ def test_there_are_notebooks():
   assert {"quickstart.ipynb", "finetune.ipynb", "distillation.ipynb", "tpu.ipynb"} <= names
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+# These load the registry's real model (fetched by .ci/run before the slow step).
+REAL_MODEL = {"quickstart.ipynb", "finetune.ipynb"}
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.slow) if os.path.basename(p) in REAL_MODEL else p
+    for p in NOTEBOOKS], ids=os.path.basename)
 def test_notebook_runs(path, monkeypatch, tmp_path):
   if not os.path.isfile(os.path.join(ROOT, "checkpoints", "gemmax-tiny", "model.safetensors")):
     pytest.fail("checkpoints/gemmax-tiny/model.safetensors is missing")
