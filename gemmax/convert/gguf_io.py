@@ -161,7 +161,7 @@ def save_gguf(model, path: str | os.PathLike, *, tokenizer, dtype: str = "f16",
   them). Written tensor by tensor to a temporary file in the same directory, then renamed.
   """
   import gguf
-  from gemmax.data.gguf_tokenizer import write_tokenizer
+  from gemmax.data import write_tokenizer
 
   if dtype not in SAVE_TYPES:
     raise GemmaxError(f"save_gguf: dtype {dtype!r} is not one of {', '.join(SAVE_TYPES)}")
