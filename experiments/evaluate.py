@@ -32,6 +32,7 @@ def run_classification(c, model, tok, run_cfg):
   cc = c.classification
   classes = [x.strip() for x in cc.classes.split(",") if x.strip()] or None
   template = prompt_template(c, run_cfg)
+  shots = []
   if cc.format == "alpaca" and not cc.few_shot:
     m = answers.classify_rows(model, tok, read_records(cc.file, cc.limit), classes,
                               template=template, reduction=cc.reduction,
@@ -40,7 +41,6 @@ def run_classification(c, model, tok, run_cfg):
     if cc.format == "alpaca" and template not in (None, "alpaca"):
       raise ValueError(f"classification.few_shot needs the Alpaca prompt, not {template!r}")
     pairs = read_labeled(cc.file, cc.format, cc.limit)
-    shots = []
     if cc.few_shot:
       shot_file = cc.few_shot_file or os.path.join(os.path.dirname(cc.file), "train.jsonl")
       shots = read_labeled(shot_file, cc.format, cc.few_shot)
