@@ -152,3 +152,25 @@ def test_default_positions_mask_is_a_constant(window):
   for a, b in zip(jax.tree.leaves(loss()(q, k, v)),
                   jax.tree.leaves(loss(q_positions=pos, kv_positions=pos)(q, k, v))):
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+@pytest.mark.parametrize("window", [None, 5, 300])
+def test_query_blocks_match_the_reference(window):
+  """impl "xla_blocks" (causal self-attention in query blocks, each against the keys it can see,
+  the window's start included) equals the reference in values and gradients, with segments."""
+  from gemmax.ops.qblocks import attention_qblocks
+  q, k, v = inputs(b=2, t=37, n=4, kh=2)  # 37: a last block shorter than the others
+  blocks = lambda q, k, v, **kw: attention_qblocks(q, k, v, block=8, **kw)
+  compare(blocks, q, k, v, 1e-5, scale=0.3, causal=True, sliding_window=window, softcap=50.0,
+          segment_ids=segments(2, 37))
+  np.testing.assert_allclose(attention(q, k, v, impl="xla_blocks", causal=False),
+                             attention(q, k, v, impl="xla", causal=False), atol=1e-6)
+
+
+def test_auto_choice_for_long_prompts_on_cpu():
+  t1k, t4k = jnp.zeros((1, 1024, 2, 64)), jnp.zeros((1, 4096, 2, 64))
+  kw = dict(softcap=None, segment_ids=None)
+  assert choose_impl(t1k, t1k, backend="cpu", **kw) == "xla_blocks"
+  assert choose_impl(t1k[:, :1], t1k, backend="cpu", **kw) == "xla"
+  assert choose_impl(t4k, t4k, backend="cpu", **kw) == "xla_chunked"
+  assert choose_impl(t1k, t1k, backend="gpu", **kw) == "pallas"

@@ -36,3 +36,22 @@ def test_matches_reference(size, written, window, softcap, ring):
   got = attention_decode(q, k, v, written=jnp.int32(min(written, size)), block=64, **kw)
   np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
   assert np.all(np.asarray(got[2]) == 0)
+
+
+@pytest.mark.parametrize("size", [144, 300])  # one pass (<= ONE_PASS slots) and the block loop
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_default_block_matches_reference(size, dtype):
+  """The default block: a cache of at most ONE_PASS slots is read in one block, a longer one in
+  BLOCK-sized blocks; both equal the reference, bf16 caches included (read as bits)."""
+  rng = np.random.default_rng(size)
+  b, n, kh, h, written = 2, 6, 2, 16, size - 40
+  q, k, v = (jnp.asarray(rng.standard_normal(s, np.float32), dtype)
+             for s in ((b, 1, n, h), (b, size, kh, h), (b, size, kh, h)))
+  pos = np.where(np.arange(size) < written, np.arange(size), -1)[None].repeat(b, 0)
+  seg = (pos >= 0).astype(np.int32)
+  kw = dict(scale=0.25, sliding_window=None, softcap=None,
+            segment_ids=(jnp.ones((b, 1), jnp.int32), jnp.asarray(seg)),
+            q_positions=jnp.full((b, 1), written - 1, jnp.int32), kv_positions=jnp.asarray(pos))
+  want = attention_xla(q, k, v, causal=True, **kw).astype(jnp.float32)
+  got = attention_decode(q, k, v, written=jnp.int32(written), **kw).astype(jnp.float32)
+  np.testing.assert_allclose(got, want, atol=2e-2 if dtype == jnp.bfloat16 else 2e-6, rtol=1e-5)

@@ -113,3 +113,33 @@ def test_long_prefill_into_a_fresh_cache_uses_the_chunked_kernel():
   mem = prefill.lower(state, ids, pos, cache).compile().memory_analysis()
   logits_bytes = cfg.num_attention_heads * t * t * 4  # one layer's f32 attention logits
   assert mem.temp_size_in_bytes < logits_bytes / 4, (mem.temp_size_in_bytes, logits_bytes)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32, jnp.int32])
+def test_raw_slices_are_the_lax_ops_bit_for_bit(dtype):
+  from gemmax.ops import raw_slices
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 3, 10, 4)) * 100, dtype)
+  u = jnp.asarray(rng.standard_normal((2, 3, 1, 4)) * 100, jnp.float32)
+  bits = lambda a: np.asarray(a).view(np.uint8)
+  at = (0, 0, jnp.int32(7), 0)
+  np.testing.assert_array_equal(bits(raw_slices.dynamic_update_slice(x, u, at)),
+                                bits(jax.lax.dynamic_update_slice(x, u.astype(dtype), at)))
+  np.testing.assert_array_equal(bits(raw_slices.dynamic_slice_in_dim(x, jnp.int32(3), 5, 2)),
+                                bits(jax.lax.dynamic_slice_in_dim(x, 3, 5, axis=2)))
+  idx = (slice(None), slice(None), jnp.array([9, 0]))
+  upd = jnp.concatenate([u, -u], axis=2)
+  np.testing.assert_array_equal(bits(raw_slices.set_at(x, idx, upd)),
+                                bits(x.at[idx].set(upd.astype(dtype))))
+
+
+def test_bf16_cache_write_is_not_upcast():
+  """A bf16 cache takes its decode token in place: the compiled write holds no float32 copy of
+  the cache buffer (XLA:CPU upcast bf16 dynamic-update-slices: two cache copies per layer)."""
+  model = Transformer(ModelConfig.preset("llama3-tiny", dtype="bfloat16"), rngs=nnx.Rngs(0))
+  cache = init_cache(model.config, 2, 32)
+  ids = jnp.ones((2, 1), jnp.int32)
+  pos = jnp.full((2, 1), 3, jnp.int32)
+  hlo = _run.lower(model, ids, pos, jnp.ones((2, 1), jnp.int32), cache).compile().as_text()
+  k = cache.layers[0].k.shape
+  assert f"f32[{','.join(map(str, k))}]" not in hlo, "a float32 copy of a cache buffer"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gemmax.ops.common import index_equals
-from gemmax.train.losses import cross_entropy, naive_cross_entropy
+from gemmax.train.losses import cross_entropy, cross_entropy_sums, naive_cross_entropy
 
 
 def _inputs(b=2, t=13, d=16, v=97, seed=0):
@@ -83,3 +83,32 @@ def test_backward_has_no_vocab_iota():
   np.testing.assert_allclose(
       grad(h), jax.grad(lambda h: naive_cross_entropy(h, w, y, m, softcap=30.0)[0])(h),
       rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [3, 4, 64])
+def test_scored_tokens_only_match_dense_with_sparse_and_weighted_masks(chunk):
+  """Only scored tokens get logits (a run-time number of chunks); values and both gradients equal
+  the dense reference for a sparse mask, a weighted one, a tied (vocab-major) table, and none."""
+  h, w, y, _ = _inputs(b=3, t=11, v=50)
+  m = jnp.zeros((3, 11)).at[0, 2].set(1).at[1, 5:9].set(1).at[2, 10].set(1)
+  mw = m * jnp.arange(1, 12, dtype=jnp.float32)  # weights, not just 0/1
+  for mask in (m, mw):
+    dense = lambda h, w: naive_cross_entropy(h, w, y, mask, softcap=30.0)[0] * jnp.sum(mask)
+    ours = lambda h, w: cross_entropy_sums(h, w.T, y, mask, softcap=30.0, chunk=chunk,
+                                           vocab_major=True).loss_sum
+    np.testing.assert_allclose(ours(h, w), dense(h, w), rtol=1e-5)
+    for a, b in zip(jax.grad(ours, (0, 1))(h, w), jax.grad(dense, (0, 1))(h, w)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  none = cross_entropy_sums(h, w, y, jnp.zeros((3, 11)), chunk=chunk)
+  assert float(none.loss_sum) == 0 and float(none.count) == 0
+  assert not np.any(np.asarray(jax.grad(
+      lambda h: cross_entropy_sums(h, w, y, jnp.zeros((3, 11)), chunk=chunk).loss_sum)(h)))
+
+
+def test_frozen_output_table_gets_no_gradient_work():
+  """With the table not differentiated (LoRA), the compiled loss gradient has no [V, D] product:
+  dw is formed only for a trained table."""
+  h, w, y, m = _inputs(b=2, t=16, v=512)
+  hlo = jax.jit(jax.grad(lambda h: cross_entropy_sums(h, w, y, m, chunk=8).loss_sum)).lower(
+      h).compile().as_text()
+  assert not re.search(r"f32\[16,512\]\{[01],[01]\} (dot|fusion)\(", hlo), "a dw product"

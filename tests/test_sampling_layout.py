@@ -7,7 +7,7 @@ from flax import nnx
 
 from gemmax import peft
 from gemmax.models import ModelConfig, Transformer
-from gemmax.models.layers import FEW_ROWS, Linear, matmul_t
+from gemmax.models.layers import FEW_ROWS, Linear, dot2d, matmul_t
 from gemmax.sampling import Sampler
 from gemmax.sampling.layout import decode_linears, use_out_in
 
@@ -80,3 +80,47 @@ def test_out_in_copy_is_reused_until_the_model_changes(monkeypatch):
   assert len(made) == 2
   want = Sampler(m, out_in_kernels=False).generate(prompts, 6)
   assert got.tokens == want.tokens and got.tokens != first.tokens
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 8])
+def test_few_row_bf16_products_equal_the_plain_product(rows):
+  """One to three bf16 rows are padded to four (a native bf16 product on XLA:CPU): the zero
+  rows change nothing, values and gradients equal the plain product."""
+  rng = np.random.default_rng(rows)
+  x = jnp.asarray(rng.standard_normal((rows, 48)), jnp.bfloat16)
+  wt = jnp.asarray(rng.standard_normal((40, 48)), jnp.bfloat16)
+  want = jax.lax.dot_general(x, wt, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  got = jax.jit(lambda x, wt: matmul_t(x, wt, preferred_element_type=jnp.float32))(x, wt)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  # gradients: those of the same bf16 product without the padding (layers.dot2d)
+  f = lambda x, wt: (matmul_t(x, wt, preferred_element_type=jnp.float32) ** 2).sum()
+  g = lambda x, wt: (dot2d(x, wt, w_t=True, preferred_element_type=jnp.float32) ** 2).sum()
+  for a, b in zip(jax.grad(f, (0, 1))(x, wt), jax.grad(g, (0, 1))(x, wt)):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+
+def test_decode_copy_packs_projections_of_one_input():
+  """The decode copy holds q/k/v and gate/up as one stacked [out, in] kernel each (plain Linears
+  only), every other plain Linear as [out, in]; adapted projections keep their modules."""
+  from gemmax.sampling.layout import OutInLinear, PackedProjection, to_out_in
+  m = _model("llama3-tiny", tie_word_embeddings=False)  # DoRA on every q_proj and down_proj
+  copy = nnx.merge(*to_out_in(m))
+  attn0, mlp0 = copy.layers[0].self_attn, copy.layers[0].mlp
+  assert isinstance(attn0.q_proj, peft.LoRALinear)  # adapted: q stays, k/v go [out, in] alone
+  assert type(attn0.k_proj) is OutInLinear and type(attn0.v_proj) is OutInLinear
+  assert type(mlp0.gate_proj) is PackedProjection and mlp0.gate_proj.packed is mlp0.up_proj.packed
+  assert type(copy.lm_head) is OutInLinear and type(m.lm_head) is Linear  # the user's model: as is
+  plain = Transformer(m.config, rngs=nnx.Rngs(2))
+  attn = nnx.merge(*to_out_in(plain)).layers[1].self_attn
+  assert type(attn.q_proj) is PackedProjection and attn.q_proj.packed is attn.v_proj.packed
+  c = plain.config
+  kv = c.num_key_value_heads * c.head_dim
+  assert attn.q_proj.packed.shape == (c.num_attention_heads * c.head_dim + 2 * kv, c.hidden_size)
+  np.testing.assert_array_equal(attn.k_proj.packed[...][attn.k_proj.start:attn.k_proj.stop],
+                                plain.layers[1].self_attn.k_proj.kernel[...].T)
+  prompts = [[1, 5, 9, 3], [1, 7]]
+  want = Sampler(plain, out_in_kernels=False).generate(prompts, 8)
+  got = Sampler(plain, out_in_kernels=True).generate(prompts, 8)
+  assert got.tokens == want.tokens
+  for a, b in zip(got.logprobs, want.logprobs):
+    np.testing.assert_allclose(a, b, atol=1e-5)

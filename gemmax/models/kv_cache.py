@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from gemmax.ops import raw_slices
+
 EMPTY_POSITION = -1  # position stored in slots never written; their segment id 0 hides them
 
 
@@ -73,11 +75,12 @@ class LayerCache:
     extra = dict(q_positions=positions, kv_positions=kv_pos, segment_ids=(q_seg, kv_seg))
     return jnp.swapaxes(keys, 1, 2), jnp.swapaxes(values, 1, 2), extra, new
 
+  # The k/v writes move bits (gemmax.ops.raw_slices): XLA:CPU copied a whole bf16 buffer per write.
   def _write_global(self, k, v, positions, seg):
     at = (0, 0, self.index, 0)
     return self.replace(
-        k=jax.lax.dynamic_update_slice(self.k, k, at),
-        v=jax.lax.dynamic_update_slice(self.v, v, at),
+        k=raw_slices.dynamic_update_slice(self.k, k, at),
+        v=raw_slices.dynamic_update_slice(self.v, v, at),
         positions=jax.lax.dynamic_update_slice(self.positions, positions, (0, self.index)),
         segments=jax.lax.dynamic_update_slice(self.segments, seg, (0, self.index)),
         index=self.index + k.shape[2], fresh=False)
@@ -87,8 +90,8 @@ class LayerCache:
     n = min(t, w)  # only the last W tokens of a chunk can ever be needed again
     slots = (self.index + t - n + jnp.arange(n, dtype=jnp.int32)) % w
     return self.replace(
-        k=self.k.at[:, :, slots].set(k[:, :, t - n:]),
-        v=self.v.at[:, :, slots].set(v[:, :, t - n:]),
+        k=raw_slices.set_at(self.k, (slice(None), slice(None), slots), k[:, :, t - n:]),
+        v=raw_slices.set_at(self.v, (slice(None), slice(None), slots), v[:, :, t - n:]),
         positions=self.positions.at[:, slots].set(positions[:, t - n:]),
         segments=self.segments.at[:, slots].set(seg[:, t - n:]),
         index=self.index + t, fresh=False)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gemmax.ops.common import is_low_precision
+from gemmax.ops.few_rows import FEW_ROWS, few_rows_product  # noqa: F401 (FEW_ROWS re-exported)
 
 _init = nnx.initializers.normal(stddev=0.02)
 
@@ -88,24 +89,18 @@ def matmul(x: jax.Array, w: jax.Array, preferred_element_type=None) -> jax.Array
   return y.reshape(*lead, w.shape[-1])
 
 
-# Up to this many rows, `matmul_t` takes its product as w^T-major (see there).
-FEW_ROWS = 64
-
-
 def matmul_t(x: jax.Array, wt: jax.Array, preferred_element_type=None) -> jax.Array:
   """x [..., in] @ wt[out, in]^T -> [..., out].
 
   Why: decoding multiplies a few rows by every weight. On XLA:CPU a [8, in] x [in, out] product
   re-packs the whole weight on each call and ran at a fifth of memory bandwidth; with the weight
-  stored [out, in] and the product taken as wt @ x^T, the weight is streamed once (2-2.4x faster
-  for 4-32 rows, measured in benchmarks/RESULTS.md). The barrier stops XLA from folding
-  (wt @ x^T)^T back into x @ wt^T. Many rows: a plain x @ wt^T.
+  stored [out, in] the few-row product takes the form that streams it fastest
+  (gemmax.ops.few_rows). Many rows: a plain x @ wt^T.
   """
   lead = x.shape[:-1]
   x2 = x.reshape(-1, x.shape[-1])
   if x2.shape[0] <= FEW_ROWS:
-    y = jax.lax.optimization_barrier(
-        dot2d(wt, x2, w_t=True, preferred_element_type=preferred_element_type)).T
+    y = few_rows_product(dot2d, x2, wt, preferred_element_type=preferred_element_type)
   else:
     y = dot2d(x2, wt, w_t=True, preferred_element_type=preferred_element_type)
   return y.reshape(*lead, wt.shape[0])
@@ -114,9 +109,8 @@ def matmul_t(x: jax.Array, wt: jax.Array, preferred_element_type=None) -> jax.Ar
 class Linear(nnx.Module):
   """y = x @ kernel, kernel [in, out] stored in param_dtype, computed in `dtype`.
 
-  `axes` are the logical axis names of the kernel (see gemmax.sharding). `kernel_layout` is
-  "in_out" everywhere except inside the sampler's decode functions, which may hand the module a
-  transposed [out, in] kernel and set "out_in" (gemmax.sampling.layout).
+  `axes` are the logical axis names of the kernel (see gemmax.sharding). `kernel_layout` names
+  the stored layout; the sampler's decode copy holds [out, in] ones (gemmax.sampling.layout).
   """
 
   kernel_layout = "in_out"
@@ -130,9 +124,8 @@ class Linear(nnx.Module):
 
   def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
     """`out_dtype` (default `dtype`): float32 hands an adapter the unrounded accumulator."""
-    mm = matmul_t if self.kernel_layout == "out_in" else matmul
-    return mm(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-              preferred_element_type=out_dtype)
+    return matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                  preferred_element_type=out_dtype)
 
 
 def project_shared(mods, x: jax.Array) -> tuple:

@@ -7,7 +7,7 @@ from flax import nnx
 
 from gemmax.models.attention import Attention
 from gemmax.models.config import ModelConfig
-from gemmax.models.layers import MLP, Embed, Linear, RMSNorm, matmul, matmul_t
+from gemmax.models.layers import MLP, Embed, Linear, RMSNorm, matmul_t
 from gemmax.sharding import HIDDEN, constrain
 
 _REMAT_POLICIES = {
@@ -125,13 +125,11 @@ class Transformer(nnx.Module):
 
   def logits(self, h: jax.Array) -> jax.Array:
     """[..., D] hidden states -> float32 [..., vocab] logits, soft-capped for Gemma 2."""
-    f32 = dict(preferred_element_type=jnp.float32)
     if self.config.tie_word_embeddings:  # the table is already [vocab, D]: matmul_t's layout
-      logits = matmul_t(h, self.embed_tokens.embedding[...].astype(h.dtype), **f32)
-    elif self.lm_head.kernel_layout == "out_in":
-      logits = matmul_t(h, self.lm_head.kernel[...].astype(h.dtype), **f32)
+      logits = matmul_t(h, self.embed_tokens.embedding[...].astype(h.dtype),
+                        preferred_element_type=jnp.float32)
     else:
-      logits = matmul(h, self.lm_head.kernel[...].astype(h.dtype), **f32)
+      logits = self.lm_head(h, out_dtype=jnp.float32)
     return softcap(logits, self.config.final_logit_softcapping if self.config.family == "gemma2"
                    else None)
 

@@ -6,10 +6,15 @@ import jax
 from gemmax.ops.xla import attention_xla
 
 IMPLS = ("auto", "xla", "xla_chunked", "pallas", "splash", "cudnn")
+# Not public: what "auto" picks for long causal self-attention on CPU (see CPU_BLOCKS_MIN_LEN).
+_INTERNAL = ("xla_blocks",)
 
 # On CPU the einsum reference is fastest while its [T, S] logits are small; past this many keys
 # the chunked path keeps memory O(seq) (threshold chosen for memory, not a measured crossover).
 CPU_CHUNKED_MIN_KV_LEN = 4096
+# From this many tokens a causal self-attention on CPU runs in query blocks (gemmax.ops.qblocks):
+# 2,048 tokens of SmolLM2-135M, measured in benchmarks/RESULTS.md ("Real model").
+CPU_BLOCKS_MIN_LEN = 1024
 
 
 def choose_impl(q, k, *, softcap, segment_ids, backend=None) -> str:
@@ -21,7 +26,9 @@ def choose_impl(q, k, *, softcap, segment_ids, backend=None) -> str:
   if backend == "tpu":
     # Splash is self-attention only and tiles head_dim in 128-lane vregs.
     return "splash" if t == s and h % 128 == 0 else "xla_chunked"
-  return "xla_chunked" if s >= CPU_CHUNKED_MIN_KV_LEN else "xla"
+  if s >= CPU_CHUNKED_MIN_KV_LEN:
+    return "xla_chunked"
+  return "xla_blocks" if t == s and t >= CPU_BLOCKS_MIN_LEN else "xla"
 
 
 def attention(q, k, v, *, scale=None, causal=True, sliding_window=None, softcap=None,
@@ -32,8 +39,10 @@ def attention(q, k, v, *, scale=None, causal=True, sliding_window=None, softcap=
   of kv_heads. `segment_ids` [batch, seq] (or a (q_seg, kv_seg) pair) blocks attention across
   packed examples. `q_positions`/`kv_positions` [batch, len] give explicit positions (KV cache);
   that path always uses the XLA reference. Key k is visible to query q iff `q - W < k <= q`.
+  On CPU, "auto" gives causal self-attention of CPU_BLOCKS_MIN_LEN tokens or more the internal
+  "xla_blocks" (query blocks, gemmax.ops.qblocks), which falls back to "xla" for anything else.
   """
-  if impl not in IMPLS:
+  if impl not in IMPLS + _INTERNAL:
     raise ValueError(f"attention impl {impl!r} is not one of {IMPLS}")
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
     raise ValueError(f"attention expects [batch, seq, heads, head_dim]; got q{q.shape} k{k.shape} v{v.shape}")
@@ -52,6 +61,11 @@ def attention(q, k, v, *, scale=None, causal=True, sliding_window=None, softcap=
     impl = choose_impl(q, k, softcap=softcap, segment_ids=segment_ids)
   if impl == "xla":
     return attention_xla(q, k, v, **kw)
+  if impl == "xla_blocks":
+    if not causal or k.shape[1] != q.shape[1]:  # the blocks are for causal self-attention
+      return attention_xla(q, k, v, **kw)
+    from gemmax.ops.qblocks import attention_qblocks
+    return attention_qblocks(q, k, v, **kw)
   if impl == "xla_chunked":
     from gemmax.ops.chunked import attention_xla_chunked
     return attention_xla_chunked(q, k, v, **kw)

@@ -12,18 +12,24 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
+from gemmax.ops import raw_slices
+
 BLOCK = 128
+# Caches of at most this many slots are read in one block: their slices would be copies on
+# XLA:CPU, and a block of that size costs about what the written part alone would.
+ONE_PASS = 256
 
 
 def attention_decode(q, k, v, *, scale, sliding_window, softcap, segment_ids, q_positions,
-                     kv_positions, written, block: int = BLOCK):
+                     kv_positions, written, block=None):
   """q [B, 1, N, H]; k, v [B, S, K, H] (the cache's buffers); segment_ids (q [B, 1], kv [B, S]);
-  positions q [B, 1], kv [B, S]; written: [] int32, slots [0, written) hold tokens.
+  positions q [B, 1], kv [B, S]; written: [] int32, slots [0, written) hold tokens; block: slots
+  per step of the loop (default BLOCK, or all of a cache of at most ONE_PASS slots).
   Returns [B, 1, N, H] in q.dtype."""
   b, t, n, h = q.shape
   s, kh = k.shape[1], k.shape[2]
   g = n // kh
-  block = min(block, s)
+  block = min(block or (s if s <= ONE_PASS else BLOCK), s)
   q_seg, kv_seg = segment_ids
   qg = q.reshape(b, kh, g, h)
   kt, vt = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, K, S, H]: the cache's own layout
@@ -35,8 +41,8 @@ def attention_decode(q, k, v, *, scale, sliding_window, softcap, segment_ids, q_
     # j * block were counted by the previous block and are masked here.
     start = jnp.minimum(j * block, s - block)
     idx = start + jnp.arange(block)
-    kb = lax.dynamic_slice_in_dim(kt, start, block, axis=2)
-    vb = lax.dynamic_slice_in_dim(vt, start, block, axis=2)
+    kb = raw_slices.dynamic_slice_in_dim(kt, start, block, axis=2)  # bits: see raw_slices
+    vb = raw_slices.dynamic_slice_in_dim(vt, start, block, axis=2)
     pos = lax.dynamic_slice_in_dim(kv_positions, start, block, axis=1)
     seg = lax.dynamic_slice_in_dim(kv_seg, start, block, axis=1)
     logits = jnp.einsum("BKGH,BKSH->BKGS", qg, kb, preferred_element_type=jnp.float32) * scale

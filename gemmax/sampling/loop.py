@@ -2,7 +2,7 @@
 
 `generate_loop` runs prefill and every decode step inside one jit (a `lax.while_loop` that stops
 early when every row is done); `prefill_step` / `decode_step` serve the streaming Python loop.
-With `out_in`, `state` holds the [out, in] kernels of gemmax.sampling.layout.
+`graphdef` and `state` may be the decode copy of gemmax.sampling.layout.
 """
 from __future__ import annotations
 
@@ -12,16 +12,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemmax.sampling.layout import mark_out_in
 from gemmax.sampling.select import choose
 
-_SAMPLING = ("graphdef", "greedy", "top_k", "use_top_p", "out_in")
+_SAMPLING = ("graphdef", "greedy", "top_k", "use_top_p")
 
 
-def _forward(graphdef, state, tokens, positions, segments, cache, out_in):
+def _forward(graphdef, state, tokens, positions, segments, cache):
   model = nnx.merge(graphdef, state)
-  if out_in:
-    mark_out_in(model)
   h, cache = model.hidden_states(tokens, positions=positions, segment_ids=segments, cache=cache)
   return model.logits(h[:, -1]), cache  # only the last position's logits: [B, V], not [B, T, V]
 
@@ -33,19 +30,19 @@ def _pick(logits, rng, temperature, top_p, greedy, top_k, use_top_p):
 
 @functools.partial(jax.jit, static_argnames=_SAMPLING, donate_argnames=("cache",))
 def prefill_step(state, tokens, positions, segments, cache, rng, temperature, top_p, *,
-                 graphdef, greedy, top_k, use_top_p, out_in=False):
+                 graphdef, greedy, top_k, use_top_p):
   """Left-padded prompts [B, P] -> (first tokens [B], their logprobs [B], cache)."""
-  logits, cache = _forward(graphdef, state, tokens, positions, segments, cache, out_in)
+  logits, cache = _forward(graphdef, state, tokens, positions, segments, cache)
   tok, lp = _pick(logits, rng, temperature, top_p, greedy, top_k, use_top_p)
   return tok, lp, cache
 
 
 @functools.partial(jax.jit, static_argnames=_SAMPLING, donate_argnames=("cache",))
 def decode_step(state, token, position, cache, rng, temperature, top_p, *,
-                graphdef, greedy, top_k, use_top_p, out_in=False):
+                graphdef, greedy, top_k, use_top_p):
   """One token per row: token, position [B] -> (next tokens [B], logprobs [B], cache)."""
   ones = jnp.ones_like(token)[:, None]
-  logits, cache = _forward(graphdef, state, token[:, None], position[:, None], ones, cache, out_in)
+  logits, cache = _forward(graphdef, state, token[:, None], position[:, None], ones, cache)
   tok, lp = _pick(logits, rng, temperature, top_p, greedy, top_k, use_top_p)
   return tok, lp, cache
 
@@ -53,7 +50,7 @@ def decode_step(state, token, position, cache, rng, temperature, top_p, *,
 @functools.partial(jax.jit, static_argnames=_SAMPLING + ("num_steps",),
                    donate_argnames=("cache",))
 def generate_loop(state, tokens, positions, segments, cache, rng, temperature, top_p,
-                  stop_ids, pad_id, *, graphdef, num_steps, greedy, top_k, use_top_p, out_in=False):
+                  stop_ids, pad_id, *, graphdef, num_steps, greedy, top_k, use_top_p):
   """Prefill + up to num_steps - 1 decode steps.
 
   Returns (tokens [B, num_steps], logprobs [B, num_steps], steps run, cache). A row stops after
@@ -62,7 +59,7 @@ def generate_loop(state, tokens, positions, segments, cache, rng, temperature, t
   b = tokens.shape[0]
   kw = dict(greedy=greedy, top_k=top_k, use_top_p=use_top_p)
   rng, sub = jax.random.split(rng)
-  logits, cache = _forward(graphdef, state, tokens, positions, segments, cache, out_in)
+  logits, cache = _forward(graphdef, state, tokens, positions, segments, cache)
   tok, lp = _pick(logits, sub, temperature, top_p, greedy, top_k, use_top_p)
   out_tok = jnp.full((b, num_steps), pad_id, jnp.int32).at[:, 0].set(tok)
   out_lp = jnp.zeros((b, num_steps), jnp.float32).at[:, 0].set(lp)
@@ -77,7 +74,7 @@ def generate_loop(state, tokens, positions, segments, cache, rng, temperature, t
     i, tok, out_tok, out_lp, done, cache, rng = carry
     rng, sub = jax.random.split(rng)
     logits, cache = _forward(graphdef, state, tok[:, None], (next_pos + i - 1)[:, None],
-                             jnp.ones((b, 1), jnp.int32), cache, out_in)
+                             jnp.ones((b, 1), jnp.int32), cache)
     new, lp = _pick(logits, sub, temperature, top_p, **kw)
     new = jnp.where(done, pad_id, new)
     lp = jnp.where(done, 0.0, lp)

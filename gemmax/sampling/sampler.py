@@ -36,8 +36,8 @@ class Sampler:
   max_len: KV cache length (prompt + generation); None sizes it to each call's needs.
   out_in_kernels: decode with plain Linear kernels transposed to [out, in] (gemmax.sampling.layout:
     a copy of those weights, made on the first call and kept while the model's arrays are the same
-    objects; any change to the model replaces them and is noticed). None: on CPU for batches > 1,
-    where it makes decoding ~1.7x faster.
+    objects; any change to the model replaces them and is noticed). None: on CPU for batches > 1
+    (~1.7x faster decoding) and for bf16/f16 compute at any batch (gemmax.ops.few_rows).
   The cache of the last call is kept and emptied in place for the next call of the same batch size
   and cache length (fresh memory for a large cache costs more than a short generation).
   """
@@ -46,7 +46,7 @@ class Sampler:
                out_in_kernels: Optional[bool] = None):
     self.model, self.tokenizer, self.max_len = model, tokenizer, max_len
     self.cache_dtype, self.out_in_kernels = cache_dtype, out_in_kernels
-    self._out_in = None  # (the model's state leaves, their [out, in] state)
+    self._out_in = None  # (the model's state leaves, the decode copy's (graphdef, state))
     self._spare = None  # the last call's KV cache, recycled by _empty_cache
 
   # --- prompts ---------------------------------------------------------------------------------
@@ -125,12 +125,12 @@ class Sampler:
       tokens[r, p - n:] = row
       segments[r, p - n:] = 1
       positions[r, p - n:] = np.arange(n)
-    out_in = use_out_in(b, self.out_in_kernels)
+    out_in = use_out_in(b, self.out_in_kernels, self.model.config.dtype)
     graphdef, state = self._state(out_in)
     cache = self._empty_cache(b, max_len)
     greedy = temperature is None or float(temperature) == 0.0
     static = dict(greedy=greedy, top_k=None if top_k is None else min(int(top_k),
-                  self.model.config.vocab_size), use_top_p=top_p is not None, out_in=out_in)
+                  self.model.config.vocab_size), use_top_p=top_p is not None)
     args = (jnp.float32(temperature or 0.0), jnp.float32(1.0 if top_p is None else top_p))
     rng = jax.random.key(seed)
     if stream is None and not stop_strings:
@@ -148,7 +148,7 @@ class Sampler:
     return self._finish(ids, gen, lp, stop_ids, stop_strings, steps, max_new_tokens, cache_full)
 
   def _state(self, out_in: bool):
-    """(graphdef, state) for the jitted functions; with `out_in`, the transposed copy is reused
+    """(graphdef, state) for the jitted functions; with `out_in`, the decode copy is reused
     across calls while every array of the model is the one it was made from (a transpose of a
     large model per call would cost more than a short generation)."""
     graphdef, state = nnx.split(self.model)
@@ -157,10 +157,10 @@ class Sampler:
     leaves = jax.tree.leaves(state)
     if self._out_in is not None and len(self._out_in[0]) == len(leaves) and all(
         a is b for a, b in zip(self._out_in[0], leaves)):
-      return graphdef, self._out_in[1]
+      return self._out_in[1]
     self._out_in = None  # free the old copy before making the new one
-    self._out_in = (leaves, to_out_in(state, graphdef=graphdef))
-    return graphdef, self._out_in[1]
+    self._out_in = (leaves, to_out_in(self.model))
+    return self._out_in[1]
 
   def _empty_cache(self, batch: int, max_len: int):
     spare, self._spare = self._spare, None  # a donated cache must never be used twice

@@ -1,10 +1,11 @@
-"""Next-token cross-entropy from hidden states, computed in token chunks.
+"""Next-token cross-entropy from hidden states, computed in chunks of the scored tokens.
 
-The full [batch, seq, vocab] logits are never built: tokens are processed `chunk` at a time
-(a `lax.scan`), and the chunk function is wrapped in `jax.checkpoint` so the backward pass
-recomputes each chunk's logits instead of storing them. When all tokens fit in one chunk the
-scan and the recompute are skipped (the logits are then at most one chunk's budget). Everything
-after the matmul is float32.
+The full [batch, seq, vocab] logits are never built: the scored tokens (loss_mask != 0) are
+gathered `chunk` at a time in a loop that runs only as many chunks as there are scored tokens, so
+a fine-tuning batch that scores its responses pays no logits for its prompts (at a 49k
+vocabulary the output projection is a fifth of a small model's FLOPs per token). Under autodiff
+each chunk forms its gradient in the same pass as its loss (the logits are never stored or
+recomputed). Everything after the matmul is float32.
 
 Loss convention: masked mean = sum over tokens of (CE * loss_mask) / sum(loss_mask), i.e. every
 response token counts the same whatever example it belongs to. With gradient accumulation the
@@ -39,42 +40,99 @@ def _softcap(x, cap):
   return x if cap is None else jnp.tanh(x / cap) * cap
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _chunk_ce(w, h, y, m, softcap, vocab_major):
-  """(sum of masked CE, masked count of correct top-1) for one chunk: h [c, D], y, m [c]."""
-  return _chunk_ce_fwd(w, h, y, m, softcap, vocab_major)[0]
+def _scored_rows(m: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
+  """(rows, count): the indices of the scored tokens (m != 0) in order, padded with 0 to a
+  whole number of chunks, and how many there are."""
+  keep = m != 0
+  size = -(-m.shape[0] // chunk) * chunk
+  return jnp.nonzero(keep, size=size, fill_value=0)[0].astype(jnp.int32), jnp.sum(
+      keep, dtype=jnp.int32)
 
 
-def _chunk_ce_fwd(w, h, y, m, softcap, vocab_major):
-  logits = _softcap(dot2d(h, w, w_t=vocab_major, preferred_element_type=jnp.float32),
-                    softcap)  # [c, V]
+def _chunk_logits(w, h, y, m, rows, count, j, chunk, softcap, vocab_major):
+  """Chunk j of the scored tokens: (h rows [c, D], targets, mask (0 past `count`), capped
+  logits [c, V] f32, max, logsumexp, target logit)."""
+  r = jax.lax.dynamic_slice_in_dim(rows, j * chunk, chunk)
+  mc = jnp.where(j * chunk + jnp.arange(chunk) < count, m[r], 0.0)
+  hc, yc = jnp.take(h, r, axis=0), y[r]
+  logits = _softcap(dot2d(hc, w, w_t=vocab_major, preferred_element_type=jnp.float32), softcap)
   # One max serves the logsumexp and the accuracy: top-1 is correct when the target's logit is
   # the maximum (argmax, a variadic reduce, took longer on XLA:CPU than the whole matmul).
   mx = jnp.max(logits, axis=-1)
   lse = mx + jnp.log(jnp.sum(jnp.exp(logits - mx[:, None]), axis=-1))
-  target_logit = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
-  sums = (jnp.sum((lse - target_logit) * m), jnp.sum((target_logit >= mx) * m))
-  return sums, (w, h, y, m, logits, lse)
+  tl = jnp.take_along_axis(logits, yc[:, None], axis=-1)[:, 0]
+  return r, hc, yc, mc, logits, mx, lse, tl
 
 
-def _chunk_ce_bwd(softcap, vocab_major, res, g):
-  """d CE / d logits = (softmax - onehot) * m, times the soft-cap's 1 - tanh^2, in one pass.
-
-  Written out because autodiff spread it over six [c, V] float32 passes (and a scatter).
-  """
-  w, h, y, m, logits, lse = res
-  onehot = index_equals(y, logits.shape[-1])
-  d = (jnp.exp(logits - lse[:, None]) - onehot) * (m * g[0])[:, None]
-  if softcap is not None:  # the capped logits are kept: t = logits / cap (one array, not two)
-    t = logits / softcap
-    d = d * (1.0 - t * t)
-  d = d.astype(h.dtype)
-  dh = dot2d(d, w, w_t=not vocab_major, preferred_element_type=jnp.float32)
-  dw = contract_tokens(d, h) if vocab_major else contract_tokens(h, d)
-  return dw.astype(w.dtype), dh.astype(h.dtype), None, None
+def _sums(mc, mx, lse, tl):
+  return jnp.sum((lse - tl) * mc), jnp.sum((tl >= mx) * mc)
 
 
-_chunk_ce.defvjp(_chunk_ce_fwd, _chunk_ce_bwd)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _scored_ce(w, h, y, m, chunk, softcap, vocab_major):
+  """(sum of masked CE, masked count of correct top-1) over h [n, D], y, m [n]: a loop over
+  chunks of the scored tokens only, so unscored positions cost no logits at all."""
+  rows, count = _scored_rows(m, chunk)
+
+  def body(j, acc):
+    *_, mc, _, mx, lse, tl = _chunk_logits(w, h, y, m, rows, count, j, chunk, softcap,
+                                           vocab_major)
+    return jax.tree.map(jnp.add, acc, _sums(mc, mx, lse, tl))
+
+  zero = jnp.zeros((), jnp.float32)
+  return _over_chunks(h.shape[0], chunk, count, body, (zero, zero))
+
+
+def _over_chunks(n: int, chunk: int, count, body, init):
+  """body over the chunks that hold scored tokens: a loop whose trip count is known only at run
+  time, or one call when a single chunk holds every token."""
+  if n <= chunk:
+    return body(0, init)
+  return jax.lax.fori_loop(0, (count + chunk - 1) // chunk, body, init)
+
+
+def _scored_ce_fwd(w, h, y, m, chunk, softcap, vocab_major):
+  """The gradient is formed in the forward pass, chunk by chunk: d CE / d logits =
+  (softmax - onehot) * m (times the soft-cap's 1 - tanh^2), then dh = d @ w^T and dw = h^T d.
+  Nothing [tokens, vocab] is kept and no logits are recomputed (the checkpointed chunks of a
+  backward pass computed them twice), and dw only when w is trained."""
+  w_in, h_in = w, h
+  w, h, y, m = w.value, h.value, y.value, m.value
+  rows, count = _scored_rows(m, chunk)
+  want_w = w_in.perturbed
+
+  def body(j, acc):
+    sums, dh, dw = acc
+    r, hc, yc, mc, logits, mx, lse, tl = _chunk_logits(w, h, y, m, rows, count, j, chunk,
+                                                       softcap, vocab_major)
+    d = (jnp.exp(logits - lse[:, None]) - index_equals(yc, logits.shape[-1])) * mc[:, None]
+    if softcap is not None:  # the capped logits are kept: t = logits / cap (one array, not two)
+      t = logits / softcap
+      d = d * (1.0 - t * t)
+    d = d.astype(h.dtype)
+    if h_in.perturbed:
+      dh = dh.at[r].add(dot2d(d, w, w_t=not vocab_major, preferred_element_type=jnp.float32))
+    if want_w:
+      dw = dw + (contract_tokens(d, hc) if vocab_major else contract_tokens(hc, d))
+    return jax.tree.map(jnp.add, sums, _sums(mc, mx, lse, tl)), dh, dw
+
+  zero = jnp.zeros((), jnp.float32)
+  dh = jnp.zeros(h.shape if h_in.perturbed else (), jnp.float32)
+  dw = jnp.zeros(w.shape if want_w else (), jnp.float32)
+  sums, dh, dw = _over_chunks(h.shape[0], chunk, count, body, ((zero, zero), dh, dw))
+  # (zero-size arrays carry the dtypes the cotangents must have)
+  dtypes = jnp.zeros((0,), w.dtype), jnp.zeros((0,), h.dtype)
+  return sums, (dw if want_w else None, dh if h_in.perturbed else None, dtypes)
+
+
+def _scored_ce_bwd(chunk, softcap, vocab_major, res, g):
+  dw, dh, (w_dt, h_dt) = res
+  g = g[0]  # the count of correct predictions carries no gradient
+  scale = lambda x, like: None if x is None else (x * g).astype(like.dtype)
+  return scale(dw, w_dt), scale(dh, h_dt), None, None
+
+
+_scored_ce.defvjp(_scored_ce_fwd, _scored_ce_bwd, symbolic_zeros=True)
 
 
 def chunk_tokens_for(vocab_size: int, n_tokens: int, budget: int = DEFAULT_LOGIT_BUDGET) -> int:
@@ -85,12 +143,13 @@ def chunk_tokens_for(vocab_size: int, n_tokens: int, budget: int = DEFAULT_LOGIT
 def cross_entropy_sums(hidden: jax.Array, weight: jax.Array, targets: jax.Array,
                        loss_mask: jax.Array, *, softcap: Optional[float] = None,
                        chunk: Optional[int] = None, vocab_major: bool = False) -> CESums:
-  """Masked CE sums of `softcap(hidden @ weight)` against `targets`, chunked over tokens.
+  """Masked CE sums of `softcap(hidden @ weight)` against `targets`, chunked over the scored
+  tokens (loss_mask != 0) only: fine-tuning scores responses, so most positions need no logits.
 
   hidden: [B, T, D] (any float dtype; the matmul accumulates in float32); weight: [D, V], or
   [V, D] with `vocab_major` (a tied embedding table as stored); targets: [B, T] int next-token
-  ids; loss_mask: [B, T] (1 where the token is scored). `chunk` is the number of tokens per
-  chunk (default from DEFAULT_LOGIT_BUDGET).
+  ids; loss_mask: [B, T] (1 where the token is scored; other values weight it). `chunk` is the
+  number of tokens per chunk (default from DEFAULT_LOGIT_BUDGET).
   """
   b, t, d = hidden.shape
   if weight.ndim != 2 or weight.shape[1 if vocab_major else 0] != d:
@@ -100,31 +159,10 @@ def cross_entropy_sums(hidden: jax.Array, weight: jax.Array, targets: jax.Array,
     raise ValueError(f"targets {targets.shape} and loss_mask {loss_mask.shape} must be [{b}, {t}]")
   n = b * t
   chunk = chunk or chunk_tokens_for(weight.shape[0 if vocab_major else 1], n)
-  n_chunks = -(-n // chunk)
-  pad = n_chunks * chunk - n
-  h = jnp.pad(hidden.reshape(n, d), ((0, pad), (0, 0))).reshape(n_chunks, chunk, d)
-  y = jnp.pad(targets.reshape(n).astype(jnp.int32), (0, pad)).reshape(n_chunks, chunk)
-  m = jnp.pad(loss_mask.reshape(n).astype(jnp.float32), (0, pad)).reshape(n_chunks, chunk)
-  w = weight.astype(hidden.dtype)
-
-  def chunk_sums(w, h, y, m):
-    return _chunk_ce(w, h, y, m, softcap, vocab_major)
-
-  if n_chunks == 1:
-    # Every token fits in one chunk's budget: keeping its logits for the backward costs no more
-    # than the recompute would hold at once, and saves redoing the [n, D] x [D, V] matmul.
-    loss_sum, correct = chunk_sums(w, h[0], y[0], m[0])
-    return CESums(loss_sum, jax.lax.stop_gradient(correct), jnp.sum(m))
-
-  # backward recomputes each chunk's logits: no [n, V] residuals are kept
-  chunk_sums = jax.checkpoint(chunk_sums)
-
-  def body(carry, xs):
-    loss, correct = chunk_sums(w, *xs)
-    return (carry[0] + loss, carry[1] + correct), None
-
-  zero = jnp.zeros((), jnp.float32)
-  (loss_sum, correct), _ = jax.lax.scan(body, (zero, zero), (h, y, m))
+  m = jnp.asarray(loss_mask).reshape(n).astype(jnp.float32)
+  y = jnp.asarray(targets).reshape(n).astype(jnp.int32)
+  loss_sum, correct = _scored_ce(weight.astype(hidden.dtype), hidden.reshape(n, d), y, m,
+                                 min(chunk, n), softcap, vocab_major)
   return CESums(loss_sum, jax.lax.stop_gradient(correct), jnp.sum(m))
 
 
