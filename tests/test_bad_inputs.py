@@ -40,6 +40,43 @@ def _drop_or_bend_tensor(bend):
   return edit
 
 
+def _corrupt_weights(how):
+  """Edits model.safetensors in place the ways issue 30 found accepted: cut in half, missing its
+  last byte, offsets past the end, a dtype rewritten in the header, a NaN in one tensor."""
+  def edit(path):
+    import struct
+
+    import numpy as np
+
+    from gemmax.convert.safetensors_io import SafetensorsFile, save_file
+    file = os.path.join(path, "model.safetensors")
+    with open(file, "rb") as f:
+      raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
+    if how == "half":
+      raw = raw[:len(raw) // 2]
+    elif how == "last_byte":
+      raw = raw[:-1]
+    elif how in ("past_end", "dtype"):
+      if how == "past_end":
+        b, e = header[MISSING]["data_offsets"]
+        header[MISSING]["data_offsets"] = [b + 4096, e + 4096]
+      else:
+        header[MISSING]["dtype"] = "F16"
+      blob = json.dumps(header).encode()
+      raw = struct.pack("<Q", len(blob)) + blob + data
+    elif how == "nan":
+      st = SafetensorsFile(file)
+      tensors = {k: st.get(k) for k in st.keys()}
+      tensors[MISSING] = tensors[MISSING].copy()
+      tensors[MISSING][0, 0] = np.nan
+      save_file(tensors, file)
+      return
+    _write(file, raw)
+  return edit
+
+
 def _edit_config(**changes):
   def edit(path):
     with open(os.path.join(path, "config.json")) as f:
@@ -78,6 +115,8 @@ def d(tmp_path_factory):
                                          model_type="mistral"))
   _copy_model(d, "bad_json", lambda p: _write(os.path.join(p, "config.json"), b"{not json"))
   _copy_model(d, "truncated", lambda p: _write(os.path.join(p, "model.safetensors"), b"\x10\x00"))
+  for how in ("half", "last_byte", "past_end", "dtype", "nan"):
+    _copy_model(d, f"weights_{how}", _corrupt_weights(how))
   _copy_model(d, "no_tokenizer", lambda p: os.remove(os.path.join(p, "tokenizer.json")))
   _copy_model(d, "bad_tokenizer", lambda p: _write(os.path.join(p, "tokenizer.json"), b"{\"x\""))
   _write(os.path.join(d, "empty.jsonl"), b"")
@@ -132,6 +171,15 @@ CASES = [
      ["bad_json/config.json", "JSON"]),
     ("checkpoint_weights_truncated", {"model.path": _p("truncated")},
      ["truncated/model.safetensors", "safetensors"]),
+    ("weights_cut_in_half", {"model.path": _p("weights_half")},
+     ["weights_half/model.safetensors", "truncated"]),
+    ("weights_missing_last_byte", {"model.path": _p("weights_last_byte")},
+     ["weights_last_byte/model.safetensors", "truncated"]),
+    ("weights_offsets_past_end", {"model.path": _p("weights_past_end")},
+     ["weights_past_end/model.safetensors", MISSING]),
+    ("weights_dtype_rewritten", {"model.path": _p("weights_dtype")},
+     ["weights_dtype/model.safetensors", MISSING, "F16"]),
+    ("weights_not_finite", {"model.path": _p("weights_nan")}, [MISSING, "non-finite"]),
     ("unsupported_architecture", {"model.path": _p("mistral")},
      ["mistral/config.json", "MistralForCausalLM"]),
     ("tokenizer_missing", {"model.path": _p("no_tokenizer")}, ["no_tokenizer", "tokenizer"]),

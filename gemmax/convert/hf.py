@@ -21,6 +21,7 @@ from gemmax.models.transformer import Transformer
 log = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _SHARD_BYTES = 4 << 30
+FLOAT_CODES = ("F32", "F16", "BF16", "F64")  # the safetensors dtypes a weight may be stored in
 
 
 def check_dtype(dtype) -> str:
@@ -46,15 +47,40 @@ def hf_name(path: tuple) -> tuple[str, bool]:
   return prefix + ".".join(str(m) for m in modules) + ".weight", leaf == "kernel"
 
 
+def read_index(index: str) -> dict:
+  """model.safetensors.index.json -> its weight_map, checked: a JSON object whose weight_map maps
+  tensor names to .safetensors files beside the index (a bare file name: nothing outside the
+  checkpoint directory is read)."""
+  try:
+    with open(index, encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{index}: not a readable JSON index ({e})") from None
+  weight_map = data.get("weight_map") if isinstance(data, dict) else None
+  if not isinstance(weight_map, dict) or not weight_map:
+    raise ValueError(f"{index}: needs a non-empty \"weight_map\" object of tensor name -> file")
+  for name, fn in weight_map.items():
+    if (not isinstance(fn, str) or os.path.basename(fn) != fn or fn in ("", ".", "..")
+        or not fn.endswith(".safetensors")):
+      raise ValueError(f"{index}: weight_map[{name!r}] = {fn!r} is not a .safetensors file name "
+                       "in the checkpoint directory")
+    if not os.path.isfile(os.path.join(os.path.dirname(index), fn)):
+      raise ValueError(f"{index}: weight_map[{name!r}] names {fn}, which does not exist")
+  return weight_map
+
+
 class Checkpoint:
   """The tensors of a checkpoint directory: one or several .safetensors files."""
 
   def __init__(self, directory: str):
     index = os.path.join(directory, "model.safetensors.index.json")
     if os.path.isfile(index):
-      with open(index, encoding="utf-8") as f:
-        weight_map = json.load(f)["weight_map"]
+      weight_map = read_index(index)
       files = {fn: SafetensorsFile(os.path.join(directory, fn)) for fn in set(weight_map.values())}
+      for name, fn in weight_map.items():
+        if name not in files[fn].header:
+          raise ValueError(f"{index}: weight_map puts tensor {name} in {fn}, which does not "
+                           "hold it")
       self.where = {name: files[fn] for name, fn in weight_map.items()}
     else:
       names = sorted(fn for fn in os.listdir(directory) if fn.endswith(".safetensors"))
@@ -120,8 +146,14 @@ def load_hf(path: str, dtype=None, *, compute_dtype=None, mesh=None, **overrides
     if ckpt.shape(name) != want:
       raise ValueError(f"{path}: tensor {name} has shape {ckpt.shape(name)}, "
                        f"the config expects {want}")
+    stored = ckpt.where[name].dtype(name)
+    if stored not in FLOAT_CODES:
+      raise ValueError(f"{path}: tensor {name} is stored as {stored}; model weights are "
+                       f"floating point ({', '.join(FLOAT_CODES)})")
     used.add(name)
     a = ckpt.get(name)
+    if not np.isfinite(a).all():  # a corrupt or diverged checkpoint: never train on it
+      raise ValueError(f"{path}: tensor {name} holds non-finite values (NaN or Inf)")
     return a.T if transpose else a
 
   model = fill(abstract_model(config), path, get_tensor, mesh, pdt)
