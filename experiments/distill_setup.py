@@ -111,12 +111,21 @@ def build_mesh(c):
   return None if jax.device_count() == 1 else mesh
 
 
+def check_context(c, model, who: str) -> None:
+  """data.seq_len must fit the model's positions (positions past them were never trained)."""
+  limit = model.config.max_position_embeddings
+  if c.data.seq_len > limit:
+    raise ConfigError(f"data.seq_len {c.data.seq_len} is longer than the {who}'s "
+                      f"max_position_embeddings {limit}")
+
+
 def load_teacher(c, mesh=None):
   """The frozen teacher, its tokenizer and a fingerprint of its checkpoint directory."""
   from gemmax import data
   from gemmax.convert import load_hf
   from gemmax.distill import model_fingerprint
   teacher = load_hf(c.teacher.path, compute_dtype=c.teacher.dtype or None, mesh=mesh)
+  check_context(c, teacher, "teacher")
   tok = data.load_tokenizer(c.teacher.path)
   data.check_vocab(tok, teacher.config.vocab_size)
   return teacher, tok, model_fingerprint(c.teacher.path)
@@ -146,6 +155,7 @@ def build_student(c, teacher_config=None, mesh=None):
       raise ConfigError(f"student.overrides: {e}") from None
     model = (sharding.create_sharded(cfg, mesh, c.seed) if mesh is not None
              else Transformer(cfg, rngs=nnx.Rngs(c.seed)))
+  check_context(c, model, "student")
   if c.method != "full":
     targets = c.lora.targets
     if isinstance(targets, str) and "," in targets:

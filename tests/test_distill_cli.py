@@ -149,6 +149,9 @@ def test_mismatches_fail_clearly(assets, tmp_path, cli):
     cli.run(_config(assets, tmp_path / "c", stage="student", **{"student.tokenizer": str(other)}))
   with pytest.raises(ConfigError, match="student tokenizer"):
     cli.run(_config(assets, tmp_path / "d", stage="online", **{"student.tokenizer": str(other)}))
+  # a sequence longer than the teacher's context (gemmax-tiny: 2,048 positions)
+  with pytest.raises(ConfigError, match="data.seq_len 5000 is longer than the teacher's"):
+    cli.run(_config(assets, tmp_path / "e", stage="teacher", **{"data.seq_len": 5000}))
 
 
 @pytest.mark.parametrize("override,needle", [

@@ -111,6 +111,23 @@ def test_perplexity_matches_naive(model):
   assert s["nats_per_token"] != pytest.approx(r["nats_per_token"], abs=1e-4)
 
 
+@pytest.mark.parametrize("kw,needle", [
+    (dict(batch_size=-1), "batch_size must be an integer >= 1"),  # once scored nothing: ppl 1.0
+    (dict(batch_size=0), "batch_size"),
+    (dict(window=1), "window 1"),
+    (dict(window=4096), "max_position_embeddings"),  # past the model's context
+    (dict(window=16, stride=-1), "stride -1"),
+])
+def test_perplexity_refuses_what_would_score_nothing(model, kw, needle):
+  with pytest.raises(ValueError, match=needle):
+    evals.perplexity(model, CharTokenizer(), "some text to score", progress=False, **kw)
+
+
+def test_scoring_refuses_a_context_longer_than_the_model(model):
+  with pytest.raises(ValueError, match="max_len 9999"):
+    evals.continuation_logprobs(model, [[1]], [[5]], max_len=9999, progress=False)
+
+
 def test_exact_match(model):
   tok = CharTokenizer()
   from gemmax.sampling import Sampler

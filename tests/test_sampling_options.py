@@ -83,3 +83,10 @@ def test_recycled_cache_gives_what_a_new_sampler_gives(model):
   assert streamed.tokens == fresh.tokens
   s.generate(PROMPTS[:1], 4)  # another batch size: a new cache, the old one is dropped
   assert s._spare.layers[0].k.shape[0] == 1
+
+
+@pytest.mark.parametrize("max_len", [513, 8000, 1, -5])
+def test_cache_longer_than_the_model_context_is_refused(model, max_len):
+  """llama3-tiny holds 512 positions: a cache past them would run positions it never saw."""
+  with pytest.raises(ValueError, match=f"max_len {max_len} must be in \\[2, .*512"):
+    Sampler(model, max_len=max_len)

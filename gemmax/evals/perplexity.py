@@ -17,6 +17,10 @@ def perplexity(model, tokenizer, text: str, *, window: int = 512, stride: int | 
   Windows of `window` tokens start every `stride` tokens; each token is scored once, in the
   first window that reaches it, after at least `window - stride` tokens of context.
   """
+  context = model.config.max_position_embeddings
+  if not isinstance(window, int) or not 2 <= window <= context:
+    raise ValueError(f"perplexity: window {window!r} must be in [2, the model's "
+                     f"max_position_embeddings {context}]")
   ids = list(tokenizer.encode(text, add_bos=getattr(tokenizer, "add_bos_token", True)))
   if len(ids) < 2:
     raise ValueError("perplexity: the text is empty after tokenization")
@@ -36,6 +40,8 @@ def perplexity(model, tokenizer, text: str, *, window: int = 512, stride: int | 
                               progress=progress, desc="perplexity")
   total = -float(np.sum([x.sum() for x in lps]))
   n = sum(len(c) for c in conts)
+  if n == 0 or sum(len(x) for x in lps) != n:  # never a perplexity of nothing (it would read 1.0)
+    raise ValueError(f"perplexity: {sum(len(x) for x in lps)} of {n} tokens were scored")
   nats = total / n
   return dict(tokens=n, nll_nats=total, nats_per_token=nats, bits_per_token=nats / math.log(2),
               perplexity=math.exp(nats), window=window, stride=stride)

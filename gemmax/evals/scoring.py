@@ -38,7 +38,13 @@ def continuation_logprobs(model, prefixes: Sequence[Sequence[int]],
   """
   if len(prefixes) != len(continuations):
     raise ValueError(f"{len(prefixes)} prefixes but {len(continuations)} continuations")
-  limit = max_len or model.config.max_position_embeddings
+  if not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+  context = model.config.max_position_embeddings
+  if max_len is not None and not 1 <= max_len <= context:
+    raise ValueError(f"max_len {max_len} must be in [1, the model's max_position_embeddings "
+                     f"{context}]")
+  limit = max_len or context
   out = []
   for start in tqdm(range(0, len(prefixes), batch_size), desc=desc, disable=not progress,
                     leave=False):

@@ -44,6 +44,10 @@ class Sampler:
 
   def __init__(self, model, tokenizer=None, max_len: Optional[int] = None, cache_dtype=None,
                out_in_kernels: Optional[bool] = None):
+    context = model.config.max_position_embeddings
+    if max_len is not None and not 2 <= max_len <= context:
+      raise ValueError(f"Sampler: max_len {max_len} must be in [2, the model's "
+                       f"max_position_embeddings {context}]")
     self.model, self.tokenizer, self.max_len = model, tokenizer, max_len
     self.cache_dtype, self.out_in_kernels = cache_dtype, out_in_kernels
     self._out_in = None  # (the model's state leaves, the decode copy's (graphdef, state))
