@@ -1,6 +1,7 @@
 """LoRA/DoRA semantics on gemmax models alone: init, targets, dropout, gradients, merge, I/O."""
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -155,3 +156,52 @@ def test_adapter_save_load_and_base_check(tmp_path):
     gp.load_adapter(other, str(tmp_path / "a"))
   with pytest.raises(ValueError, match="no adapters"):
     gp.save_adapter(tiny(), str(tmp_path / "b"))
+
+
+def _bent_adapter(tmp_path, name, cfg_edit=None, tensor_edit=None):
+  """A saved DoRA adapter with its config or one tensor edited."""
+  import shutil
+
+  from gemmax.convert.safetensors_io import SafetensorsFile, save_file
+  src = tmp_path / "good"
+  if not src.exists():
+    gp.save_adapter(randomize(gp.apply(tiny(), method="dora", rank=4, targets=["q_proj"])),
+                    str(src))
+  d = tmp_path / name
+  shutil.copytree(src, d)
+  if cfg_edit is not None:
+    p = d / "adapter_config.json"
+    p.write_text(json.dumps(cfg_edit(json.loads(p.read_text()))))
+  if tensor_edit is not None:
+    st = SafetensorsFile(str(d / "adapter_model.safetensors"))
+    tensors = {k: st.get(k) for k in st.keys()}
+    tensor_edit(tensors)
+    save_file(tensors, str(d / "adapter_model.safetensors"))
+  return str(d)
+
+
+def _nan_first_b(t):
+  key = sorted(k for k in t if "lora_B" in k)[-1]
+  t[key] = t[key].copy()
+  t[key][0, 0] = np.nan
+
+
+@pytest.mark.parametrize("name,cfg_edit,tensor_edit,needle", [
+    ("no_r", lambda c: {k: v for k, v in c.items() if k != "r"}, None, "r (the LoRA rank)"),
+    ("r_zero", lambda c: {**c, "r": 0}, None, "r (the LoRA rank)"),
+    ("r_string", lambda c: {**c, "r": "4"}, None, "r (the LoRA rank)"),
+    ("alpha_nan", lambda c: {**c, "lora_alpha": float("nan")}, None, "lora_alpha"),
+    ("dropout_one", lambda c: {**c, "lora_dropout": 1.0}, None, "lora_dropout"),
+    ("dora_string", lambda c: {**c, "use_dora": "yes"}, None, "use_dora"),
+    ("a_list", lambda c: [c], None, "not an object"),
+    ("nan_weight", None, _nan_first_b, "non-finite"),
+])
+def test_bad_adapter_files_are_refused_leaving_the_model_as_it_was(tmp_path, name, cfg_edit,
+                                                                  tensor_edit, needle):
+  d = _bent_adapter(tmp_path, name, cfg_edit, tensor_edit)
+  model = gp.apply(tiny(), method="dora", rank=4, targets=["q_proj"])
+  before = jax.tree.map(np.asarray, nnx.state(model))
+  with pytest.raises(ValueError, match=re.escape(needle)) as e:
+    gp.load_adapter(model, d)
+  assert d in str(e.value) and "\n" not in str(e.value)
+  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, nnx.state(model)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -105,8 +106,27 @@ def _read_config(directory: str) -> dict:
   path = os.path.join(directory, CONFIG)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no adapter_config.json (not a PEFT adapter directory)")
-  with open(path, encoding="utf-8") as f:
-    cfg = json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      cfg = json.load(f)
+  except (OSError, ValueError) as e:  # (JSON and UTF-8 errors are ValueErrors)
+    raise ValueError(f"{path}: not a readable JSON adapter config ({e})") from None
+  if not isinstance(cfg, dict):
+    raise ValueError(f"{path}: adapter config is a JSON {type(cfg).__name__}, not an object")
+  r, alpha = cfg.get("r"), cfg.get("lora_alpha", 8)
+  if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+    raise ValueError(f"{path}: r (the LoRA rank) must be an integer >= 1, got {r!r}")
+  if (not isinstance(alpha, (int, float)) or isinstance(alpha, bool)
+      or not math.isfinite(alpha) or alpha == 0):
+    raise ValueError(f"{path}: lora_alpha must be a finite non-zero number, got {alpha!r}")
+  for key in ("use_dora", "use_rslora", "fan_in_fan_out"):
+    if not isinstance(cfg.get(key, False), bool):
+      raise ValueError(f"{path}: {key} must be true or false, got {cfg[key]!r}")
+  dropout = cfg.get("lora_dropout") or 0.0
+  if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    raise ValueError(f"{path}: lora_dropout must be in [0, 1), got {dropout!r}")
+  if not isinstance(cfg.get("gemmax") or {}, dict):
+    raise ValueError(f"{path}: the gemmax block must be an object")
   if cfg.get("peft_type", "LORA") != "LORA":
     raise ValueError(f"{path}: peft_type {cfg.get('peft_type')!r} is not supported (only LORA)")
   for key in ("rank_pattern", "alpha_pattern"):
@@ -179,6 +199,7 @@ def load_adapter(model, directory: str):
   if present != set(modules):
     raise ValueError(f"{wpath}: adapter covers {len(modules)} layers, the model's adapters "
                      f"{len(present)}; e.g. {sorted(set(modules) ^ present)[:3]}")
+  loaded = []  # every tensor is checked before the model is changed: all of it loads or none
   for name, kinds in modules.items():
     m = get_module(model, name)
     if (m.rank, m.use_dora, m.rslora) != (rank, dora, rslora) or m.alpha != float(alpha):
@@ -190,7 +211,13 @@ def load_adapter(model, directory: str):
       if st.shape(key) != expect[kind]:
         raise ValueError(f"{wpath}: tensor {key} has shape {st.shape(key)}, "
                          f"layer {name} needs {expect[kind]}")
-      value = jnp.asarray(st.get(key).astype(np.float32))
+      if st.dtype(key) not in ("F32", "F16", "BF16", "F64"):
+        raise ValueError(f"{wpath}: tensor {key} is stored as {st.dtype(key)}, not floating point")
+      value = st.get(key).astype(np.float32)
+      if not np.isfinite(value).all():
+        raise ValueError(f"{wpath}: tensor {key} holds non-finite values (NaN or Inf)")
       var = {"a": m.lora_a, "b": m.lora_b, "m": getattr(m, "magnitude", None)}[kind]
-      var.set_value(value.T if kind in "ab" else value)
+      loaded.append((var, value.T if kind in "ab" else value))
+  for var, value in loaded:
+    var.set_value(jnp.asarray(value))
   return model
