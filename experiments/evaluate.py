@@ -25,7 +25,7 @@ def prompt_template(c, run_cfg):
   return c.classification.prompt or run_cfg.get("data", {}).get("template") or None
 
 
-def run_classification(c, model, tok, run_cfg):
+def run_classification(c, model, tok, run_cfg, out):
   from gemmax import evals
   from gemmax.evals import answers
   from gemmax.evals.loading import read_labeled, read_records
@@ -50,16 +50,19 @@ def run_classification(c, model, tok, run_cfg):
         label_template=cc.label_template, few_shot=shots, reduction=cc.reduction,
         batch_size=c.batch_size, progress=c.progress)
   print(evals.format_report(m))
-  m["confusion_png"] = evals.save_confusion_png(m, os.path.join(c.workdir, "confusion_matrix.png"))
+  m["confusion_png"] = evals.save_confusion_png(m, os.path.join(out, "confusion_matrix.png"))
   m.update(file=cc.file, few_shot=len(shots))
   return m
 
 
-def run_perplexity(c, model, tok, run_cfg):
+def run_perplexity(c, model, tok, run_cfg, out):
   from gemmax import evals
   p = c.perplexity
-  with open(p.file, encoding="utf-8") as f:
-    text = f.read()
+  try:
+    with open(p.file, encoding="utf-8") as f:
+      text = f.read()
+  except UnicodeDecodeError as e:
+    raise ValueError(f"perplexity.file {p.file}: not UTF-8 text (byte {e.start})") from None
   if p.max_chars:
     text = text[:p.max_chars]
   r = evals.perplexity(model, tok, text, window=p.window, stride=p.stride,
@@ -69,7 +72,7 @@ def run_perplexity(c, model, tok, run_cfg):
   return {"file": p.file, **r}
 
 
-def run_exact_match(c, model, tok, run_cfg):
+def run_exact_match(c, model, tok, run_cfg, out):
   from gemmax.evals import answers
   from gemmax.evals.loading import read_records
   e = c.exact_match
@@ -82,25 +85,67 @@ def run_exact_match(c, model, tok, run_cfg):
           "predictions": r["answers"]}
 
 
+def task_files(c, tasks) -> dict:
+  """{config key: file} that the tasks read (a few-shot file only where one is named)."""
+  keys = {"classification": ["classification.file"], "perplexity": ["perplexity.file"],
+          "exact_match": ["exact_match.file"]}
+  if c.classification.few_shot and c.classification.few_shot_file:
+    keys["classification"].append("classification.few_shot_file")
+  out = {}
+  for t in tasks:
+    for key in keys[t]:
+      section, field = key.split(".")
+      out[key] = getattr(getattr(c, section), field)
+  return out
+
+
+def check_inputs(c, tasks) -> None:
+  """Every file a task reads exists and opens, before the model loads or anything is written."""
+  for key, path in task_files(c, tasks).items():
+    if not path or not os.path.isfile(path):
+      raise ValueError(f"{key}: {path!r} is not a file")
+    try:
+      with open(path, "rb"):
+        pass
+    except OSError as e:
+      raise ValueError(f"{key}: {path}: {e.strerror}") from None
+
+
 def evaluate(c):
+  import shutil
+  import tempfile
   from gemmax.evals.loading import load_model, load_tokenizer_for
   tasks = [t.strip() for t in c.tasks.split(",") if t.strip()]
   bad = [t for t in tasks if t not in TASKS]
   if bad or not tasks:
     raise ValueError(f"tasks {bad or tasks} not in {TASKS}")
-  os.makedirs(c.workdir, exist_ok=True)
+  if os.path.exists(c.workdir) and not os.path.isdir(c.workdir):
+    raise ValueError(f"workdir {c.workdir}: exists and is not a directory")
+  check_inputs(c, tasks)
   model, base, run_cfg = load_model(c.model.path, c.model.adapter, c.model.dtype,
                                     c.model.quantize, with_config=True)
   tok = load_tokenizer_for(base, c.model.tokenizer)
   report = {"model": base, "adapter": c.model.adapter, "tasks": {}}
-  for t in tasks:
-    start = time.time()
-    report["tasks"][t] = globals()[f"run_{t}"](c, model, tok, run_cfg)
-    report["tasks"][t]["seconds"] = round(time.time() - start, 2)
-  path = os.path.join(c.workdir, "eval_report.json")
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(report, f, indent=2)
-  print(f"report written to {path}")
+  # Outputs go to a staging directory and move into the workdir only once every task is done:
+  # an evaluation that fails midway leaves an earlier run's report and plots as they were.
+  workdir, staging = c.workdir, tempfile.mkdtemp(prefix="gemmax-eval-")
+  try:
+    for t in tasks:
+      start = time.time()
+      report["tasks"][t] = globals()[f"run_{t}"](c, model, tok, run_cfg, staging)
+      report["tasks"][t]["seconds"] = round(time.time() - start, 2)
+    png = report["tasks"].get("classification", {}).get("confusion_png")
+    if png:
+      report["tasks"]["classification"]["confusion_png"] = os.path.join(
+          workdir, os.path.basename(png))
+    with open(os.path.join(staging, "eval_report.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+    os.makedirs(workdir, exist_ok=True)
+    for name in sorted(os.listdir(staging), key=lambda n: n == "eval_report.json"):  # report last
+      shutil.move(os.path.join(staging, name), os.path.join(workdir, name))
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  print(f"report written to {os.path.join(workdir, 'eval_report.json')}")
   return report
 
 

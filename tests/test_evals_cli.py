@@ -148,3 +148,46 @@ def test_evaluate_a_gguf_file_and_a_finetune_workdir(tmp_path):
   report = json.load(open(tmp_path / "e2" / "eval_report.json"))
   assert report["model"] == "smollm2-135m-instruct"
   assert report["tasks"]["classification"]["num_examples"] == 12
+
+
+def _run_fails(script, *flags):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, os.path.join(ROOT, "experiments", script), "--config",
+         os.path.join(ROOT, "experiments", "configs", script), *flags]
+  p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert p.returncode == 2, p.stderr[-3000:]
+  lines = p.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), p.stderr[-3000:]
+  return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bad", ["missing", "not_utf8"])
+def test_failed_evaluation_leaves_the_earlier_outputs(tiny_dir, tmp_path, bad):
+  """A perplexity file that is missing (caught before the model loads) or not UTF-8 (caught
+  after classification ran): exit 2, one line naming it, the earlier report and plot untouched."""
+  work = tmp_path / "eval"
+  work.mkdir()
+  (work / "eval_report.json").write_text('{"earlier": true}')
+  (work / "confusion_matrix.png").write_bytes(b"earlier plot")
+  ppl = tmp_path / "ppl.txt"
+  if bad == "not_utf8":
+    ppl.write_bytes(b"caf\xe9 " * 50)
+  line = _run_fails("evaluate.py", f"--config.model.path={tiny_dir}", f"--config.workdir={work}",
+                    "--config.tasks=classification,perplexity",
+                    f"--config.classification.file={tiny_dir}/cls.jsonl",
+                    "--config.classification.format=text_label",
+                    f"--config.perplexity.file={ppl}", "--config.progress=False")
+  assert "perplexity.file" in line and str(ppl) in line, line
+  assert sorted(os.listdir(work)) == ["confusion_matrix.png", "eval_report.json"]
+  assert (work / "eval_report.json").read_text() == '{"earlier": true}'
+  assert (work / "confusion_matrix.png").read_bytes() == b"earlier plot"
+
+
+@pytest.mark.slow
+def test_evaluation_with_a_missing_file_creates_no_workdir(tmp_path):
+  work = tmp_path / "eval"
+  line = _run_fails("evaluate.py", f"--config.workdir={work}", "--config.tasks=exact_match",
+                    f"--config.exact_match.file={tmp_path}/nope.jsonl")
+  assert "exact_match.file" in line and "nope.jsonl" in line, line
+  assert not work.exists()
