@@ -15,6 +15,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from gemmax import cli
+from gemmax.errors import GemmaxError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config file")
 TASKS = ("classification", "perplexity", "exact_match")
@@ -39,7 +40,7 @@ def run_classification(c, model, tok, run_cfg, out):
                               batch_size=c.batch_size, progress=c.progress)
   else:
     if cc.format == "alpaca" and template not in (None, "alpaca"):
-      raise ValueError(f"classification.few_shot needs the Alpaca prompt, not {template!r}")
+      raise GemmaxError(f"classification.few_shot needs the Alpaca prompt, not {template!r}")
     pairs = read_labeled(cc.file, cc.format, cc.limit)
     if cc.few_shot:
       shot_file = cc.few_shot_file or os.path.join(os.path.dirname(cc.file), "train.jsonl")
@@ -62,7 +63,7 @@ def run_perplexity(c, model, tok, run_cfg, out):
     with open(p.file, encoding="utf-8") as f:
       text = f.read()
   except UnicodeDecodeError as e:
-    raise ValueError(f"perplexity.file {p.file}: not UTF-8 text (byte {e.start})") from None
+    raise GemmaxError(f"perplexity.file {p.file}: not UTF-8 text (byte {e.start})") from None
   if p.max_chars:
     text = text[:p.max_chars]
   r = evals.perplexity(model, tok, text, window=p.window, stride=p.stride,
@@ -100,15 +101,21 @@ def task_files(c, tasks) -> dict:
 
 
 def check_inputs(c, tasks) -> None:
-  """Every file a task reads exists and opens, before the model loads or anything is written."""
+  """Every file a task reads exists and opens, and the classification templates name only their
+  fields, before the model loads or anything is written."""
+  if "classification" in tasks:
+    from gemmax.evals.classification import check_template
+    if c.classification.format == "text_label":
+      check_template(c.classification.template, "text", "classification.template")
+    check_template(c.classification.label_template, "label", "classification.label_template")
   for key, path in task_files(c, tasks).items():
     if not path or not os.path.isfile(path):
-      raise ValueError(f"{key}: {path!r} is not a file")
+      raise GemmaxError(f"{key}: {path!r} is not a file")
     try:
       with open(path, "rb"):
         pass
     except OSError as e:
-      raise ValueError(f"{key}: {path}: {e.strerror}") from None
+      raise GemmaxError(f"{key}: {path}: {e.strerror}") from None
 
 
 def evaluate(c):
@@ -118,9 +125,9 @@ def evaluate(c):
   tasks = [t.strip() for t in c.tasks.split(",") if t.strip()]
   bad = [t for t in tasks if t not in TASKS]
   if bad or not tasks:
-    raise ValueError(f"tasks {bad or tasks} not in {TASKS}")
+    raise GemmaxError(f"tasks {bad or tasks} not in {TASKS}")
   if os.path.exists(c.workdir) and not os.path.isdir(c.workdir):
-    raise ValueError(f"workdir {c.workdir}: exists and is not a directory")
+    raise GemmaxError(f"workdir {c.workdir}: exists and is not a directory")
   check_inputs(c, tasks)
   model, base, run_cfg = load_model(c.model.path, c.model.adapter, c.model.dtype,
                                     c.model.quantize, with_config=True)

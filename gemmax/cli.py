@@ -23,12 +23,13 @@ from typing import Callable
 from absl import app, flags
 
 from gemmax import host_memory
-from gemmax.errors import Preempted
+from gemmax.errors import GemmaxError, Preempted
 
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 75  # sysexits.h EX_TEMPFAIL: "try again later"
-# User errors: gemmax raises GemmaxError (a ValueError); OSError covers files the OS refuses.
-USER_ERRORS = (ValueError, OSError)
+# User errors: gemmax raises GemmaxError (a ValueError) wherever it reads or checks what a user
+# gave it; OSError covers files the OS refuses. Any other exception is a bug: exit 1, traceback.
+USER_ERRORS = (GemmaxError, OSError)
 
 _DEBUG = flags.DEFINE_bool("debug", False, "Show Python tracebacks for user errors too.")
 

@@ -12,6 +12,8 @@ import os
 
 import jax
 
+from gemmax.errors import GemmaxError
+
 log = logging.getLogger(__name__)
 _ENV = ("GEMMAX_COORDINATOR_ADDRESS", "GEMMAX_NUM_PROCESSES", "GEMMAX_PROCESS_ID")
 
@@ -34,7 +36,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if num == 1:
     return
   if (addr is None) != (num is None) or (addr is not None and pid is None):
-    raise ValueError(f"distributed.initialize: give coordinator_address, num_processes and "
+    raise GemmaxError(f"distributed.initialize: give coordinator_address, num_processes and "
                      f"process_id together (got {addr!r}, {num!r}, {pid!r}) or none of them")
   if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
     # Cross-process collectives on CPU need an implementation; gloo ships with jaxlib.

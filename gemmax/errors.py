@@ -23,6 +23,10 @@ class MissingTensorError(GemmaxError, KeyError):
   """A checkpoint lacks a tensor the model needs (also a KeyError: a lookup that failed)."""
 
 
+class MissingTokenError(GemmaxError, KeyError):
+  """A tokenizer lacks a token a template or config names (also a KeyError: a failed lookup)."""
+
+
 class WorkdirError(GemmaxError):
   """The workdir cannot be used: not writable, or it holds another run's outputs."""
 

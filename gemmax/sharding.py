@@ -24,6 +24,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from gemmax.errors import GemmaxError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 MeshAxes = Union[None, str, tuple]
 
@@ -60,17 +62,17 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
   n = len(devices)
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
-    raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): only one size may be -1")
+    raise GemmaxError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): only one size may be -1")
   if any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): sizes must be >= 1 or -1")
+    raise GemmaxError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): sizes must be >= 1 or -1")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if n % known:
-      raise ValueError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): {known} does not "
+      raise GemmaxError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): {known} does not "
                        f"divide the {n} devices")
     sizes[sizes.index(-1)] = n // known
   if math.prod(sizes) != n:
-    raise ValueError(f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) needs "
+    raise GemmaxError(f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) needs "
                      f"{math.prod(sizes)} devices, but there are {n}")
   return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
@@ -100,25 +102,25 @@ def partition_spec(axes: Optional[Sequence[Optional[str]]], shape: Sequence[int]
   if axes is None:
     return PartitionSpec()
   if len(axes) != len(shape):
-    raise ValueError(f"{label}: {len(axes)} logical axes for a rank-{len(shape)} tensor")
+    raise GemmaxError(f"{label}: {len(axes)} logical axes for a rank-{len(shape)} tensor")
   used, spec = set(), []
   for dim, (logical, size) in enumerate(zip(axes, shape)):
     if logical is None:
       spec.append(None)
       continue
     if logical not in rules:
-      raise ValueError(f"{label}: logical axis {logical!r} has no sharding rule "
+      raise GemmaxError(f"{label}: logical axis {logical!r} has no sharding rule "
                        f"(known: {', '.join(sorted(rules))})")
     mesh_axes = tuple(a for a in _as_tuple(rules[logical])
                       if a not in used and sizes.get(a, 1) > 1)
     missing = [a for a in _as_tuple(rules[logical]) if a not in sizes]
     if missing:
-      raise ValueError(f"{label}: rule {logical!r} -> {rules[logical]!r} names mesh axes "
+      raise GemmaxError(f"{label}: rule {logical!r} -> {rules[logical]!r} names mesh axes "
                        f"{missing} that the mesh {tuple(sizes)} does not have")
     parts = math.prod(sizes[a] for a in mesh_axes)
     if size % parts:
       if not lenient:
-        raise ValueError(f"{label}: dim {dim} ({logical!r}, size {size}) is not divisible by mesh "
+        raise GemmaxError(f"{label}: dim {dim} ({logical!r}, size {size}) is not divisible by mesh "
                          f"axes {mesh_axes} of total size {parts}; change the mesh or the rules")
       while mesh_axes and size % math.prod(sizes[a] for a in mesh_axes):
         mesh_axes = mesh_axes[:-1]  # lenient: the longest prefix that divides

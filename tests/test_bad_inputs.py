@@ -113,6 +113,8 @@ def d(tmp_path_factory):
   _copy_model(d, "wrong_shape", _drop_or_bend_tensor(bend=True))
   _copy_model(d, "mistral", _edit_config(architectures=["MistralForCausalLM"],
                                          model_type="mistral"))
+  _copy_model(d, "kv_heads_zero", _edit_config(num_key_value_heads=0))
+  _copy_model(d, "eos_string", _edit_config(eos_token_id="</s>"))
   _copy_model(d, "bad_json", lambda p: _write(os.path.join(p, "config.json"), b"{not json"))
   _copy_model(d, "truncated", lambda p: _write(os.path.join(p, "model.safetensors"), b"\x10\x00"))
   for how in ("half", "last_byte", "past_end", "dtype", "nan"):
@@ -153,6 +155,7 @@ CASES = [
     ("rank_zero", {"lora.rank": 0}, ["lora.rank must be > 0"]),
     ("rank_negative", {"lora.rank": -4}, ["lora.rank must be > 0"]),
     ("rank_larger_than_layer", {"lora.rank": 100}, ["rank 100", "exceeds", "layers.0."]),
+    ("lora_target_not_a_regex", {"lora.targets": "q_proj(["}, ["q_proj([", "not a valid regex"]),
     ("lora_target_matches_nothing", {"lora.targets": "qkv_proj"}, ["qkv_proj", "match no"]),
     ("dropout_out_of_range", {"lora.dropout": 1.0}, ["lora.dropout"]),
     ("unknown_method", {"method": "qlora"}, ["method must be", "qlora"]),
@@ -167,6 +170,10 @@ CASES = [
      ["missing_tensor", MISSING, "missing"]),
     ("checkpoint_tensor_wrong_shape", {"model.path": _p("wrong_shape")},
      ["wrong_shape", MISSING, "shape (128, 7)"]),
+    ("checkpoint_kv_heads_zero", {"model.path": _p("kv_heads_zero")},
+     ["kv_heads_zero/config.json", "num_key_value_heads", "integer >= 1", "got 0"]),
+    ("checkpoint_eos_is_a_string", {"model.path": _p("eos_string")},
+     ["eos_string/config.json", "eos_token_id", "'</s>'"]),
     ("checkpoint_config_not_json", {"model.path": _p("bad_json")},
      ["bad_json/config.json", "JSON"]),
     ("checkpoint_weights_truncated", {"model.path": _p("truncated")},
@@ -329,3 +336,29 @@ def test_distillation_store_from_another_tokenizer(d, tmp_path):
   status, err = _guarded(lambda: distill.TopKStore(store).check(tokenizer=other), "distill.py")
   assert status == 2 and len(err.strip().splitlines()) == 1, err
   assert "distill.py: error: " in err and "store: tokenizer mismatch" in err
+
+
+@pytest.mark.parametrize("raised,status", [
+    ("GemmaxError('data.train x.jsonl row 3: missing field')", 2),  # the user's to fix
+    ("FileNotFoundError(2, 'No such file or directory', 'x.jsonl')", 2),
+    ("ValueError('operands could not be broadcast')", 1),  # gemmax's own bug: a traceback
+    ("KeyError('layers')", 1),
+    ("TypeError('unsupported operand')", 1),
+])
+def test_user_errors_exit_2_and_bugs_exit_1(tmp_path, raised, status):
+  """One error boundary: what gemmax raises about a user's files and values (GemmaxError) or what
+  the OS refuses is one line and exit 2; any other exception is a bug, shown with its traceback."""
+  import subprocess
+  script = tmp_path / "tool.py"
+  script.write_text("from gemmax import cli\nfrom gemmax.errors import GemmaxError\n"
+                    f"def main(argv):\n  raise {raised}\n"
+                    "if __name__ == '__main__':\n  cli.run(main)\n")
+  p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                     env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert p.returncode == status, p.stderr
+  if status == 2:
+    assert p.stderr.strip().startswith("tool.py: error: ") and len(
+        p.stderr.strip().splitlines()) == 1, p.stderr
+  else:
+    assert "Traceback (most recent call last)" in p.stderr, p.stderr
+

@@ -163,3 +163,58 @@ def test_resume_rewrites_only_missing_shards(env, tmp_path):
   store = TopKStore(str(directory))
   assert os.path.getmtime(store.paths[0]) == kept
   assert [open(p, "rb").read() for p in store.paths] == before  # bit-identical, sampled ids too
+
+
+@pytest.fixture(scope="module")
+def good_store(env, tmp_path_factory):
+  directory = tmp_path_factory.mktemp("good") / "s"
+  _write(env, directory)
+  return directory
+
+
+def _bent(good_store, tmp_path, edit):
+  import shutil
+  d = tmp_path / "s"
+  shutil.copytree(good_store, d)
+  edit(d)
+  return str(d)
+
+
+def _manifest(fn):
+  def edit(d):
+    m = json.load(open(d / "manifest.json"))
+    json.dump(fn(m), open(d / "manifest.json", "w"))
+  return edit
+
+
+def _shard0(d):
+  return d / "shard-00000-of-00002.array_record"
+
+
+def _flip_byte(d):
+  raw = bytearray(_shard0(d).read_bytes())
+  raw[len(raw) // 2] ^= 0xFF
+  _shard0(d).write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda d: (d / "manifest.json").write_text("[1, 2]"), "not an object"),
+    (lambda d: (d / "manifest.json").write_text("{oops"), "not a readable JSON manifest"),
+    (_manifest(lambda m: {**m, "spec": [1]}), "spec must be an object"),
+    (_manifest(lambda m: {**m, "spec": {**m["spec"], "k": "8"}}), "spec.k"),
+    (_manifest(lambda m: {**m, "spec": {**m["spec"], "k": 0}}), "k must be >= 1"),
+    (_manifest(lambda m: {**m, "spec": {**m["spec"], "temperature": -1.0}}), "temperature"),
+    (_manifest(lambda m: {**m, "tokenizer": "x"}), "tokenizer must be an object"),
+    (_manifest(lambda m: {**m, "stats": {"examples": "many"}}), "stats.examples"),
+    (_manifest(lambda m: {**m, "stats": {**m["stats"], "examples": m["stats"]["examples"] + 1}}),
+     "the manifest says"),
+    (lambda d: _shard0(d).write_bytes(_shard0(d).read_bytes()[:-100]), "truncated or changed"),
+    (lambda d: _shard0(d).write_bytes(_shard0(d).read_bytes() + b"\0"), "truncated or changed"),
+    (_flip_byte, "sha256 differs"),
+    (lambda d: (d / "shard-00000-of-00002.json").write_text("{}"), "shard record unreadable"),
+])
+def test_corrupt_store_is_refused_on_open(good_store, tmp_path, edit, needle):
+  d = _bent(good_store, tmp_path, edit)
+  with pytest.raises(StoreError, match=needle) as e:
+    TopKStore(d)
+  assert d in str(e.value) and "\n" not in str(e.value)

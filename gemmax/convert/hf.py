@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from gemmax.convert.safetensors_io import SafetensorsFile, save_lazy
-from gemmax.errors import MissingTensorError
+from gemmax.errors import GemmaxError, MissingTensorError
 from gemmax.models.config import ModelConfig
 from gemmax.models.sizing import abstract_model
 from gemmax.models.transformer import Transformer
@@ -28,7 +28,7 @@ def check_dtype(dtype) -> str:
   name = jnp.dtype(dtype).name if not isinstance(dtype, str) else dtype
   name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(name, name)
   if name not in DTYPES:
-    raise ValueError(f"dtype {dtype!r} cannot be honoured for model weights; "
+    raise GemmaxError(f"dtype {dtype!r} cannot be honoured for model weights; "
                      f"choose one of {', '.join(DTYPES)}")
   return name
 
@@ -55,17 +55,17 @@ def read_index(index: str) -> dict:
     with open(index, encoding="utf-8") as f:
       data = json.load(f)
   except (OSError, ValueError) as e:
-    raise ValueError(f"{index}: not a readable JSON index ({e})") from None
+    raise GemmaxError(f"{index}: not a readable JSON index ({e})") from None
   weight_map = data.get("weight_map") if isinstance(data, dict) else None
   if not isinstance(weight_map, dict) or not weight_map:
-    raise ValueError(f"{index}: needs a non-empty \"weight_map\" object of tensor name -> file")
+    raise GemmaxError(f"{index}: needs a non-empty \"weight_map\" object of tensor name -> file")
   for name, fn in weight_map.items():
     if (not isinstance(fn, str) or os.path.basename(fn) != fn or fn in ("", ".", "..")
         or not fn.endswith(".safetensors")):
-      raise ValueError(f"{index}: weight_map[{name!r}] = {fn!r} is not a .safetensors file name "
+      raise GemmaxError(f"{index}: weight_map[{name!r}] = {fn!r} is not a .safetensors file name "
                        "in the checkpoint directory")
     if not os.path.isfile(os.path.join(os.path.dirname(index), fn)):
-      raise ValueError(f"{index}: weight_map[{name!r}] names {fn}, which does not exist")
+      raise GemmaxError(f"{index}: weight_map[{name!r}] names {fn}, which does not exist")
   return weight_map
 
 
@@ -79,7 +79,7 @@ class Checkpoint:
       files = {fn: SafetensorsFile(os.path.join(directory, fn)) for fn in set(weight_map.values())}
       for name, fn in weight_map.items():
         if name not in files[fn].header:
-          raise ValueError(f"{index}: weight_map puts tensor {name} in {fn}, which does not "
+          raise GemmaxError(f"{index}: weight_map puts tensor {name} in {fn}, which does not "
                            "hold it")
       self.where = {name: files[fn] for name, fn in weight_map.items()}
     else:
@@ -115,7 +115,7 @@ def fill(model, source: str, get_tensor, mesh=None, dtype="float32"):
   for path, var in iter_params(model):
     array = get_tensor(path, tuple(var.shape))
     if tuple(array.shape) != tuple(var.shape):
-      raise ValueError(f"{source}: tensor for {'/'.join(map(str, path))} has shape "
+      raise GemmaxError(f"{source}: tensor for {'/'.join(map(str, path))} has shape "
                        f"{tuple(array.shape)}, the config expects {tuple(var.shape)}")
     # One copy at most: transpose and cast together (the source buffer is freed right after).
     array = np.ascontiguousarray(array, dtype=DTYPES[dtype])
@@ -144,16 +144,16 @@ def load_hf(path: str, dtype=None, *, compute_dtype=None, mesh=None, **overrides
       raise MissingTensorError(f"{path}: checkpoint is missing tensor {name}")
     want = shape[::-1] if transpose else shape
     if ckpt.shape(name) != want:
-      raise ValueError(f"{path}: tensor {name} has shape {ckpt.shape(name)}, "
+      raise GemmaxError(f"{path}: tensor {name} has shape {ckpt.shape(name)}, "
                        f"the config expects {want}")
     stored = ckpt.where[name].dtype(name)
     if stored not in FLOAT_CODES:
-      raise ValueError(f"{path}: tensor {name} is stored as {stored}; model weights are "
+      raise GemmaxError(f"{path}: tensor {name} is stored as {stored}; model weights are "
                        f"floating point ({', '.join(FLOAT_CODES)})")
     used.add(name)
     a = ckpt.get(name)
     if not np.isfinite(a).all():  # a corrupt or diverged checkpoint: never train on it
-      raise ValueError(f"{path}: tensor {name} holds non-finite values (NaN or Inf)")
+      raise GemmaxError(f"{path}: tensor {name} holds non-finite values (NaN or Inf)")
     return a.T if transpose else a
 
   model = fill(abstract_model(config), path, get_tensor, mesh, pdt)
@@ -173,7 +173,7 @@ def save_hf(model: Transformer, path: str, dtype=None, *, max_shard_bytes: int =
   specs = []
   for p, var in iter_params(model):
     if p[-1] not in ("kernel", "embedding", "scale"):
-      raise ValueError(f"save_hf: parameter {'/'.join(map(str, p))} is not a base weight; "
+      raise GemmaxError(f"save_hf: parameter {'/'.join(map(str, p))} is not a base weight; "
                        "merge adapters first (gemmax.peft.merge)")
     name, transpose = hf_name(p)
     shape = tuple(var.shape)[::-1] if transpose else tuple(var.shape)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from gemmax.convert.hf import check_dtype, fill
+from gemmax.errors import MissingTensorError
 from gemmax.models.config import ModelConfig
 from gemmax.models.sizing import abstract_model
 
@@ -32,7 +33,7 @@ def kaggle_tensor(flat: dict, p: tuple, config: ModelConfig, source: str) -> np.
   """The gemmax-layout array for parameter path `p` from flat Kaggle params."""
   def get(name):
     if name not in flat:
-      raise KeyError(f"{source}: checkpoint is missing tensor {name}")
+      raise MissingTensorError(f"{source}: checkpoint is missing tensor {name}")
     return np.asarray(flat[name])
 
   d, n, k, h = (config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
@@ -61,7 +62,7 @@ def kaggle_tensor(flat: dict, p: tuple, config: ModelConfig, source: str) -> np.
     return w if w.shape == (d, config.intermediate_size) else w.T
   if module == "down_proj":
     return get(f"{layer}/mlp/linear/w")
-  raise KeyError(f"{source}: no Kaggle tensor for {'/'.join(map(str, p))}")
+  raise MissingTensorError(f"{source}: no Kaggle tensor for {'/'.join(map(str, p))}")
 
 
 def load_kaggle(params_or_path, config: ModelConfig, dtype="float32", *, mesh=None):

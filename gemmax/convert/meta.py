@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from gemmax.convert.hf import Checkpoint, check_dtype, fill
+from gemmax.errors import MissingTensorError
 from gemmax.models.config import ModelConfig
 from gemmax.models.sizing import abstract_model
 
@@ -57,7 +58,7 @@ def load_meta(path: str, dtype="float32", *, rope_factor=None, mesh=None, **over
     params = json.load(f)
   ckpt = Checkpoint(path)
   if "tok_embeddings.weight" not in ckpt:
-    raise KeyError(f"{path}: checkpoint is missing tensor tok_embeddings.weight")
+    raise MissingTensorError(f"{path}: checkpoint is missing tensor tok_embeddings.weight")
   vocab = ckpt.shape("tok_embeddings.weight")[0]
   dt = check_dtype(dtype)
   config = meta_config(params, vocab, rope_factor).replace(param_dtype=dt, dtype=dt, **overrides)
@@ -73,7 +74,7 @@ def load_meta(path: str, dtype="float32", *, rope_factor=None, mesh=None, **over
       module = p[-2] if p[-1] == "kernel" else p[-2]
       name, transpose = f"layers.{p[1]}.{_NAMES[module]}.weight", p[-1] == "kernel"
     if name not in ckpt:
-      raise KeyError(f"{path}: checkpoint is missing tensor {name}")
+      raise MissingTensorError(f"{path}: checkpoint is missing tensor {name}")
     w = ckpt.get(name)
     if name.endswith(("wq.weight", "wk.weight")):
       heads = config.num_attention_heads if "wq" in name else config.num_key_value_heads

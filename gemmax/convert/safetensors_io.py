@@ -12,6 +12,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from gemmax.errors import GemmaxError
+
 DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
@@ -34,41 +36,41 @@ def check_header(header, path: str, data_bytes: int) -> dict:
   here, naming the file and tensor, before any tensor is read.
   """
   if not isinstance(header, dict):
-    raise ValueError(f"{path}: safetensors header is a JSON {type(header).__name__}, not an object")
+    raise GemmaxError(f"{path}: safetensors header is a JSON {type(header).__name__}, not an object")
   meta = header.get("__metadata__", {}) or {}
   if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-    raise ValueError(f"{path}: safetensors __metadata__ must map names to strings")
+    raise GemmaxError(f"{path}: safetensors __metadata__ must map names to strings")
   entries = {k: v for k, v in header.items() if k != "__metadata__"}
   spans = []
   for name, info in entries.items():
     where = f"{path}: tensor {name}"
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
       keys = sorted(info) if isinstance(info, dict) else type(info).__name__
-      raise ValueError(f"{where}: header entry must have exactly dtype, shape and data_offsets "
+      raise GemmaxError(f"{where}: header entry must have exactly dtype, shape and data_offsets "
                        f"(has {keys})")
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if dtype not in DTYPES:
-      raise ValueError(f"{where}: unsupported dtype {dtype!r} (known: {', '.join(DTYPES)})")
+      raise GemmaxError(f"{where}: unsupported dtype {dtype!r} (known: {', '.join(DTYPES)})")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-      raise ValueError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+      raise GemmaxError(f"{where}: shape {shape!r} is not a list of non-negative integers")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets))
         or offsets[0] > offsets[1]):
-      raise ValueError(f"{where}: data_offsets {offsets!r} are not [begin, end] with "
+      raise GemmaxError(f"{where}: data_offsets {offsets!r} are not [begin, end] with "
                        "0 <= begin <= end")
     nbytes = int(np.prod(shape, dtype=object)) * np.dtype(DTYPES[dtype]).itemsize
     if offsets[1] - offsets[0] != nbytes:
-      raise ValueError(f"{where}: {dtype} {tuple(shape)} needs {nbytes} bytes but its "
+      raise GemmaxError(f"{where}: {dtype} {tuple(shape)} needs {nbytes} bytes but its "
                        f"data_offsets span {offsets[1] - offsets[0]}")
     spans.append((offsets[0], offsets[1], name))
   at = 0
   for begin, end, name in sorted(spans):
     if begin != at:
       what = "overlaps the tensor before it" if begin < at else f"leaves bytes {at}-{begin} unused"
-      raise ValueError(f"{path}: tensor {name}: data_offsets {[begin, end]} {what}")
+      raise GemmaxError(f"{path}: tensor {name}: data_offsets {[begin, end]} {what}")
     at = end
   if at != data_bytes:
     last = max(spans)[2] if spans else None
-    raise ValueError(
+    raise GemmaxError(
         f"{path}: the header's tensors end at byte {at} of the data section but the file holds "
         f"{data_bytes} data bytes ({'truncated' if at > data_bytes else 'trailing bytes'}"
         f"{f', last tensor {last}' if last else ''})")
@@ -92,14 +94,14 @@ class SafetensorsFile:
       with open(path, "rb") as f:
         head = f.read(8)
         if len(head) != 8:
-          raise ValueError(f"{size} bytes, shorter than the 8-byte header length")
+          raise GemmaxError(f"{size} bytes, shorter than the 8-byte header length")
         (n,) = struct.unpack("<Q", head)
         if n > min(MAX_HEADER_BYTES, size - 8):
-          raise ValueError(f"header length {n} exceeds the file ({size} bytes) or the "
+          raise GemmaxError(f"header length {n} exceeds the file ({size} bytes) or the "
                            f"format's {MAX_HEADER_BYTES}-byte limit")
         header = json.loads(f.read(n).decode("utf-8"))
     except (OSError, ValueError) as e:  # (JSON and UTF-8 errors are ValueErrors)
-      raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+      raise GemmaxError(f"{path}: not a readable safetensors file ({e})") from None
     self.header = check_header(header, path, size - 8 - n)
     self.metadata = header.get("__metadata__", {}) or {}
     self._data_start = 8 + n
@@ -122,7 +124,7 @@ class SafetensorsFile:
       f.seek(self._data_start + begin)
       got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
     if got != end - begin:
-      raise ValueError(f"{self.path}: tensor {name}: read {got} of its {end - begin} bytes "
+      raise GemmaxError(f"{self.path}: tensor {name}: read {got} of its {end - begin} bytes "
                        "(the file changed or was cut short after it was opened)")
     return out
 
@@ -143,7 +145,7 @@ def save_lazy(specs, path: str, metadata=None) -> None:
   for name, shape, dtype, _ in specs:
     dt = np.dtype(dtype)
     if dt not in _CODES:
-      raise ValueError(f"tensor {name}: dtype {dt} cannot be stored in safetensors")
+      raise GemmaxError(f"tensor {name}: dtype {dt} cannot be stored in safetensors")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     header[name] = {"dtype": _CODES[dt], "shape": list(shape),
                     "data_offsets": [offset, offset + nbytes]}
@@ -159,7 +161,7 @@ def save_lazy(specs, path: str, metadata=None) -> None:
       for name, shape, dtype, make in specs:
         arr = np.ascontiguousarray(make(), dtype=np.dtype(dtype))
         if arr.shape != tuple(shape):
-          raise ValueError(f"tensor {name}: produced shape {arr.shape}, declared {tuple(shape)}")
+          raise GemmaxError(f"tensor {name}: produced shape {arr.shape}, declared {tuple(shape)}")
         f.write(arr.tobytes())
     os.replace(tmp, path)
   finally:

@@ -56,7 +56,7 @@ def classification_to_alpaca(text: str, label, instruction: str, label_words: Ma
     try:
         word = label_words[label]
     except (KeyError, IndexError, TypeError):
-        raise ValueError(f"label {label!r} has no entry in label_words {label_words!r}") from None
+        raise GemmaxError(f"label {label!r} has no entry in label_words {label_words!r}") from None
     return {"instruction": instruction, "input": text, "output": word}
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from gemmax.data.formats import example_segments, tokenize_example
 from gemmax.data.sources import BadRows, SourceSpec, load_numbered
+from gemmax.errors import GemmaxError
 
 __all__ = ["DataConfig", "make_dataset", "make_pipeline", "DataIterator"]
 
@@ -59,9 +60,9 @@ class DataConfig:
 
     def __post_init__(self):
         if self.truncate not in ("right", "left", "drop"):
-            raise ValueError(f"truncate must be 'right', 'left' or 'drop', got {self.truncate!r}")
+            raise GemmaxError(f"truncate must be 'right', 'left' or 'drop', got {self.truncate!r}")
         if self.seq_len < 2 or self.batch_size < 1:
-            raise ValueError(f"need seq_len >= 2 and batch_size >= 1, got {self.seq_len}, {self.batch_size}")
+            raise GemmaxError(f"need seq_len >= 2 and batch_size >= 1, got {self.seq_len}, {self.batch_size}")
 
 
 class _Tokenize:
@@ -200,13 +201,13 @@ def make_dataset(sources: SourceSpec | Sequence[SourceSpec], tokenizer, config: 
     if pcount > 1:
         items, origins = items[pidx::pcount], origins[pidx::pcount]  # each host reads a disjoint shard
     if not items:
-        raise ValueError(f"process {pidx} of {pcount} got no records ({total} in all)")
+        raise GemmaxError(f"process {pidx} of {pcount} got no records ({total} in all)")
     tokenize = _Tokenize(tokenizer, config.seq_len, config.truncate, config.drop_unsupervised)
     n_bad = bad.count
     items = _screen(items, origins, tokenize, bad)
     if not items:
         where = ", ".join(str(s.path) for s in specs) + (f" (process {pidx} of {pcount})" if pcount > 1 else "")
-        raise ValueError(f"every example of {where} was dropped by truncation: "
+        raise GemmaxError(f"every example of {where} was dropped by truncation: "
                          f"{BadRows(bad.rows[n_bad:]).summary(limit=3)}; raise seq_len or change truncate")
     ds = grain.MapDataset.source(items)
     if config.shuffle:
@@ -273,7 +274,7 @@ def make_eval_pipeline(sources, tokenizer, config: DataConfig) -> Callable[[], D
     `Trainer(eval_data=...)`. The records are read, validated and screened here, once: a bad
     validation file fails before training starts, and each evaluation re-iterates the same dataset."""
     if config.num_epochs != 1 or config.shuffle:
-        raise ValueError(f"make_eval_pipeline needs num_epochs=1 and shuffle=False, got "
+        raise GemmaxError(f"make_eval_pipeline needs num_epochs=1 and shuffle=False, got "
                          f"num_epochs={config.num_epochs}, shuffle={config.shuffle}")
     dataset, bad = make_dataset(sources, tokenizer, config)
     return lambda: DataIterator(dataset, bad)

@@ -21,6 +21,7 @@ from typing import Any
 
 from gemmax.data.chat import TEMPLATES, chat_segments, jinja_source
 from gemmax.data.formats import KINDS, classification_to_alpaca, resolve_template
+from gemmax.errors import GemmaxError
 
 __all__ = ["SourceSpec", "BadRows", "load_records", "load_numbered", "read_rows"]
 
@@ -52,14 +53,14 @@ class SourceSpec:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"unknown source kind {self.kind!r}; expected one of {KINDS}")
+            raise GemmaxError(f"unknown source kind {self.kind!r}; expected one of {KINDS}")
         if self.format is not None and self.format not in FORMATS:
-            raise ValueError(f"unknown source format {self.format!r}; expected one of {FORMATS}")
+            raise GemmaxError(f"unknown source format {self.format!r}; expected one of {FORMATS}")
         if self.template == "":
             object.__setattr__(self, "template", None)
         resolve_template(self.kind, self.template)  # raises on a template this kind cannot use
         if self.kind == "classification" and self.label_words is None:
-            raise ValueError("a classification source needs label_words (e.g. ['negative', 'positive'])")
+            raise GemmaxError("a classification source needs label_words (e.g. ['negative', 'positive'])")
 
 
 @dataclasses.dataclass
@@ -96,7 +97,7 @@ def _files(spec: SourceSpec) -> list[str]:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"data file not found: {p}")
         if os.path.getsize(p) == 0:
-            raise ValueError(f"data file is empty: {p}")
+            raise GemmaxError(f"data file is empty: {p}")
     return out
 
 
@@ -106,7 +107,7 @@ def _format_of(spec: SourceSpec, path: str) -> str:
     ext = path.rsplit(".", 1)[-1].lower()
     fmt = {"jsonl": "jsonl", "json": "jsonl", "csv": "csv", "parquet": "parquet", "pq": "parquet"}.get(ext)
     if fmt is None:
-        raise ValueError(f"cannot tell the format of {path} from its extension; set format to one of {FORMATS}")
+        raise GemmaxError(f"cannot tell the format of {path} from its extension; set format to one of {FORMATS}")
     return fmt
 
 
@@ -168,12 +169,12 @@ def _tfds_rows(spec: SourceSpec):
     try:
         source = builder.as_data_source(split=spec.split)
     except NotImplementedError:
-        raise ValueError(f"{where}: prepared in a sequential format at {builder.data_dir}; prepare it with "
+        raise GemmaxError(f"{where}: prepared in a sequential format at {builder.data_dir}; prepare it with "
                          "file_format='array_record' (or 'parquet') for random access") from None
     except ValueError as e:  # unknown split
-        raise ValueError(f"{where}: {e}") from None
+        raise GemmaxError(f"{where}: {e}") from None
     if len(source) == 0:
-        raise ValueError(f"data split is empty: {where} in {builder.data_dir}")
+        raise GemmaxError(f"data split is empty: {where} in {builder.data_dir}")
     for n in range(len(source)):
         yield where, n + 1, dict(source[n]), None
 
@@ -263,7 +264,7 @@ def load_records(spec: SourceSpec, on_bad_rows: str = "skip", tokenizer=None) ->
 def load_numbered(spec: SourceSpec, on_bad_rows: str = "skip", tokenizer=None) -> tuple[list[tuple], BadRows]:
     """Like load_records, with each record's origin: ([(file, row_number, record), ...], bad rows)."""
     if on_bad_rows not in ("skip", "fail"):
-        raise ValueError(f"on_bad_rows must be 'skip' or 'fail', got {on_bad_rows!r}")
+        raise GemmaxError(f"on_bad_rows must be 'skip' or 'fail', got {on_bad_rows!r}")
     template = resolve_template(spec.kind, spec.template)
     if tokenizer is not None and template not in TEMPLATES + ("alpaca", None):
         jinja_source(template, tokenizer)  # a missing or broken template fails once, here, not on every row
@@ -275,9 +276,9 @@ def load_numbered(spec: SourceSpec, on_bad_rows: str = "skip", tokenizer=None) -
         else:
             records.append((path, n, rec))
     if bad.count and on_bad_rows == "fail":
-        raise ValueError(f"{spec.path}: {bad.summary(limit=3)} (set on_bad_rows='skip' to drop them)")
+        raise GemmaxError(f"{spec.path}: {bad.summary(limit=3)} (set on_bad_rows='skip' to drop them)")
     if bad.count:
         log.warning("skipped %s", bad.summary())
     if not records:
-        raise ValueError(f"no valid rows in {spec.path}" + (f": {bad.summary(limit=3)}" if bad.count else ""))
+        raise GemmaxError(f"no valid rows in {spec.path}" + (f": {bad.summary(limit=3)}" if bad.count else ""))
     return records, bad

@@ -23,7 +23,7 @@ import os
 import re
 from typing import Sequence
 
-from gemmax.errors import GemmaxError
+from gemmax.errors import GemmaxError, MissingTokenError
 
 __all__ = ["Tokenizer", "SentencePieceTokenizer", "HFTokenizer", "load_tokenizer", "check_vocab"]
 
@@ -84,7 +84,7 @@ class Tokenizer:
         """Id of one whole token (special or not); KeyError if the vocabulary lacks it."""
         i = self._piece_to_id(token)
         if i is None:
-            raise KeyError(f"token {token!r} is not in the vocabulary of {self.path}")
+            raise MissingTokenError(f"token {token!r} is not in the vocabulary of {self.path}")
         return i
 
     def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:

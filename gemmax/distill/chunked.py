@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from gemmax.distill import losses
+from gemmax.errors import GemmaxError
 from gemmax.models.layers import dot2d
 from gemmax.train.losses import DEFAULT_LOGIT_BUDGET, chunk_tokens_for
 
@@ -48,13 +49,13 @@ class DistillLoss:
 
   def validate(self):
     if not 0.0 <= self.kd_ratio <= 1.0:
-      raise ValueError(f"kd_ratio must be in [0, 1], got {self.kd_ratio}")
+      raise GemmaxError(f"kd_ratio must be in [0, 1], got {self.kd_ratio}")
     if not self.temperature > 0:
-      raise ValueError(f"temperature must be > 0, got {self.temperature}")
+      raise GemmaxError(f"temperature must be > 0, got {self.temperature}")
     if self.divergence not in losses.DIVERGENCES:
-      raise ValueError(f"divergence must be one of {losses.DIVERGENCES}, got {self.divergence!r}")
+      raise GemmaxError(f"divergence must be one of {losses.DIVERGENCES}, got {self.divergence!r}")
     if not 0.0 <= self.beta <= 1.0:
-      raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+      raise GemmaxError(f"beta must be in [0, 1], got {self.beta}")
     return self
 
 
@@ -84,13 +85,13 @@ def distill_sums(hidden, weight, targets, loss_mask, *, loss: DistillLoss = Dist
   """
   loss.validate()
   if topk is not None and teacher is not None:
-    raise ValueError("distill_sums: pass topk (offline) or teacher (online), not both")
+    raise GemmaxError("distill_sums: pass topk (offline) or teacher (online), not both")
   b, t, d = hidden.shape
   v = weight.shape[0 if vocab_major else 1]
   if targets.shape != (b, t) or loss_mask.shape != (b, t):
-    raise ValueError(f"targets {targets.shape} and loss_mask {loss_mask.shape} must be [{b}, {t}]")
+    raise GemmaxError(f"targets {targets.shape} and loss_mask {loss_mask.shape} must be [{b}, {t}]")
   if teacher is not None and teacher[1].shape[1] != v:
-    raise ValueError(f"teacher vocabulary {teacher[1].shape[1]} != student vocabulary {v}")
+    raise GemmaxError(f"teacher vocabulary {teacher[1].shape[1]} != student vocabulary {v}")
   n = b * t
   # two [chunk, V] float32 arrays live at once (the teacher's logits or the top-k id mask)
   chunk = chunk or chunk_tokens_for(v, n, DEFAULT_LOGIT_BUDGET // 2)
@@ -101,7 +102,7 @@ def distill_sums(hidden, weight, targets, loss_mask, *, loss: DistillLoss = Dist
   if topk is not None:
     ids, probs, tail = topk
     if ids.shape[:2] != (b, t) or probs.shape != ids.shape or tail.shape != (b, t):
-      raise ValueError(f"top-k arrays {ids.shape}, {probs.shape}, {tail.shape} do not match "
+      raise GemmaxError(f"top-k arrays {ids.shape}, {probs.shape}, {tail.shape} do not match "
                        f"[{b}, {t}, k], [{b}, {t}, k], [{b}, {t}]")
     xs.update(ids=_chunked(ids.astype(jnp.int32), n_chunks, chunk),
               p=_chunked(probs, n_chunks, chunk), tail=_chunked(tail, n_chunks, chunk))

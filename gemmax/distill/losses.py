@@ -18,6 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from gemmax.errors import GemmaxError
+
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 _NEG = -1e30  # finite "minus infinity": masked logsumexps stay finite, so gradients stay finite
 
@@ -46,7 +48,7 @@ def generalized_jsd(teacher_logits, student_logits, beta: float = 0.5, temperatu
   """JSD(beta) per token (module docstring): [..., V] x2 -> [...]; beta in [0, 1]."""
   beta = float(beta)
   if not 0.0 <= beta <= 1.0:
-    raise ValueError(f"generalized_jsd: beta must be in [0, 1], got {beta}")
+    raise GemmaxError(f"generalized_jsd: beta must be in [0, 1], got {beta}")
   if beta == 0.0:
     return forward_kl(teacher_logits, student_logits, temperature)
   if beta == 1.0:
@@ -67,7 +69,7 @@ def divergence(name: str, teacher_logits, student_logits, *, beta: float = 0.5,
     return reverse_kl(teacher_logits, student_logits, temperature)
   if name == "jsd":
     return generalized_jsd(teacher_logits, student_logits, beta, temperature)
-  raise ValueError(f"unknown divergence {name!r}; expected one of {DIVERGENCES}")
+  raise GemmaxError(f"unknown divergence {name!r}; expected one of {DIVERGENCES}")
 
 
 def _not_in(ids, vocab: int):

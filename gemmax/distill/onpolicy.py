@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from flax import nnx
 
+from gemmax.errors import GemmaxError
+
 
 def _example(batch, r):
   """Row r -> (tokens [n + 1], loss_mask [n]) of its single example, or None if empty."""
@@ -25,7 +27,7 @@ def _example(batch, r):
   if n == 0:
     return None
   if seg.max() > 1:
-    raise ValueError("on-policy batches need one example per row (data.packing = False)")
+    raise GemmaxError("on-policy batches need one example per row (data.packing = False)")
   ids = np.asarray(batch["input_ids"][r][:n])
   return np.append(ids, batch["targets"][r][n - 1]).astype(np.int32), np.asarray(
       batch["loss_mask"][r][:n])
@@ -74,9 +76,9 @@ class OnPolicyBatches:
   def __init__(self, data, *, fraction: float, max_new_tokens: int, temperature: float = 1.0,
                top_k=None, top_p=None, min_prompt: int = 1, seed: int = 0, tokenizer=None):
     if not 0.0 <= fraction <= 1.0:
-      raise ValueError(f"on-policy fraction must be in [0, 1], got {fraction}")
+      raise GemmaxError(f"on-policy fraction must be in [0, 1], got {fraction}")
     if max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+      raise GemmaxError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     self.data, self.fraction, self.seed, self.tokenizer = data, fraction, seed, tokenizer
     self.sample_kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                           top_p=top_p, min_prompt=min_prompt)

@@ -16,6 +16,7 @@ import numpy as np
 from gemmax.data.pipeline import DataConfig, DataIterator, _ensure_absl_flags
 from gemmax.data.sources import BadRows
 from gemmax.distill.store import TopKStore, decode_record
+from gemmax.errors import GemmaxError
 
 FEATURES = ("input_ids", "targets", "loss_mask", "topk_ids", "topk_probs", "topk_tail")
 
@@ -68,7 +69,7 @@ def store_pipeline(store: TopKStore, config: DataConfig) -> DataIterator:
   if pcount > 1:
     ds = ds[pidx::pcount]
   if len(ds) == 0:
-    raise ValueError(f"process {pidx} of {pcount} got no records from {store.directory}")
+    raise GemmaxError(f"process {pidx} of {pcount} got no records from {store.directory}")
   if config.shuffle:
     ds = ds.shuffle(seed=config.seed)
   ds = ds.repeat(config.num_epochs).map(_Decode(store.k, config.seq_len))

@@ -8,6 +8,7 @@ from flax import nnx
 
 from gemmax.distill.chunked import DistillLoss
 from gemmax.distill.step import model_distill_sums
+from gemmax.errors import GemmaxError
 
 
 def heldout_metrics(model, batches, *, temperature: float = 1.0, mesh=None) -> dict:
@@ -31,7 +32,7 @@ def heldout_metrics(model, batches, *, temperature: float = 1.0, mesh=None) -> d
       s = sums(state, batch)
     totals = s if totals is None else jax.tree.map(lambda a, b: a + b, totals, s)
   if totals is None:
-    raise ValueError("heldout_metrics: no batches")
+    raise GemmaxError("heldout_metrics: no batches")
   t = jax.tree.map(float, jax.device_get(totals))
   n = max(t.count, 1.0)
   return {"ce": t.ce_sum / n, "perplexity": math.exp(t.ce_sum / n), "kl": t.kl_sum / n,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from flax import nnx
 
 from gemmax.distill.chunked import DistillLoss, DistillSums, distill_sums
+from gemmax.errors import GemmaxError
 
 TOPK_KEYS = ("topk_ids", "topk_probs", "topk_tail")
 
@@ -28,7 +29,7 @@ class TeacherStudent(nnx.Module):
 
   def __init__(self, student, teacher):
     if student.config.vocab_size != teacher.config.vocab_size:
-      raise ValueError(f"student vocabulary {student.config.vocab_size} != teacher vocabulary "
+      raise GemmaxError(f"student vocabulary {student.config.vocab_size} != teacher vocabulary "
                        f"{teacher.config.vocab_size}: distillation needs the same tokenizer")
     self.student, self.teacher = student, teacher
     self.deterministic = False

@@ -45,7 +45,7 @@ def encode_record(tokens, loss_mask, topk_ids, topk_probs, tail) -> bytes:
   mask = np.asarray(loss_mask).astype(bool)
   n = len(mask)
   if len(tokens) != n + 1:
-    raise ValueError(f"encode_record: {len(tokens)} tokens for {n} positions (need n + 1)")
+    raise GemmaxError(f"encode_record: {len(tokens)} tokens for {n} positions (need n + 1)")
   return b"".join([np.uint32(n).tobytes(), tokens.tobytes(), np.packbits(mask).tobytes(),
                    np.asarray(topk_ids, np.int32)[mask].tobytes(),
                    np.asarray(topk_probs, np.float16)[mask].tobytes(),
@@ -167,11 +167,77 @@ def read_manifest(directory: str) -> dict | None:
   path = os.path.join(directory, MANIFEST)
   if not os.path.isfile(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    manifest = json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      manifest = json.load(f)
+  except ValueError as e:  # JSON or UTF-8
+    raise StoreError(f"{path}: not a readable JSON manifest ({e})") from None
+  if not isinstance(manifest, dict):
+    raise StoreError(f"{path}: the manifest is a JSON {type(manifest).__name__}, not an object")
   if manifest.get("format") != FORMAT:
     raise StoreError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
+  spec = manifest.get("spec")
+  fields = {f.name: f.type for f in dataclasses.fields(StoreSpec)}
+  if not isinstance(spec, dict) or set(spec) != set(fields):
+    raise StoreError(f"{path}: spec must be an object with exactly {', '.join(fields)}")
+  for name, kind in (("k", int), ("seed", int), ("seq_len", int), ("num_shards", int),
+                     ("temperature", (int, float)), ("teacher", str), ("tokenizer", str),
+                     ("dataset", str), ("sampling", str)):
+    if not isinstance(spec[name], kind) or isinstance(spec[name], bool):
+      raise StoreError(f"{path}: spec.{name} {spec[name]!r} has the wrong type")
+  try:
+    StoreSpec(**spec).validate()
+  except StoreError as e:
+    raise StoreError(f"{path}: spec: {e}") from None
+  for key in ("teacher", "tokenizer", "dataset"):
+    if not isinstance(manifest.get(key), dict):
+      raise StoreError(f"{path}: {key} must be an object")
+  if manifest.get("complete"):
+    stats = manifest.get("stats")
+    if (not isinstance(stats, dict) or not isinstance(stats.get("examples"), int)
+        or stats["examples"] < 1):
+      raise StoreError(f"{path}: a complete store needs stats.examples >= 1")
   return manifest
+
+
+def shard_sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def check_shards(directory: str, paths: Sequence[str], examples: int) -> None:
+  """Every shard as its writer left it: the byte count (and sha256, for stores that record it)
+  of its sidecar, and as many records as the sidecar says, summing to the manifest's count. A
+  shard cut short, grown, rewritten or swapped fails here, naming it, before any training."""
+  from array_record.python.array_record_data_source import ArrayRecordDataSource
+  total = 0
+  for path in paths:
+    side = path.replace(".array_record", ".json")
+    try:
+      with open(side, encoding="utf-8") as f:
+        info = json.load(f)
+      want_bytes, want_records = int(info["bytes"]), int(info["examples"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise StoreError(f"{side}: shard record unreadable ({type(e).__name__}: {e})") from None
+    size = os.path.getsize(path)
+    if size != want_bytes:
+      raise StoreError(f"{path}: {size} bytes, its writer recorded {want_bytes} (truncated or "
+                       "changed)")
+    if info.get("sha256") and shard_sha256(path) != info["sha256"]:
+      raise StoreError(f"{path}: sha256 differs from the one its writer recorded (corrupt)")
+    try:
+      source = ArrayRecordDataSource([path])
+      got = len(source)
+    except Exception as e:  # noqa: BLE001 -- array_record raises RuntimeError/ValueError variants
+      raise StoreError(f"{path}: not a readable ArrayRecord shard ({type(e).__name__})") from None
+    if got != want_records:
+      raise StoreError(f"{path}: {got} records, its writer recorded {want_records}")
+    total += got
+  if total != examples:
+    raise StoreError(f"{directory}: the shards hold {total} records, the manifest says {examples}")
 
 
 def write_json(path: str, obj) -> None:
@@ -208,6 +274,7 @@ class TopKStore:
     missing = [p for p in self.paths if not os.path.isfile(p)]
     if missing:
       raise StoreError(f"{directory}: shard files missing: {', '.join(missing[:3])}")
+    check_shards(directory, self.paths, int(manifest["stats"]["examples"]))
 
   @property
   def k(self) -> int:

@@ -255,7 +255,8 @@ def _write_shard(directory, s, n, items, tokenizer, spec, run, state, batch_size
   os.replace(tmp, path)
   st.write_json(_sidecar(directory, s, n), {
       "shard": st.shard_name(s, n), "examples": len(examples), "tokens": tokens,
-      "scored_tokens": scored, "record_bytes": record_bytes, "bytes": os.path.getsize(path)})
+      "scored_tokens": scored, "record_bytes": record_bytes, "bytes": os.path.getsize(path),
+      "sha256": st.shard_sha256(path)})
 
 
 def _complete(directory, manifest, n) -> dict:

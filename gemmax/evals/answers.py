@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from gemmax.data.formats import tokenize_example
+from gemmax.errors import GemmaxError
 from gemmax.evals.choices import score_and_answer
 from gemmax.evals.metrics import classification_metrics
 from gemmax.evals.scoring import continuation_logprobs
@@ -25,7 +26,7 @@ def split_example(tokenizer, record: Mapping, template=None) -> tuple[list[int],
   ids, mask = tokenize_example(tokenizer, record, "alpaca", template)
   where = np.flatnonzero(mask)
   if not len(where):
-    raise ValueError(f"record {dict(record)!r:.80}: no answer tokens")
+    raise GemmaxError(f"record {dict(record)!r:.80}: no answer tokens")
   return ids[:where[0]].tolist(), ids[where[0]:where[-1] + 1].tolist()
 
 
@@ -35,7 +36,7 @@ def encode_rows(tokenizer, records: Sequence[Mapping], classes: Sequence[str], t
   for r in records:
     pairs = [split_example(tokenizer, {**r, "output": c}, template) for c in classes]
     if any(p != pairs[0][0] for p, _ in pairs):
-      raise ValueError(f"the prompt of {r.get('input') or r.get('instruction')!r:.60} depends on "
+      raise GemmaxError(f"the prompt of {r.get('input') or r.get('instruction')!r:.60} depends on "
                        "the answer under this template; cannot score classes against one prompt")
     prompts.append(pairs[0][0])
     answers.append([a for _, a in pairs])
@@ -47,7 +48,7 @@ def _gold(records, classes):
   classes = list(classes or sorted(set(gold)))
   unknown = sorted(set(gold) - set(classes))
   if unknown:
-    raise ValueError(f"gold labels {unknown} are not among the classes {classes}")
+    raise GemmaxError(f"gold labels {unknown} are not among the classes {classes}")
   return gold, classes
 
 
@@ -74,10 +75,10 @@ def classify_rows(model, tokenizer, records: Sequence[Mapping], classes=None, *,
   of the answer's token logprobs). With `answer_tokens`, the same pass also answers greedily
   (that many tokens at most): m["generated"] holds exact match and its confusion matrix."""
   if reduction not in ("sum", "mean"):
-    raise ValueError(f"reduction {reduction!r} is not 'sum' or 'mean'")
+    raise GemmaxError(f"reduction {reduction!r} is not 'sum' or 'mean'")
   gold, classes = _gold(records, classes)
   if len(classes) < 2:
-    raise ValueError(f"classification needs at least 2 classes, got {list(classes)}")
+    raise GemmaxError(f"classification needs at least 2 classes, got {list(classes)}")
   prompts, answers = encode_rows(tokenizer, records, classes, template)
   pad = max(getattr(tokenizer, "pad_id", 0) or 0, 0)
   kw = dict(batch_size=batch_size, pad_id=pad, progress=progress, desc="classifying")

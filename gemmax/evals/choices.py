@@ -17,6 +17,8 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from gemmax.errors import GemmaxError
+
 
 def _tile(cache, copies: int):
   """Every row of a KV cache repeated `copies` times (row r -> rows r*copies ... )."""
@@ -101,9 +103,9 @@ def score_and_answer(model, prompts: Sequence[Sequence[int]], choices: Sequence[
   Every batch has one shape (the longest prompt rest, in steps of 16): XLA compiles the pass
   once, which costs more than the padding it adds."""
   if not choices or any(not c for c in choices) or not prompts or any(not p for p in prompts):
-    raise ValueError("score_and_answer: prompts and choices must be non-empty")
+    raise GemmaxError("score_and_answer: prompts and choices must be non-empty")
   if batch_size < 1:
-    raise ValueError(f"score_and_answer: batch_size must be >= 1, got {batch_size}")
+    raise GemmaxError(f"score_and_answer: batch_size must be >= 1, got {batch_size}")
   by_len = {}
   for j, c in enumerate(choices):
     by_len.setdefault(len(c), []).append(j)
@@ -122,7 +124,7 @@ def score_and_answer(model, prompts: Sequence[Sequence[int]], choices: Sequence[
     rows = [list(prompts[i][p:]) for i in index]
     for i, q in zip(index, rows):
       if p + len(q) + longest > limit:
-        raise ValueError(f"row {i}: {p + len(q) + longest} tokens exceed max_len {limit}")
+        raise GemmaxError(f"row {i}: {p + len(q) + longest} tokens exceed max_len {limit}")
     ids = np.full((batch_size, t), pad_id, np.int32)
     seg = np.zeros((batch_size, t), np.int32)
     pos = np.zeros((batch_size, t), np.int32)

@@ -5,6 +5,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
+from gemmax.errors import GemmaxError
 from gemmax.sampling import Sampler
 
 
@@ -18,7 +19,7 @@ def exact_match(model, tokenizer, prompts: Sequence[str], references: Sequence[s
                 lowercase: bool = True, progress: bool = True) -> dict:
   """Fraction of prompts whose greedy continuation (cut at `stop`) equals the reference."""
   if len(prompts) != len(references):
-    raise ValueError(f"{len(prompts)} prompts but {len(references)} references")
+    raise GemmaxError(f"{len(prompts)} prompts but {len(references)} references")
   sampler = Sampler(model, tokenizer)
   preds = []
   for i in tqdm(range(0, len(prompts), batch_size), desc="exact match", disable=not progress,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+from gemmax.errors import GemmaxError
+
 
 def is_workdir(path: str) -> bool:
   """A finetune workdir: its run config.json and an adapter/ written at the end of the run."""
@@ -21,7 +23,7 @@ def resolve_adapter(adapter: str) -> tuple[str, dict]:
       try:
         run_cfg = json.load(f)
       except ValueError as e:
-        raise ValueError(f"{adapter}/config.json: not valid JSON ({e})") from None
+        raise GemmaxError(f"{adapter}/config.json: not valid JSON ({e})") from None
     adapter = os.path.join(adapter, "adapter")
   if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
     raise FileNotFoundError(f"{adapter}: no adapter_config.json (expected an HF PEFT adapter dir "
@@ -43,12 +45,12 @@ def load_model(path: str = "", adapter: str = "", dtype: str = "float32", quanti
     adapter, run_cfg = resolve_adapter(adapter)
   path = path or run_cfg.get("model", {}).get("path", "")
   if not path:
-    raise ValueError("model.path is empty and no adapter workdir names a base model")
+    raise GemmaxError("model.path is empty and no adapter workdir names a base model")
   model = load(path, compute_dtype=dtype or None)
   quantize = quantize or run_cfg.get("quantize") or ""
   if quantize:
     if quantize != "nf4":
-      raise ValueError(f"quantize {quantize!r} is not '' or 'nf4'")
+      raise GemmaxError(f"quantize {quantize!r} is not '' or 'nf4'")
     peft.quantize_model(model)
   if adapter:
     peft.load_adapter(model, adapter)
@@ -77,7 +79,7 @@ def read_labeled(path: str, fmt: str = "alpaca", limit: int = 0) -> list[tuple[s
   from gemmax.data.formats import alpaca_prompt
 
   if fmt not in ("alpaca", "text_label"):
-    raise ValueError(f"format {fmt!r} is not alpaca|text_label")
+    raise GemmaxError(f"format {fmt!r} is not alpaca|text_label")
   keys = ("instruction", "output") if fmt == "alpaca" else ("text", "label")
   pairs = []
   with open(path, encoding="utf-8") as f:
@@ -87,10 +89,10 @@ def read_labeled(path: str, fmt: str = "alpaca", limit: int = 0) -> list[tuple[s
       try:
         row = json.loads(line)
       except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        raise GemmaxError(f"{path}:{n}: not valid JSON ({e.msg})") from None
       missing = [k for k in keys if not isinstance(row, dict) or k not in row]
       if missing:
-        raise ValueError(f"{path}:{n}: row lacks field(s) {missing} for format {fmt!r}")
+        raise GemmaxError(f"{path}:{n}: row lacks field(s) {missing} for format {fmt!r}")
       if fmt == "alpaca":
         pairs.append((alpaca_prompt(row["instruction"], row.get("input", "")),
                       str(row["output"]).strip()))
@@ -99,5 +101,5 @@ def read_labeled(path: str, fmt: str = "alpaca", limit: int = 0) -> list[tuple[s
       if limit and len(pairs) >= limit:
         break
   if not pairs:
-    raise ValueError(f"{path}: no rows")
+    raise GemmaxError(f"{path}: no rows")
   return pairs

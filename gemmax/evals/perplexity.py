@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 
+from gemmax.errors import GemmaxError
 from gemmax.evals.scoring import continuation_logprobs
 
 
@@ -19,14 +20,14 @@ def perplexity(model, tokenizer, text: str, *, window: int = 512, stride: int | 
   """
   context = model.config.max_position_embeddings
   if not isinstance(window, int) or not 2 <= window <= context:
-    raise ValueError(f"perplexity: window {window!r} must be in [2, the model's "
+    raise GemmaxError(f"perplexity: window {window!r} must be in [2, the model's "
                      f"max_position_embeddings {context}]")
   ids = list(tokenizer.encode(text, add_bos=getattr(tokenizer, "add_bos_token", True)))
   if len(ids) < 2:
-    raise ValueError("perplexity: the text is empty after tokenization")
+    raise GemmaxError("perplexity: the text is empty after tokenization")
   stride = stride or window // 2
   if not 0 < stride <= window - 1:
-    raise ValueError(f"perplexity: stride {stride} must be in [1, window - 1 = {window - 1}]")
+    raise GemmaxError(f"perplexity: stride {stride} must be in [1, window - 1 = {window - 1}]")
   prefixes, conts, done = [], [], 1  # tokens [0, done) are scored (BOS counts as done)
   begin = 0
   while done < len(ids):
@@ -41,7 +42,7 @@ def perplexity(model, tokenizer, text: str, *, window: int = 512, stride: int | 
   total = -float(np.sum([x.sum() for x in lps]))
   n = sum(len(c) for c in conts)
   if n == 0 or sum(len(x) for x in lps) != n:  # never a perplexity of nothing (it would read 1.0)
-    raise ValueError(f"perplexity: {sum(len(x) for x in lps)} of {n} tokens were scored")
+    raise GemmaxError(f"perplexity: {sum(len(x) for x in lps)} of {n} tokens were scored")
   nats = total / n
   return dict(tokens=n, nll_nats=total, nats_per_token=nats, bits_per_token=nats / math.log(2),
               perplexity=math.exp(nats), window=window, stride=stride)

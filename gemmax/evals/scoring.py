@@ -9,6 +9,8 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from gemmax.errors import GemmaxError
+
 
 def _round(n: int, m: int) -> int:
   return max(m, -(-n // m) * m)
@@ -37,12 +39,12 @@ def continuation_logprobs(model, prefixes: Sequence[Sequence[int]],
   prefix. Sequences are right-padded; padding gets segment id 0 so real tokens never see it.
   """
   if len(prefixes) != len(continuations):
-    raise ValueError(f"{len(prefixes)} prefixes but {len(continuations)} continuations")
+    raise GemmaxError(f"{len(prefixes)} prefixes but {len(continuations)} continuations")
   if not isinstance(batch_size, int) or batch_size < 1:
-    raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    raise GemmaxError(f"batch_size must be an integer >= 1, got {batch_size!r}")
   context = model.config.max_position_embeddings
   if max_len is not None and not 1 <= max_len <= context:
-    raise ValueError(f"max_len {max_len} must be in [1, the model's max_position_embeddings "
+    raise GemmaxError(f"max_len {max_len} must be in [1, the model's max_position_embeddings "
                      f"{context}]")
   limit = max_len or context
   out = []
@@ -51,9 +53,9 @@ def continuation_logprobs(model, prefixes: Sequence[Sequence[int]],
     pre, cont = prefixes[start:start + batch_size], continuations[start:start + batch_size]
     for i, (p, c) in enumerate(zip(pre, cont)):
       if not p or not c:
-        raise ValueError(f"row {start + i}: prefix and continuation must both be non-empty")
+        raise GemmaxError(f"row {start + i}: prefix and continuation must both be non-empty")
       if len(p) + len(c) > limit:
-        raise ValueError(f"row {start + i}: {len(p) + len(c)} tokens exceed max_len {limit}")
+        raise GemmaxError(f"row {start + i}: {len(p) + len(c)} tokens exceed max_len {limit}")
     t = _round(max(len(p) + len(c) for p, c in zip(pre, cont)), 32)
     lmax = _round(max(len(c) for c in cont), 8)
     ids = np.full((batch_size, t), pad_id, np.int32)

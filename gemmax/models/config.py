@@ -3,12 +3,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Mapping, Optional
 
+from gemmax.errors import GemmaxError
 from gemmax.models.presets import PRESETS
+from gemmax.ops.attention import IMPLS
 
 FAMILIES = ("gemma2", "llama")
+DTYPES = ("float32", "bfloat16", "float16")
+# The MLP activations gemmax.models.layers.activation implements, by their HF names.
+ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new", "silu", "swish", "gelu")
 _GGUF_ARCH = {"llama": "llama", "gemma2": "gemma2"}  # GGUF general.architecture -> family
 _HF_ARCH = {"Gemma2ForCausalLM": "gemma2", "LlamaForCausalLM": "llama"}
 _HF_MODEL_TYPE = {"gemma2": "gemma2", "llama": "llama"}
@@ -29,7 +35,7 @@ class RopeScaling:
     d = dict(d)
     kind = d.pop("rope_type", d.pop("type", "default"))
     if kind not in ROPE_TYPES:
-      raise ValueError(f"rope_scaling.rope_type {kind!r} is not supported (supported: {ROPE_TYPES})")
+      raise GemmaxError(f"rope_scaling.rope_type {kind!r} is not supported (supported: {ROPE_TYPES})")
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(rope_type=kind, **{k: v for k, v in d.items() if k in known})
 
@@ -72,22 +78,62 @@ class ModelConfig:
 
   def __post_init__(self):
     if self.family not in FAMILIES:
-      raise ValueError(f"ModelConfig.family {self.family!r} is not one of {FAMILIES}")
+      raise GemmaxError(f"ModelConfig.family {self.family!r} is not one of {FAMILIES}")
     if isinstance(self.rope_scaling, dict):
       object.__setattr__(self, "rope_scaling", RopeScaling.from_dict(self.rope_scaling))
     if isinstance(self.eos_token_id, list):
       object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+    self._check_values()
     if self.num_attention_heads % self.num_key_value_heads:
-      raise ValueError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+      raise GemmaxError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                        f"num_key_value_heads {self.num_key_value_heads}")
     if self.remat not in ("none", "full", "save_dots"):
-      raise ValueError(f"ModelConfig.remat {self.remat!r} is not one of none|full|save_dots")
+      raise GemmaxError(f"ModelConfig.remat {self.remat!r} is not one of none|full|save_dots")
+
+  def _check_values(self) -> None:
+    """Types and ranges of every field: a config.json with num_key_value_heads 0 or an
+    eos_token_id written as a string fails here, naming the field, not deep inside a layer."""
+    def bad(name, want):
+      raise GemmaxError(f"ModelConfig.{name} must be {want}, got {getattr(self, name)!r}")
+
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "num_key_value_heads", "head_dim",
+                 "max_position_embeddings"):
+      if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+        bad(name, "an integer >= 1")
+    if self.sliding_window is not None and (not _is_int(self.sliding_window)
+                                            or self.sliding_window < 1):
+      bad("sliding_window", "an integer >= 1 or None")
+    for name, optional in (("rope_theta", False), ("rms_norm_eps", False),
+                           ("query_pre_attn_scalar", True), ("attn_logit_softcapping", True),
+                           ("final_logit_softcapping", True)):
+      v = getattr(self, name)
+      if not (optional and v is None) and not (_is_number(v) and math.isfinite(v) and v > 0):
+        bad(name, "a finite number > 0" + (" or None" if optional else ""))
+    for name in ("bos_token_id", "pad_token_id"):
+      v = getattr(self, name)
+      if v is not None and (not _is_int(v) or v < 0):
+        bad(name, "a token id (an integer >= 0) or None")
+    eos = self.eos_token_id
+    if eos is not None and not ((_is_int(eos) and eos >= 0) or (
+        isinstance(eos, tuple) and all(_is_int(e) and e >= 0 for e in eos))):
+      bad("eos_token_id", "a token id, a list of token ids, or None")
+    for name in ("tie_word_embeddings", "attention_bias"):
+      if not isinstance(getattr(self, name), bool):
+        bad(name, "true or false")
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        bad(name, f"one of {', '.join(DTYPES)}")
+    if self.attn_impl not in IMPLS:
+      bad("attn_impl", f"one of {', '.join(IMPLS)}")
+    if self.hidden_activation not in ACTIVATIONS:
+      bad("hidden_activation", f"one of {', '.join(ACTIVATIONS)}")
 
   # --- construction -------------------------------------------------------------------------
   @classmethod
   def preset(cls, name: str, **overrides) -> "ModelConfig":
     if name not in PRESETS:
-      raise ValueError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+      raise GemmaxError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     return cls(**{**PRESETS[name], **overrides})
 
   @classmethod
@@ -105,14 +151,14 @@ class ModelConfig:
         try:
           config = json.load(f)
         except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
-          raise ValueError(f"{path}: not a valid JSON config ({e})") from None
+          raise GemmaxError(f"{path}: not a valid JSON config ({e})") from None
       if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+        raise GemmaxError(f"{path}: expected a JSON object, got {type(config).__name__}")
     archs = config.get("architectures") or []
     family = next((_HF_ARCH[a] for a in archs if a in _HF_ARCH), None)
     family = family or _HF_MODEL_TYPE.get(config.get("model_type", ""))
     if family is None:
-      raise ValueError(f"{source}: unsupported architecture {archs or config.get('model_type')!r}; "
+      raise GemmaxError(f"{source}: unsupported architecture {archs or config.get('model_type')!r}; "
                        f"gemmax supports {sorted(_HF_ARCH)}")
     names = {f.name for f in dataclasses.fields(cls)}
     kw = {k: v for k, v in config.items() if k in names and k not in ("dtype",)}
@@ -126,10 +172,12 @@ class ModelConfig:
         "rope_type", kw["rope_scaling"].get("type")) == "default":
       kw["rope_scaling"] = None
     kw["family"] = family
+    if _is_int(kw.get("pad_token_id")) and kw["pad_token_id"] < 0:  # some configs write -1: none
+      kw["pad_token_id"] = None
     lacking = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                            "num_attention_heads") if k not in config]
     if lacking:
-      raise ValueError(f"{source}: lacks {', '.join(lacking)}")
+      raise GemmaxError(f"{source}: lacks {', '.join(lacking)}")
     if kw.get("head_dim") is None:
       kw["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
     kw.setdefault("num_key_value_heads", config["num_attention_heads"])
@@ -143,7 +191,10 @@ class ModelConfig:
       kw.pop("query_pre_attn_scalar", None)
     if config.get("torch_dtype") or config.get("dtype"):
       kw["param_dtype"] = str(config.get("torch_dtype") or config.get("dtype"))
-    return cls(**{**kw, **overrides})
+    try:
+      return cls(**{**kw, **overrides})
+    except GemmaxError as e:  # name the file the bad value came from
+      raise GemmaxError(f"{source}: {e}") from None
 
   @classmethod
   def from_gguf(cls, meta: Mapping[str, Any], tensor_shapes: Mapping[str, tuple],
@@ -153,14 +204,14 @@ class ModelConfig:
     divisors). Defaults are llama.cpp's where the file is silent."""
     arch = meta.get("general.architecture")
     if arch not in _GGUF_ARCH:
-      raise ValueError(f"{source}: GGUF architecture {arch!r} is not supported (supported: "
+      raise GemmaxError(f"{source}: GGUF architecture {arch!r} is not supported (supported: "
                        f"{', '.join(_GGUF_ARCH)}; gemma3 lands with Gemma 3 support)")
     family = _GGUF_ARCH[arch]
     key = lambda name, default=None: meta.get(f"{arch}.{name}", default)
     needed = ("embedding_length", "block_count", "feed_forward_length", "attention.head_count")
     lacking = [f"{arch}.{k}" for k in needed if key(k) is None]
     if lacking or "token_embd.weight" not in tensor_shapes:
-      raise ValueError(f"{source}: lacks {', '.join(lacking or ['tensor token_embd.weight'])}")
+      raise GemmaxError(f"{source}: lacks {', '.join(lacking or ['tensor token_embd.weight'])}")
     hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
     head_dim = int(key("attention.key_length") or (key("rope.dimension_count") if family == "llama"
                                                    else None) or hidden // heads)
@@ -185,7 +236,10 @@ class ModelConfig:
                 attn_logit_softcapping=_f32(key("attn_logit_softcapping", 50.0)),
                 final_logit_softcapping=_f32(key("final_logit_softcapping", 30.0)))
     kw["rope_scaling"] = _gguf_rope_scaling(key, kw, rope_factors, source)
-    return cls(**{**kw, **overrides})
+    try:
+      return cls(**{**kw, **overrides})
+    except GemmaxError as e:  # name the file the bad value came from
+      raise GemmaxError(f"{source}: {e}") from None
 
   def to_gguf(self) -> tuple[str, dict]:
     """(architecture, {key: value}) of the model metadata llama.cpp reads; the llama3 RoPE factors
@@ -203,7 +257,7 @@ class ModelConfig:
       scalar = self.hidden_size // self.num_attention_heads if self.num_hidden_layers == 46 else \
           self.head_dim
       if float(self.query_pre_attn_scalar or self.head_dim) != float(scalar):
-        raise ValueError(f"query_pre_attn_scalar {self.query_pre_attn_scalar} cannot be written to "
+        raise GemmaxError(f"query_pre_attn_scalar {self.query_pre_attn_scalar} cannot be written to "
                          f"GGUF: llama.cpp derives {scalar} for a Gemma 2 model of this shape")
       out.update({"attention.sliding_window": self.sliding_window,
                   "attn_logit_softcapping": self.attn_logit_softcapping,
@@ -279,12 +333,20 @@ def _gguf_rope_scaling(key, kw, rope_factors, source):
                         original_max_position_embeddings=original)
     probe = ModelConfig(**{**kw, "rope_scaling": guess}).rope_factors()
     if probe.shape != factors.shape or not np.allclose(probe, factors, rtol=1e-5):
-      raise ValueError(f"{source}: rope_freqs tensor is not llama3 RoPE scaling as llama.cpp writes "
+      raise GemmaxError(f"{source}: rope_freqs tensor is not llama3 RoPE scaling as llama.cpp writes "
                        "it; gemmax cannot represent it")
     return guess
   if kind in ("none", None):
     return None
   if kind == "linear":
     return RopeScaling("linear", factor=float(key("rope.scaling.factor", 1.0)))
-  raise ValueError(f"{source}: rope scaling type {kind!r} is not supported (supported: linear, "
+  raise GemmaxError(f"{source}: rope scaling type {kind!r} is not supported (supported: linear, "
                    "llama3 factors)")
+
+
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)

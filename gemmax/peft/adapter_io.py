@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gemmax.convert.safetensors_io import SafetensorsFile, save_file
+from gemmax.errors import GemmaxError
 from gemmax.peft.apply import apply
 from gemmax.peft.lora import LoRALinear, has_adapters
 from gemmax.peft.nf4 import NF4Linear
@@ -47,7 +48,7 @@ def fingerprint(config) -> str:
 def _adapters(model) -> list[tuple[str, LoRALinear]]:
   found = list(iter_modules(model, LoRALinear))
   if not found:
-    raise ValueError("model has no adapters; call gemmax.peft.apply or load_adapter first")
+    raise GemmaxError("model has no adapters; call gemmax.peft.apply or load_adapter first")
   return found
 
 
@@ -58,7 +59,7 @@ def save_adapter(model, directory: str, base_model_name_or_path: str | None = No
   for name, m in adapters:
     if (m.rank, m.alpha, m.use_dora, m.rslora) != (first.rank, first.alpha, first.use_dora,
                                                      first.rslora):
-      raise ValueError(f"save_adapter: layer {name} has a different rank/alpha/method than "
+      raise GemmaxError(f"save_adapter: layer {name} has a different rank/alpha/method than "
                        f"{adapters[0][0]}; the HF format needs one setting for all layers")
   tensors = {}
   for name, m in adapters:
@@ -110,34 +111,34 @@ def _read_config(directory: str) -> dict:
     with open(path, encoding="utf-8") as f:
       cfg = json.load(f)
   except (OSError, ValueError) as e:  # (JSON and UTF-8 errors are ValueErrors)
-    raise ValueError(f"{path}: not a readable JSON adapter config ({e})") from None
+    raise GemmaxError(f"{path}: not a readable JSON adapter config ({e})") from None
   if not isinstance(cfg, dict):
-    raise ValueError(f"{path}: adapter config is a JSON {type(cfg).__name__}, not an object")
+    raise GemmaxError(f"{path}: adapter config is a JSON {type(cfg).__name__}, not an object")
   r, alpha = cfg.get("r"), cfg.get("lora_alpha", 8)
   if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-    raise ValueError(f"{path}: r (the LoRA rank) must be an integer >= 1, got {r!r}")
+    raise GemmaxError(f"{path}: r (the LoRA rank) must be an integer >= 1, got {r!r}")
   if (not isinstance(alpha, (int, float)) or isinstance(alpha, bool)
       or not math.isfinite(alpha) or alpha == 0):
-    raise ValueError(f"{path}: lora_alpha must be a finite non-zero number, got {alpha!r}")
+    raise GemmaxError(f"{path}: lora_alpha must be a finite non-zero number, got {alpha!r}")
   for key in ("use_dora", "use_rslora", "fan_in_fan_out"):
     if not isinstance(cfg.get(key, False), bool):
-      raise ValueError(f"{path}: {key} must be true or false, got {cfg[key]!r}")
+      raise GemmaxError(f"{path}: {key} must be true or false, got {cfg[key]!r}")
   dropout = cfg.get("lora_dropout") or 0.0
   if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-    raise ValueError(f"{path}: lora_dropout must be in [0, 1), got {dropout!r}")
+    raise GemmaxError(f"{path}: lora_dropout must be in [0, 1), got {dropout!r}")
   if not isinstance(cfg.get("gemmax") or {}, dict):
-    raise ValueError(f"{path}: the gemmax block must be an object")
+    raise GemmaxError(f"{path}: the gemmax block must be an object")
   if cfg.get("peft_type", "LORA") != "LORA":
-    raise ValueError(f"{path}: peft_type {cfg.get('peft_type')!r} is not supported (only LORA)")
+    raise GemmaxError(f"{path}: peft_type {cfg.get('peft_type')!r} is not supported (only LORA)")
   for key in ("rank_pattern", "alpha_pattern"):
     if cfg.get(key):
-      raise ValueError(f"{path}: {key} is not supported (one rank/alpha for all layers)")
+      raise GemmaxError(f"{path}: {key} is not supported (one rank/alpha for all layers)")
   if cfg.get("bias", "none") != "none":
-    raise ValueError(f"{path}: bias {cfg['bias']!r} is not supported (only 'none')")
+    raise GemmaxError(f"{path}: bias {cfg['bias']!r} is not supported (only 'none')")
   if cfg.get("modules_to_save"):
-    raise ValueError(f"{path}: modules_to_save {cfg['modules_to_save']} is not supported")
+    raise GemmaxError(f"{path}: modules_to_save {cfg['modules_to_save']} is not supported")
   if cfg.get("fan_in_fan_out"):
-    raise ValueError(f"{path}: fan_in_fan_out=true is not supported")
+    raise GemmaxError(f"{path}: fan_in_fan_out=true is not supported")
   return cfg
 
 
@@ -150,7 +151,7 @@ def _check_base(cfg: dict, model, path: str) -> None:
   have = base_architecture(model.config)
   diff = [f"{k} {saved.get(k)!r} vs {have[k]!r}" for k in have
           if k in saved and json.dumps(saved[k], default=str) != json.dumps(have[k], default=str)]
-  raise ValueError(f"{path}: adapter was made for a different base model (adapter vs model: "
+  raise GemmaxError(f"{path}: adapter was made for a different base model (adapter vs model: "
                    f"{'; '.join(diff) or 'fingerprint ' + want + ' vs ' + fingerprint(model.config)})")
 
 
@@ -168,7 +169,7 @@ def _module_tensors(st: SafetensorsFile, path: str) -> dict[str, dict[str, str]]
         out.setdefault(gemmax_module_name(mod), {})[kind] = key
         break
     else:
-      raise ValueError(f"{path}: tensor {key} is not a LoRA/DoRA tensor gemmax can load")
+      raise GemmaxError(f"{path}: tensor {key} is not a LoRA/DoRA tensor gemmax can load")
   return out
 
 
@@ -190,32 +191,32 @@ def load_adapter(model, directory: str):
   for name, kinds in modules.items():
     need = {"a", "b", "m"} if dora else {"a", "b"}
     if set(kinds) != need:
-      raise ValueError(f"{wpath}: module {name} has tensors {sorted(kinds)}, expected "
+      raise GemmaxError(f"{wpath}: module {name} has tensors {sorted(kinds)}, expected "
                        f"{sorted(need)} for {'DoRA' if dora else 'LoRA'}")
   if not has_adapters(model):
     apply(model, method="dora" if dora else "lora", rank=rank, alpha=alpha,
           targets=sorted(modules), dropout=float(cfg.get("lora_dropout") or 0.0), rslora=rslora)
   present = {n for n, _ in iter_modules(model, LoRALinear)}
   if present != set(modules):
-    raise ValueError(f"{wpath}: adapter covers {len(modules)} layers, the model's adapters "
+    raise GemmaxError(f"{wpath}: adapter covers {len(modules)} layers, the model's adapters "
                      f"{len(present)}; e.g. {sorted(set(modules) ^ present)[:3]}")
   loaded = []  # every tensor is checked before the model is changed: all of it loads or none
   for name, kinds in modules.items():
     m = get_module(model, name)
     if (m.rank, m.use_dora, m.rslora) != (rank, dora, rslora) or m.alpha != float(alpha):
-      raise ValueError(f"{wpath}: layer {name} of the model has r={m.rank} alpha={m.alpha} "
+      raise GemmaxError(f"{wpath}: layer {name} of the model has r={m.rank} alpha={m.alpha} "
                        f"dora={m.use_dora} rslora={m.rslora}; the adapter r={rank} "
                        f"alpha={alpha} dora={dora} rslora={rslora}")
     expect = {"a": (rank, m.in_features), "b": (m.out_features, rank), "m": (m.out_features,)}
     for kind, key in kinds.items():
       if st.shape(key) != expect[kind]:
-        raise ValueError(f"{wpath}: tensor {key} has shape {st.shape(key)}, "
+        raise GemmaxError(f"{wpath}: tensor {key} has shape {st.shape(key)}, "
                          f"layer {name} needs {expect[kind]}")
       if st.dtype(key) not in ("F32", "F16", "BF16", "F64"):
-        raise ValueError(f"{wpath}: tensor {key} is stored as {st.dtype(key)}, not floating point")
+        raise GemmaxError(f"{wpath}: tensor {key} is stored as {st.dtype(key)}, not floating point")
       value = st.get(key).astype(np.float32)
       if not np.isfinite(value).all():
-        raise ValueError(f"{wpath}: tensor {key} holds non-finite values (NaN or Inf)")
+        raise GemmaxError(f"{wpath}: tensor {key} holds non-finite values (NaN or Inf)")
       var = {"a": m.lora_a, "b": m.lora_b, "m": getattr(m, "magnitude", None)}[kind]
       loaded.append((var, value.T if kind in "ab" else value))
   for var, value in loaded:

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from gemmax.errors import GemmaxError
 from gemmax.models.layers import Linear
 from gemmax.peft.lora import LoRALinear, base_axes, has_adapters
 from gemmax.peft.nf4 import NF4Linear
@@ -29,16 +30,16 @@ def apply(model, method: str = "lora", rank: int = 8, alpha: float = 16, targets
   draws A and the dropout masks. Returns the model.
   """
   if method not in METHODS:
-    raise ValueError(f"peft method {method!r} is not one of {METHODS}")
+    raise GemmaxError(f"peft method {method!r} is not one of {METHODS}")
   if quantize not in (None, "nf4"):
-    raise ValueError(f"quantize {quantize!r} is not supported (None or 'nf4')")
+    raise GemmaxError(f"quantize {quantize!r} is not supported (None or 'nf4')")
   if has_adapters(model):
-    raise ValueError("model already has adapters; merge(model) first or load into a fresh model")
+    raise GemmaxError("model already has adapters; merge(model) first or load into a fresh model")
   rngs = rngs if rngs is not None else nnx.Rngs(0)
   chosen = select(model, targets)
   for name, base in chosen:  # check every layer before changing any
     if rank > min(base.in_features, base.out_features):
-      raise ValueError(f"LoRA rank {rank} exceeds min(in, out) = "
+      raise GemmaxError(f"LoRA rank {rank} exceeds min(in, out) = "
                        f"{min(base.in_features, base.out_features)} of layer {name} "
                        f"[{base.in_features}x{base.out_features}]")
   for name, base in chosen:

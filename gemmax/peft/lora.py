@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gemmax.errors import GemmaxError
 from gemmax.models.layers import contract_tokens, matmul, matmul_t
 from gemmax.peft.nf4 import NF4Linear
 
@@ -43,12 +44,12 @@ class LoRALinear(nnx.Module):
                rslora: bool = False, rngs: nnx.Rngs):
     d_in, d_out = base.in_features, base.out_features
     if not isinstance(rank, int) or rank < 1:
-      raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
+      raise GemmaxError(f"LoRA rank must be a positive integer, got {rank!r}")
     if rank > min(d_in, d_out):
-      raise ValueError(f"LoRA rank {rank} exceeds min(in_features, out_features) = "
+      raise GemmaxError(f"LoRA rank {rank} exceeds min(in_features, out_features) = "
                        f"{min(d_in, d_out)} of a {d_in}x{d_out} layer")
     if not 0.0 <= dropout < 1.0:
-      raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+      raise GemmaxError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
     self.base = base
     self.in_features, self.out_features, self.dtype = d_in, d_out, base.dtype
     self.rank, self.alpha, self.rslora, self.use_dora = rank, float(alpha), bool(rslora), bool(dora)

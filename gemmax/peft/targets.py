@@ -10,6 +10,7 @@ from typing import Iterator, Sequence
 
 from flax import nnx
 
+from gemmax.errors import GemmaxError
 from gemmax.models.layers import Linear
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -49,12 +50,17 @@ def matches(name: str, targets) -> bool:
 def select(model, targets) -> list[tuple[str, nnx.Module]]:
   """The base projections (Linear or NF4Linear) named by `targets`; ValueError if none."""
   if not isinstance(targets, str) and not isinstance(targets, Sequence):
-    raise ValueError(f"targets must be 'all-linear', a regex string or a list of names, "
+    raise GemmaxError(f"targets must be 'all-linear', a regex string or a list of names, "
                      f"got {targets!r}")
+  if isinstance(targets, str) and targets != "all-linear":
+    try:
+      re.compile(targets)
+    except re.error as e:
+      raise GemmaxError(f"targets {targets!r} is not a valid regex ({e})") from None
   found = [(n, m) for n, m in iter_modules(model, linear_types()) if matches(n, targets)]
   if not found:
     names = sorted({n.split(".")[-1] for n, _ in iter_modules(model, linear_types())})
-    raise ValueError(f"targets {targets!r} match no linear layer of the model "
+    raise GemmaxError(f"targets {targets!r} match no linear layer of the model "
                      f"(layer names: {', '.join(names) or 'none'})")
   return found
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gemmax.errors import GemmaxError
 from gemmax.models.kv_cache import clear_cache, init_cache
 from gemmax.sampling.layout import to_out_in, use_out_in
 from gemmax.sampling.loop import decode_step, generate_loop, prefill_step
@@ -46,7 +47,7 @@ class Sampler:
                out_in_kernels: Optional[bool] = None):
     context = model.config.max_position_embeddings
     if max_len is not None and not 2 <= max_len <= context:
-      raise ValueError(f"Sampler: max_len {max_len} must be in [2, the model's "
+      raise GemmaxError(f"Sampler: max_len {max_len} must be in [2, the model's "
                        f"max_position_embeddings {context}]")
     self.model, self.tokenizer, self.max_len = model, tokenizer, max_len
     self.cache_dtype, self.out_in_kernels = cache_dtype, out_in_kernels
@@ -57,21 +58,21 @@ class Sampler:
   def encode(self, prompt) -> list[int]:
     if isinstance(prompt, str):
       if self.tokenizer is None:
-        raise ValueError("Sampler: a text prompt needs a tokenizer (pass token ids otherwise)")
+        raise GemmaxError("Sampler: a text prompt needs a tokenizer (pass token ids otherwise)")
       # BOS where the checkpoint's tokenizer adds one (Gemma, Llama) and not where it does not
       # (SmolLM2's `<|im_start|>` is its BOS): as transformers tokenizes a prompt.
       return list(self.tokenizer.encode(prompt, add_bos=getattr(self.tokenizer, "add_bos_token",
                                                                  True)))
     ids = [int(t) for t in prompt]
     if not ids:
-      raise ValueError("Sampler: empty prompt")
+      raise GemmaxError("Sampler: empty prompt")
     return ids
 
   def _batch(self, prompts):
     single = isinstance(prompts, str) or (len(prompts) > 0 and isinstance(prompts[0], (int, np.integer)))
     ids = [self.encode(p) for p in ([prompts] if single else prompts)]
     if not ids:
-      raise ValueError("Sampler: no prompts given")
+      raise GemmaxError("Sampler: no prompts given")
     return ids
 
   def _stops(self, stop):
@@ -102,13 +103,13 @@ class Sampler:
     stream: called after every step with (new token id per row or None, new text per row).
     """
     if max_new_tokens < 1:
-      raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+      raise GemmaxError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
     ids = self._batch(prompts)
     stop_ids, stop_strings = self._stops(stop)
     b, longest = len(ids), max(len(p) for p in ids)
     max_len = self.max_len or longest + max_new_tokens
     if longest >= max_len:
-      raise ValueError(f"generate: prompt of {longest} tokens does not fit the cache "
+      raise GemmaxError(f"generate: prompt of {longest} tokens does not fit the cache "
                        f"(max_len={max_len}); raise Sampler(max_len=...)")
     p = -(-longest // _BUCKET) * _BUCKET
     if self.max_len is None:

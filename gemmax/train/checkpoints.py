@@ -123,7 +123,7 @@ def average_checkpoints(paths: Sequence[str], item: str = "params") -> dict[str,
   and shapes. The mean is accumulated in float32 and cast back to each leaf's dtype.
   """
   if not paths:
-    raise ValueError("average_checkpoints needs at least one checkpoint path")
+    raise GemmaxError("average_checkpoints needs at least one checkpoint path")
   checkpointer = ocp.StandardCheckpointer()
   total, first = None, None
   for path in paths:
@@ -136,10 +136,10 @@ def average_checkpoints(paths: Sequence[str], item: str = "params") -> dict[str,
       total = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
       continue
     if jax.tree.structure(tree) != jax.tree.structure(first):
-      raise ValueError(f"{path}: parameter tree differs from {paths[0]}")
+      raise GemmaxError(f"{path}: parameter tree differs from {paths[0]}")
     for (kp, a), b in zip(jax.tree_util.tree_flatten_with_path(first)[0], jax.tree.leaves(tree)):
       if a.shape != b.shape:
-        raise ValueError(f"{path}: {jax.tree_util.keystr(kp)} has shape {b.shape}, "
+        raise GemmaxError(f"{path}: {jax.tree_util.keystr(kp)} has shape {b.shape}, "
                          f"expected {a.shape}")
     total = jax.tree.map(lambda t, x: t + jnp.asarray(x, jnp.float32), total, tree)
   n = float(len(paths))

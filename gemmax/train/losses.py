@@ -20,6 +20,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from gemmax.errors import GemmaxError
 from gemmax.models.layers import contract_tokens, dot2d
 from gemmax.ops.common import index_equals
 
@@ -154,9 +155,9 @@ def cross_entropy_sums(hidden: jax.Array, weight: jax.Array, targets: jax.Array,
   b, t, d = hidden.shape
   if weight.ndim != 2 or weight.shape[1 if vocab_major else 0] != d:
     want = f"[vocab, hidden={d}]" if vocab_major else f"[hidden={d}, vocab]"
-    raise ValueError(f"output weight must be {want}; got {weight.shape}")
+    raise GemmaxError(f"output weight must be {want}; got {weight.shape}")
   if targets.shape != (b, t) or loss_mask.shape != (b, t):
-    raise ValueError(f"targets {targets.shape} and loss_mask {loss_mask.shape} must be [{b}, {t}]")
+    raise GemmaxError(f"targets {targets.shape} and loss_mask {loss_mask.shape} must be [{b}, {t}]")
   n = b * t
   chunk = chunk or chunk_tokens_for(weight.shape[0 if vocab_major else 1], n)
   m = jnp.asarray(loss_mask).reshape(n).astype(jnp.float32)

@@ -6,6 +6,8 @@ import dataclasses
 import jax
 import optax
 
+from gemmax.errors import GemmaxError
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
@@ -22,13 +24,13 @@ class OptimizerConfig:
 
   def validate(self):
     if not self.learning_rate > 0:
-      raise ValueError(f"optimizer.learning_rate must be > 0, got {self.learning_rate}")
+      raise GemmaxError(f"optimizer.learning_rate must be > 0, got {self.learning_rate}")
     if self.steps <= 0:
-      raise ValueError(f"optimizer.steps must be > 0, got {self.steps}")
+      raise GemmaxError(f"optimizer.steps must be > 0, got {self.steps}")
     if self.warmup_steps < 0:
-      raise ValueError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
+      raise GemmaxError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
     if self.weight_decay < 0:
-      raise ValueError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+      raise GemmaxError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
     return self
 
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from gemmax.errors import GemmaxError
 from gemmax.train.losses import model_loss_sums
 
 
@@ -91,7 +92,7 @@ def make_train_step(train_def, optimizer: optax.GradientTransformation, *, accum
   (e.g. gemmax.distill's) returns a NamedTuple whose first field `loss_sum` is optimised.
   """
   if accum_steps < 1:
-    raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
+    raise GemmaxError(f"accum_steps must be >= 1, got {accum_steps}")
   grad_fn = jax.grad(lambda p, r, b, k: _loss_sums(train_def, p, r, b, k, loss_chunk, loss_fn),
                      has_aux=True)
 
@@ -101,7 +102,7 @@ def make_train_step(train_def, optimizer: optax.GradientTransformation, *, accum
     else:
       rows = next(iter(batch.values())).shape[0]
       if rows % accum_steps:
-        raise ValueError(f"batch of {rows} rows does not split into {accum_steps} micro-batches")
+        raise GemmaxError(f"batch of {rows} rows does not split into {accum_steps} micro-batches")
       micro = jax.tree.map(lambda x: x.reshape(accum_steps, rows // accum_steps, *x.shape[1:]),
                            batch)
 

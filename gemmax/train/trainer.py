@@ -55,10 +55,10 @@ class TrainerConfig:
   def validate(self):
     for name in ("steps", "accum_steps", "log_every"):
       if getattr(self, name) <= 0:
-        raise ValueError(f"trainer.{name} must be > 0, got {getattr(self, name)}")
+        raise GemmaxError(f"trainer.{name} must be > 0, got {getattr(self, name)}")
     for name in ("eval_every", "eval_batches", "checkpoint_every"):
       if getattr(self, name) < 0:
-        raise ValueError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
+        raise GemmaxError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
     return self
 
 
@@ -170,7 +170,7 @@ class Trainer:
         s = self.eval_step(self.params, self.rest, self._place(batch))
       totals = s if totals is None else jax.tree.map(lambda a, b: a + b, totals, s)
     if totals is None:
-      raise ValueError("the evaluation data yielded no batches")
+      raise GemmaxError("the evaluation data yielded no batches")
     s = type(totals)(*[float(x) for x in jax.device_get(totals)])
     return {f"eval_{k}": v for k, v in per_token_metrics(s).items()}
 
