@@ -22,108 +22,26 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gemmax import cli
+from gemmax import cli, schema
 from gemmax.errors import ConfigError
+from schemas import FINETUNE
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
 
-# Every key a config may hold (dotted); anything else is a typo and fails before any work.
-SCHEMA = {
-    "model": {"path", "preset", "tokenizer", "dtype", "param_dtype", "remat", "attn_impl"},
-    "data": {"train", "validation", "format", "template", "seq_len", "packing", "batch_size",
-             "eval_batch_size", "workers", "on_bad_rows"},
-    "lora": {"rank", "alpha", "targets", "dropout", "rslora"},
-    "classify": {"file", "limit", "reduction", "generate"},
-    "export": {"gguf"},
-    "mesh": {"data", "fsdp", "tensor"},
-    "optimizer": {"learning_rate", "warmup_steps", "end_lr_fraction", "b1", "b2", "weight_decay",
-                  "clip_norm", "grad_accum"},
-    "": {"method", "quantize", "steps", "log_every", "eval_every", "eval_batches",
-         "checkpoint_every", "keep_checkpoints", "save_merged", "progress", "workdir", "seed", "multihost",
-         "halt_on_nonfinite"},
-}
-# Keys that may change when resuming a workdir: they do not change the trained weights.
-RESUME_MAY_DIFFER = ("progress", "log_every", "eval_every", "eval_batches", "checkpoint_every",
-                     "keep_checkpoints", "save_merged", "workdir", "multihost", "halt_on_nonfinite",
-                     "data.workers", "data.eval_batch_size", "data.validation", "classify.file",
-                     "classify.limit", "classify.reduction", "classify.generate", "mesh.data",
-                     "mesh.fsdp", "mesh.tensor", "export.gguf")
-REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "finetune_lora.py")
-
-
-def _reference_types() -> dict:
-  """Dotted key -> type of its value in configs/finetune_lora.py (None: any type)."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("_finetune_reference", REFERENCE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  ref = module.get_config()
-  return {f"{s}.{k}" if s else k: (None if (ref[s] if s else ref)[k] is None
-                                   else type((ref[s] if s else ref)[k]))
-          for s, keys in SCHEMA.items() for k in keys if k in (ref[s] if s else ref)}
-
-
-def _check_types(c) -> None:
-  for key, want in _reference_types().items():
-    section, _, name = key.rpartition(".")
-    value = (c[section] if section else c)[name]
-    if want is None or key == "lora.targets" and isinstance(value, (list, tuple)):
-      continue  # no reference type; targets may also be a list of names
-    ok = (isinstance(value, bool) if want is bool else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
-          isinstance(value, want) and not (want is int and isinstance(value, bool)))
-    if not ok:
-      raise ConfigError(f"config key '{key}' must be {want.__name__}, got "
-                        f"{type(value).__name__} {value!r}")
+RESUME_MAY_DIFFER = schema.may_differ(FINETUNE)  # keys that do not change the trained weights
 
 
 def check_config(c) -> None:
-  """Raises ConfigError naming the first unknown key or invalid value."""
-  for key, value in c.items():
-    if key in SCHEMA and key:
-      for sub in value.keys():
-        if sub not in SCHEMA[key]:
-          raise ConfigError(f"unknown config key '{key}.{sub}' (known: {', '.join(sorted(SCHEMA[key]))})")
-    elif key not in SCHEMA[""]:
-      raise ConfigError(f"unknown config key '{key}'")
-  missing = [f"{s}.{k}" if s else k for s, keys in SCHEMA.items() for k in keys
-             if (c.get(s) if s else c).get(k, "<missing>") == "<missing>" and k != "quantize"]
-  if missing:
-    raise ConfigError(f"config lacks key(s) {', '.join(missing)}")
-  _check_types(c)
+  """Raises ConfigError naming the first unknown key or invalid value: the schema's types and
+  ranges (experiments/schemas.py), then what relates several keys and the files named."""
+  schema.check(c, FINETUNE)
   checks = [
-      (c.method in ("full", "lora", "dora"), f"method must be full|lora|dora, got {c.method!r}"),
-      (c.quantize in (None, "nf4"), f"quantize must be None or 'nf4', got {c.quantize!r}"),
       (not (c.quantize and c.method == "full"), "quantize='nf4' needs method lora or dora"),
-      (c.optimizer.learning_rate > 0, f"optimizer.learning_rate must be > 0, got {c.optimizer.learning_rate}"),
-      (c.steps > 0, f"steps must be > 0, got {c.steps}"),
-      (c.method == "full" or c.lora.rank > 0, f"lora.rank must be > 0, got {c.lora.rank}"),
-      (0 <= c.lora.dropout < 1, f"lora.dropout must be in [0, 1), got {c.lora.dropout}"),
-      (c.optimizer.warmup_steps >= 0, f"optimizer.warmup_steps must be >= 0, got {c.optimizer.warmup_steps}"),
-      (c.optimizer.grad_accum > 0, f"optimizer.grad_accum must be > 0, got {c.optimizer.grad_accum}"),
-      (c.data.batch_size > 0 and c.data.batch_size % c.optimizer.grad_accum == 0,
+      (c.data.batch_size % c.optimizer.grad_accum == 0,
        f"data.batch_size {c.data.batch_size} must be a positive multiple of optimizer.grad_accum "
        f"{c.optimizer.grad_accum}"),
-      (c.data.seq_len >= 2, f"data.seq_len must be >= 2, got {c.data.seq_len}"),
-      (c.data.format in ("alpaca", "chat", "text"), f"data.format must be alpaca|chat|text, got {c.data.format!r}"),
-      (c.model.remat in ("none", "full", "save_dots"), f"model.remat must be none|full|save_dots, got {c.model.remat!r}"),
       (bool(c.model.path) != bool(c.model.preset), "set exactly one of model.path and model.preset"),
       (bool(c.model.path or c.model.tokenizer), "a preset model needs model.tokenizer"),
-      (bool(c.data.train), "data.train is empty"),
-      (c.log_every > 0, f"log_every must be > 0, got {c.log_every}"),
-      (c.checkpoint_every >= 0, f"checkpoint_every must be >= 0, got {c.checkpoint_every}"),
-      (c.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {c.keep_checkpoints}"),
-      (c.eval_every >= 0 and c.eval_batches >= 0,
-       f"eval_every and eval_batches must be >= 0, got {c.eval_every}, {c.eval_batches}"),
-      (c.data.eval_batch_size > 0,
-       f"data.eval_batch_size must be > 0, got {c.data.eval_batch_size}"),
-      (c.data.on_bad_rows in ("fail", "skip"),
-       f"data.on_bad_rows must be fail|skip, got {c.data.on_bad_rows!r}"),
-      (bool(c.workdir), "workdir is empty"),
-      (c.classify.reduction in ("mean", "sum"),
-       f"classify.reduction must be mean|sum, got {c.classify.reduction!r}"),
-      (c.export.gguf in ("", "f32", "f16", "bf16", "q8_0"),
-       f"export.gguf must be ''|f32|f16|bf16|q8_0, got {c.export.gguf!r}"),
   ]
   for ok, message in checks:
     if not ok:
