@@ -14,8 +14,10 @@ import time
 from absl import logging
 from ml_collections import config_flags
 
-from gemmax import cli
+from gemmax import cli, schema
 from gemmax.errors import GemmaxError
+
+from schemas import EVALUATE, check_model_source
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config file")
 TASKS = ("classification", "perplexity", "exact_match")
@@ -122,6 +124,8 @@ def evaluate(c):
   import shutil
   import tempfile
   from gemmax.evals.loading import load_model, load_tokenizer_for
+  schema.check(c, EVALUATE)
+  check_model_source(c)
   tasks = [t.strip() for t in c.tasks.split(",") if t.strip()]
   bad = [t for t in tasks if t not in TASKS]
   if bad or not tasks:

@@ -12,7 +12,9 @@ import sys
 from absl import logging
 from ml_collections import config_flags
 
-from gemmax import cli
+from gemmax import cli, schema
+
+from schemas import GENERATE, check_model_source
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "generation config file")
 
@@ -62,6 +64,8 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # no INFO lines between the chat turns
   c = _CONFIG.value
+  schema.check(c, GENERATE)
+  check_model_source(c)
   chat = Chat(c)
   if c.prompt:
     chat.reply(c.prompt)

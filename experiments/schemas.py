@@ -5,6 +5,7 @@ values; the scripts check a config against the same schema before any work.
 from __future__ import annotations
 
 from gemmax.ops.attention import IMPLS
+from gemmax.errors import ConfigError
 from gemmax.schema import Key, above, at_least, between, nonempty, one_of
 
 DTYPES = one_of("float32", "bfloat16", "float16")
@@ -82,5 +83,65 @@ FINETUNE = {
     "progress": Key(True, bool, **R),
     "halt_on_nonfinite": Key(False, bool, **R),     # NaN/Inf loss or grads: False skips the step
     "workdir": Key("runs/finetune", str, nonempty(), **R),
+    "seed": Key(0, int),
+}
+
+# A model to evaluate or chat with: registry name, HF dir, .gguf file or finetune workdir.
+_MODEL = {
+    "path": Key("smollm2-135m-instruct", str),     # "" = the base of model.adapter's workdir
+    "tokenizer": Key("", str),                      # "" = model.path
+    "adapter": Key("", str),                        # finetune workdir or HF PEFT adapter dir
+    "quantize": Key("", str, one_of("", "nf4")),    # a workdir's own setting is used if set
+    "dtype": Key("float32", str, DTYPES),           # compute dtype
+}
+
+def check_model_source(c) -> None:
+  """A model to load: model.path, or a finetune workdir as model.adapter (its base)."""
+  if not c.model.path and not c.model.adapter:
+    raise ConfigError("model.path is empty and model.adapter names no finetune workdir")
+
+
+EVALUATE = {
+    "model": _MODEL,
+    "tasks": Key("classification,perplexity", str, nonempty()),  # comma list of the tasks
+    "workdir": Key("runs/eval", str, nonempty()),   # eval_report.json, confusion_matrix.png
+    "batch_size": Key(8, int, above(0)),
+    "progress": Key(True, bool),
+    # Rows: Alpaca JSONL (output = the class) or text/label JSONL.
+    "classification": {
+        "file": Key("data/trec6/validation.jsonl", str),
+        "format": Key("alpaca", str, one_of("alpaca", "text_label")),
+        "prompt": Key("", str),  # alpaca rows: "" = as the run trained | alpaca | gemma | ...
+        "template": Key("{text}", str),            # prompt template (text_label format)
+        "label_template": Key("{label}", str),     # how a class is written after the prompt
+        "classes": Key("", str),                   # comma list; "" = the sorted gold labels
+        "reduction": Key("mean", str, one_of("mean", "sum")),
+        "few_shot": Key(0, int, at_least(0)),      # examples prepended to each prompt
+        "few_shot_file": Key("", str),             # "" = train.jsonl beside classification.file
+        "limit": Key(0, int, at_least(0)),         # 0 = all rows
+    },
+    "perplexity": {
+        "file": Key("data/pretrain_sample.txt", str),
+        "window": Key(256, int, at_least(2)),      # at most the model's max_position_embeddings
+        "stride": Key(0, int, at_least(0)),        # 0 = window // 2
+        "max_chars": Key(200_000, int, at_least(0)),  # 0 = the whole file
+    },
+    "exact_match": {
+        "file": Key("data/trec6/validation.jsonl", str),  # Alpaca JSONL; output is the reference
+        "max_new_tokens": Key(8, int, above(0)),
+        "limit": Key(64, int, at_least(0)),
+    },
+}
+
+GENERATE = {
+    "model": _MODEL,
+    "prompt": Key("", str),          # one-shot mode when set; interactive chat otherwise
+    "chat_template": Key("", str),   # "" = the model's own, else by family | gemma | llama3 | none
+    "system": Key("", str),          # optional system message
+    "max_new_tokens": Key(256, int, above(0)),
+    "max_len": Key(2048, int, at_least(2)),  # KV cache length, at most the model's context
+    "temperature": Key(0.7, float, at_least(0)),  # 0 = greedy
+    "top_k": Key(64, int, at_least(0)),           # 0 = off
+    "top_p": Key(0.95, float, between(0, 1, low_open=True)),  # 1.0 = off
     "seed": Key(0, int),
 }

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Callable, Optional
 
@@ -104,6 +105,13 @@ class Sampler:
     """
     if max_new_tokens < 1:
       raise GemmaxError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+    t = 0.0 if temperature is None else float(temperature)
+    if not (math.isfinite(t) and t >= 0):
+      raise GemmaxError(f"generate: temperature must be a finite number >= 0, got {temperature}")
+    if top_p is not None and not 0 < float(top_p) <= 1:  # (NaN fails both comparisons)
+      raise GemmaxError(f"generate: top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and (int(top_k) != top_k or top_k < 1):
+      raise GemmaxError(f"generate: top_k must be an integer >= 1 or None, got {top_k}")
     ids = self._batch(prompts)
     stop_ids, stop_strings = self._stops(stop)
     b, longest = len(ids), max(len(p) for p in ids)
