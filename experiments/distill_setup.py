@@ -8,78 +8,26 @@ import math
 import os
 import time
 
+from gemmax import schema
 from gemmax.errors import ConfigError
+from schemas import DISTILL
 
 STAGES = ("teacher", "student", "online", "compare")
-SCHEMA = {
-    "teacher": {"path", "dtype"},
-    "student": {"path", "preset", "overrides", "tokenizer", "dtype", "param_dtype", "remat"},
-    "lora": {"rank", "alpha", "targets", "dropout", "rslora"},
-    "data": {"train", "validation", "format", "template", "seq_len", "packing", "batch_size",
-             "eval_batch_size", "workers", "on_bad_rows"},
-    "store": {"dir", "k", "sampling", "num_shards", "batch_size"},
-    "distill": {"kd_ratio", "temperature", "divergence", "beta"},
-    "onpolicy": {"fraction", "max_new_tokens", "temperature", "top_k", "min_prompt"},
-    "compare": {"mode", "corpus", "chunk_chars", "holdout_every", "train_chunks",
-                "heldout_chunks"},
-    "mesh": {"data", "fsdp", "tensor"},
-    "optimizer": {"learning_rate", "warmup_steps", "end_lr_fraction", "b1", "b2", "weight_decay",
-                  "clip_norm", "grad_accum"},
-    "": {"stage", "method", "steps", "log_every", "eval_every", "eval_batches",
-         "checkpoint_every", "keep_checkpoints", "save_student", "progress", "workdir", "seed"},
-}
-FREE_FORM = ("student.overrides",)  # ModelConfig fields; checked when the student is built
-RESUME_MAY_DIFFER = ("progress", "log_every", "eval_every", "eval_batches", "checkpoint_every",
-                     "keep_checkpoints", "save_student", "workdir", "data.workers",
-                     "data.eval_batch_size", "data.validation", "store.batch_size", "mesh.data",
-                     "mesh.fsdp", "mesh.tensor")
+RESUME_MAY_DIFFER = schema.may_differ(DISTILL)  # keys that do not change the trained weights
 
 
 def check_config(c) -> None:
-  """Raises ConfigError naming the first unknown or missing key or invalid value."""
-  for key, value in c.items():
-    if key and key in SCHEMA:
-      for sub in value.keys():
-        if sub not in SCHEMA[key]:
-          raise ConfigError(f"unknown config key '{key}.{sub}' "
-                            f"(known: {', '.join(sorted(SCHEMA[key]))})")
-    elif key not in SCHEMA[""]:
-      raise ConfigError(f"unknown config key '{key}'")
-  missing = [f"{s}.{k}" if s else k for s, keys in SCHEMA.items() for k in keys
-             if (c.get(s, {}) if s else c).get(k, "<missing>") == "<missing>"]
-  if missing:
-    raise ConfigError(f"config lacks key(s) {', '.join(missing)}")
-  d, s, o = c.distill, c.store, c.onpolicy
+  """Raises ConfigError naming the first unknown, missing or out-of-range key (the schema,
+  experiments/schemas.py), then what relates several keys and the paths named."""
+  schema.check(c, DISTILL)
+  o = c.onpolicy
   training = c.stage in ("student", "online", "compare")
   checks = [
-      (c.stage in STAGES, f"stage must be one of {'|'.join(STAGES)}, got {c.stage!r}"),
-      (c.method in ("full", "lora", "dora"), f"method must be full|lora|dora, got {c.method!r}"),
-      (0.0 <= d.kd_ratio <= 1.0, f"distill.kd_ratio must be in [0, 1], got {d.kd_ratio}"),
-      (d.temperature > 0, f"distill.temperature must be > 0, got {d.temperature}"),
-      (d.divergence in ("forward_kl", "reverse_kl", "jsd"),
-       f"distill.divergence must be forward_kl|reverse_kl|jsd, got {d.divergence!r}"),
-      (0.0 <= d.beta <= 1.0, f"distill.beta must be in [0, 1], got {d.beta}"),
-      (s.k >= 1, f"store.k must be >= 1, got {s.k}"),
-      (s.sampling in ("topk", "gumbel"), f"store.sampling must be topk|gumbel, got {s.sampling!r}"),
-      (s.num_shards >= 1 and s.batch_size >= 1,
-       f"store.num_shards and store.batch_size must be >= 1, got {s.num_shards}, {s.batch_size}"),
-      (0.0 <= o.fraction <= 1.0, f"onpolicy.fraction must be in [0, 1], got {o.fraction}"),
-      (o.max_new_tokens >= 1, f"onpolicy.max_new_tokens must be >= 1, got {o.max_new_tokens}"),
       (not (c.stage == "online" and o.fraction > 0 and c.data.packing),
        "on-policy sampling (onpolicy.fraction > 0) needs data.packing = False"),
-      (c.data.seq_len >= 2, f"data.seq_len must be >= 2, got {c.data.seq_len}"),
-      (c.data.format in ("alpaca", "chat", "text"),
-       f"data.format must be alpaca|chat|text, got {c.data.format!r}"),
-      (c.data.on_bad_rows in ("fail", "skip"),
-       f"data.on_bad_rows must be fail|skip, got {c.data.on_bad_rows!r}"),
-      (c.optimizer.learning_rate > 0,
-       f"optimizer.learning_rate must be > 0, got {c.optimizer.learning_rate}"),
-      (c.optimizer.grad_accum > 0 and c.data.batch_size % c.optimizer.grad_accum == 0,
+      (c.data.batch_size % c.optimizer.grad_accum == 0,
        f"data.batch_size {c.data.batch_size} must be a multiple of optimizer.grad_accum "
        f"{c.optimizer.grad_accum}"),
-      (c.steps > 0 and c.log_every > 0,
-       f"steps and log_every must be > 0, got {c.steps}, {c.log_every}"),
-      (c.method == "full" or c.lora.rank > 0, f"lora.rank must be > 0, got {c.lora.rank}"),
       (bool(c.teacher.path) or c.stage == "student",
        f"stage {c.stage} needs teacher.path"),
       (not training or bool(c.student.path) != bool(c.student.preset),
@@ -87,8 +35,6 @@ def check_config(c) -> None:
       (c.stage in ("student", "compare") or bool(c.data.train), "data.train is empty"),
       (c.stage == "teacher" or bool(c.workdir), "workdir is empty"),
       (c.stage != "student" or bool(c.store.dir), "stage student needs store.dir"),
-      (c.compare.mode in ("offline", "online"),
-       f"compare.mode must be offline|online, got {c.compare.mode!r}"),
   ]
   for ok, message in checks:
     if not ok:
@@ -100,7 +46,6 @@ def check_config(c) -> None:
     section, key = name.split(".")
     if c[section][key] and not os.path.isdir(c[section][key]):
       raise ConfigError(f"{name}: {c[section][key]} is not a directory")
-
 
 
 # --- building blocks ----------------------------------------------------------------------------

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gemmax import cli
+from gemmax import cli, schema
+from schemas import PRETRAIN
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
 MODEL_FIELDS = ("family", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -199,15 +199,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   c = _CONFIG.value
-  if c.steps <= 0 or c.data.seq_len < 2 or c.data.holdout_every < 2:
-    print("pretrain.py: config error: need steps > 0, data.seq_len >= 2, data.holdout_every >= 2",
-          file=sys.stderr)
-    sys.exit(2)
-  try:
-    run(c)
-  except (ValueError, FileNotFoundError) as e:
-    print(f"pretrain.py: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  schema.check(c, PRETRAIN)
+  run(c)
 
 
 if __name__ == "__main__":

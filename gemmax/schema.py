@@ -73,6 +73,8 @@ def defaults(schema: dict) -> config_dict.ConfigDict:
   for name, node in schema.items():
     if isinstance(node, dict):
       c[name] = defaults(node)
+    elif node.kind is config_dict.ConfigDict:  # a free-form section, e.g. ModelConfig overrides
+      c[name] = config_dict.ConfigDict(node.default)
     elif node.optional and node.default is None:
       kind = node.kind[0] if isinstance(node.kind, tuple) else node.kind
       c[name] = config_dict.placeholder(kind)

@@ -155,7 +155,11 @@ def test_mismatches_fail_clearly(assets, tmp_path, cli):
 
 
 @pytest.mark.parametrize("override,needle", [
-    ("--config.store.sampling=nucleus", "store.sampling must be topk|gumbel"),
+    ("--config.store.sampling=nucleus", "store.sampling must be one of topk|gumbel"),
+    ("--config.distill.temperature=inf", "distill.temperature must be > 0, got inf"),
+    ("--config.onpolicy.fraction=1.5", "onpolicy.fraction must be in [0, 1]"),
+    ("--config.store.k=0", "store.k must be > 0"),
+    ("--config.distill.beta=-0.5", "distill.beta must be in [0, 1]"),
     ("--config.distill.divergence=kl", "distill.divergence must be"),
     ("", "unknown config key 'distill.kd_rato'"),
 ])
