@@ -3,6 +3,7 @@ GPU: TFLOP/s (unmasked work only) of pallas, xla, cudnn, fwd and fwd+bwd, and lo
 
 Usage: python benchmarks/attention.py [--cpu-seqs 8192,16384,32768] [--gpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,11 @@ from gemmax.ops import attention
 
 def _inputs(b, t, n, kh, h, dtype):
   ks = jax.random.split(jax.random.PRNGKey(0), 3)
-  return (jax.random.normal(ks[0], (b, t, n, h), dtype), jax.random.normal(ks[1], (b, t, kh, h), dtype),
-          jax.random.normal(ks[2], (b, t, kh, h), dtype))
+  return (
+    jax.random.normal(ks[0], (b, t, n, h), dtype),
+    jax.random.normal(ks[1], (b, t, kh, h), dtype),
+    jax.random.normal(ks[2], (b, t, kh, h), dtype),
+  )
 
 
 def _time(fn, args, reps):
@@ -31,6 +35,7 @@ def _time(fn, args, reps):
 def _fn(impl, window, softcap, grad):
   def f(q, k, v):
     return attention(q, k, v, impl=impl, sliding_window=window, softcap=softcap)
+
   if not grad:
     return jax.jit(f)
   return jax.jit(jax.grad(lambda q, k, v: f(q, k, v).astype(jnp.float32).sum(), (0, 1, 2)))
@@ -78,8 +83,11 @@ def gpu(seqs=(2048, 8192, 16384), window=4096, b=1, n=8, kh=4):
               res[name] = (float("nan"), float("nan"))
               print(f"<!-- {impl} {name} t={t} h={h}: {type(e).__name__}: {str(e)[:120]} -->")
           ratio = res["local"][0] / res["global"][0]
-          print(f"| {h} | {t} | {impl} | {'fwd+bwd' if grad else 'fwd'} | {res['local'][1]:.1f} "
-                f"| {res['global'][1]:.1f} | {ratio:.2f} |", flush=True)
+          print(
+            f"| {h} | {t} | {impl} | {'fwd+bwd' if grad else 'fwd'} | {res['local'][1]:.1f} "
+            f"| {res['global'][1]:.1f} | {ratio:.2f} |",
+            flush=True,
+          )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ Last line: `train_ceiling_vs_peft=<r> decode_b1_ceiling_vs_hf=<r>`, the best rat
 implementation could reach at the measured peak with zero time for anything else. This host's speed
 drifts (other tenants), so only ratios from one run mean anything.
 """
+
 import os
 import statistics
 import sys
@@ -50,9 +51,11 @@ def best_seconds(fn, repeats=5, inner=10):
 def peers(cores):
   """(peft LoRA step seconds, transformers batch-1 decode tokens/s), timed here."""
   import torch
+
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import decode
   import train_step
+
   step = train_step.torch_step("lora")
   medians = []
   for threads in sorted({1, cores}):
@@ -69,6 +72,7 @@ def peers(cores):
 
 def main():
   import torch
+
   cores = len(os.sched_getaffinity(0))
   torch.set_num_threads(cores)
   rng = np.random.default_rng(0)
@@ -80,11 +84,14 @@ def main():
     a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
     ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
     flop = 2 * m * k * n / 1e9
-    rates = [flop / best_seconds(lambda: dot(ja, jb)), flop / best_seconds(lambda: ta @ tb),
-             flop / best_seconds(lambda: a @ b)]
+    rates = [
+      flop / best_seconds(lambda: dot(ja, jb)),
+      flop / best_seconds(lambda: ta @ tb),
+      flop / best_seconds(lambda: a @ b),
+    ]
     best_rate = max(best_rate, *rates)
     print(f"| {m} x {k} x {n} | " + " | ".join(f"{r:.0f}" for r in rates) + " |")
-  big = np.ones(64 * 2 ** 20, np.float32)  # 256 MiB, far beyond the caches
+  big = np.ones(64 * 2**20, np.float32)  # 256 MiB, far beyond the caches
   tb, jb = torch.from_numpy(big), jnp.asarray(big)
   total = jax.jit(jnp.sum)
   bw = {}
@@ -100,10 +107,12 @@ def main():
   token_s = DECODE_WEIGHT_BYTES / 1e9 / max(bw.values())
   train_ceiling = peft_s / step_s
   decode_ceiling = 1 / token_s / hf_tok_s
-  print(f"\ntrain step >= {step_s * 1e3:.0f} ms ({STEP_GFLOP} GFLOP at {best_rate:.0f} GFLOP/s) "
-        f"vs peft {peft_s * 1e3:.0f} ms; batch-1 decode >= {token_s * 1e3:.2f} ms/token "
-        f"({DECODE_WEIGHT_BYTES / 1e6:.1f} MB at {max(bw.values()):.1f} GB/s) vs transformers "
-        f"{hf_tok_s:.1f} tok/s")
+  print(
+    f"\ntrain step >= {step_s * 1e3:.0f} ms ({STEP_GFLOP} GFLOP at {best_rate:.0f} GFLOP/s) "
+    f"vs peft {peft_s * 1e3:.0f} ms; batch-1 decode >= {token_s * 1e3:.2f} ms/token "
+    f"({DECODE_WEIGHT_BYTES / 1e6:.1f} MB at {max(bw.values()):.1f} GB/s) vs transformers "
+    f"{hf_tok_s:.1f} tok/s"
+  )
   print(f"train_ceiling_vs_peft={train_ceiling:.2f} decode_b1_ceiling_vs_hf={decode_ceiling:.2f}")
 
 

@@ -8,6 +8,7 @@ loaded into gemmax with gemmax.convert.load_hf. Both decode greedily 128 new tok
 warm-up is excluded from both; timed runs alternate between the two (medians), so the drift of a
 shared machine hits both alike. The last line is `decode_vs_hf_b1=<r> decode_vs_hf_b8=<r>`.
 """
+
 import argparse
 import os
 import platform
@@ -19,10 +20,22 @@ import numpy as np
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-CONFIG = dict(vocab_size=8192, hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
-              num_attention_heads=8, num_key_value_heads=4, head_dim=64,
-              max_position_embeddings=1024, rms_norm_eps=1e-5, rope_theta=500000.0,
-              tie_word_embeddings=False, bos_token_id=1, eos_token_id=None, pad_token_id=0)
+CONFIG = dict(
+  vocab_size=8192,
+  hidden_size=512,
+  intermediate_size=2048,
+  num_hidden_layers=8,
+  num_attention_heads=8,
+  num_key_value_heads=4,
+  head_dim=64,
+  max_position_embeddings=1024,
+  rms_norm_eps=1e-5,
+  rope_theta=500000.0,
+  tie_word_embeddings=False,
+  bos_token_id=1,
+  eos_token_id=None,
+  pad_token_id=0,
+)
 PROMPT = 16
 
 
@@ -38,6 +51,7 @@ def cpu_name() -> str:
 def build(tmp):
   import torch
   import transformers
+
   torch.manual_seed(0)
   cfg = transformers.LlamaConfig(**CONFIG)
   hf = transformers.LlamaForCausalLM(cfg).float().eval()
@@ -48,9 +62,17 @@ def build(tmp):
 def hf_runner(hf, batch, new, cache):
   """A function that runs transformers' greedy generate once and returns its seconds (warmed up)."""
   import torch
-  ids = torch.randint(3, CONFIG["vocab_size"], (batch, PROMPT), generator=torch.Generator().manual_seed(1))
-  kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0,
-            attention_mask=torch.ones_like(ids))
+
+  ids = torch.randint(
+    3, CONFIG["vocab_size"], (batch, PROMPT), generator=torch.Generator().manual_seed(1)
+  )
+  kw = dict(
+    max_new_tokens=new,
+    min_new_tokens=new,
+    do_sample=False,
+    pad_token_id=0,
+    attention_mask=torch.ones_like(ids),
+  )
   if cache == "static":
     kw["cache_implementation"] = "static"
 
@@ -69,6 +91,7 @@ def hf_runner(hf, batch, new, cache):
 def gemmax_runner(model, batch, new):
   """(a function that runs Sampler.generate once and returns its seconds, compile seconds)."""
   from gemmax.sampling import Sampler
+
   ids = np.random.RandomState(1).randint(3, CONFIG["vocab_size"], (batch, PROMPT)).tolist()
   sampler = Sampler(model)
 
@@ -90,6 +113,7 @@ def main():
   args = ap.parse_args()
   import torch
   from gemmax.convert import load_hf
+
   with tempfile.TemporaryDirectory() as tmp:
     hf = build(tmp)
     model = load_hf(tmp)
@@ -105,28 +129,38 @@ def main():
     gx_run, compile_s = gemmax_runner(model, batch, args.new)
     hf_s, gx_s = [], []
     for r in range(args.rounds):  # interleaved, alternating who goes first: drift hits both
-      for run, out in ((hf_run, hf_s), (gx_run, gx_s))[::1 if r % 2 == 0 else -1]:
+      for run, out in ((hf_run, hf_s), (gx_run, gx_s))[:: 1 if r % 2 == 0 else -1]:
         out.append(run())
     hf_tps = batch * args.new / statistics.median(hf_s)
     gx_tps = batch * args.new / statistics.median(gx_s)
     ratios[batch] = gx_tps / hf_tps
     rows.append((batch, gx_tps, hf_tps, ratios[batch], compile_s))
-    print(f"batch {batch}: gemmax {gx_tps:,.0f} tok/s, transformers ({cache} cache) "
-          f"{hf_tps:,.0f} tok/s, ratio {ratios[batch]:.2f}x (gemmax compile {compile_s:.1f}s)")
+    print(
+      f"batch {batch}: gemmax {gx_tps:,.0f} tok/s, transformers ({cache} cache) "
+      f"{hf_tps:,.0f} tok/s, ratio {ratios[batch]:.2f}x (gemmax compile {compile_s:.1f}s)"
+    )
   load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-  machine = (f"{platform.machine()} {cpu_name()}, {os.cpu_count()} cores; torch threads "
-             f"{torch.get_num_threads()}; load average at the end {load} (shared machine)")
+  machine = (
+    f"{platform.machine()} {cpu_name()}, {os.cpu_count()} cores; torch threads "
+    f"{torch.get_num_threads()}; load average at the end {load} (shared machine)"
+  )
   lines = [
-      "# Decode throughput: gemmax Sampler vs transformers generate", "",
-      f"Date: {time.strftime('%Y-%m-%d')}. Machine: {machine}. Produced by `benchmarks/decode.py`.", "",
-      "Model: random Llama, hidden 512, 8 layers, 8 heads / 4 KV heads, head_dim 64, MLP 2048, "
-      f"vocab 8192, float32. Greedy, {PROMPT}-token prompt, {args.new} new tokens (EOS off), median "
-      f"of {args.rounds} interleaved timed runs per side after a warm-up; compile time excluded "
-      "and listed. "
-      f"transformers uses `generate(..., cache_implementation=\"{cache}\")`"
-      + (" (static cache)." if cache == "static" else " (the static cache failed here; dynamic cache)."),
-      "", "| batch | gemmax tok/s | transformers tok/s | ratio | gemmax compile s |",
-      "|---|---|---|---|---|"]
+    "# Decode throughput: gemmax Sampler vs transformers generate",
+    "",
+    f"Date: {time.strftime('%Y-%m-%d')}. Machine: {machine}. Produced by `benchmarks/decode.py`.",
+    "",
+    "Model: random Llama, hidden 512, 8 layers, 8 heads / 4 KV heads, head_dim 64, MLP 2048, "
+    f"vocab 8192, float32. Greedy, {PROMPT}-token prompt, {args.new} new tokens (EOS off), median "
+    f"of {args.rounds} interleaved timed runs per side after a warm-up; compile time excluded "
+    "and listed. "
+    f"transformers uses `generate(..., cache_implementation=\"{cache}\")`"
+    + (
+      " (static cache)." if cache == "static" else " (the static cache failed here; dynamic cache)."
+    ),
+    "",
+    "| batch | gemmax tok/s | transformers tok/s | ratio | gemmax compile s |",
+    "|---|---|---|---|---|",
+  ]
   lines += [f"| {b} | {g:,.0f} | {h:,.0f} | {r:.2f}x | {c:.1f} |" for b, g, h, r, c in rows]
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:

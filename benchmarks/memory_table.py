@@ -8,6 +8,7 @@ trainable params, transient), activations and XLA workspace are NOT included.
 
   python benchmarks/memory_table.py [preset ...]  -> prints the markdown table
 """
+
 import os
 import sys
 
@@ -22,7 +23,7 @@ from gemmax.models import ModelConfig, abstract_train_state, train_state_bytes  
 
 PRESETS = ["gemma2-9b", "gemma2-27b", "llama3.1-8b", "llama3.1-70b"]
 MESHES = [(1, 1, 1), (1, 8, 1), (1, 4, 2), (1, 64, 1)]
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def cells(name: str) -> list[str]:
@@ -33,7 +34,7 @@ def cells(name: str) -> list[str]:
   lora = abstract_train_state(lora_cfg, method="lora", rank=16)
   out = []
   for shape in MESHES:
-    mesh = S.make_mesh(*shape, devices=jax.devices()[:int(np.prod(shape))])
+    mesh = S.make_mesh(*shape, devices=jax.devices()[: int(np.prod(shape))])
     lo = train_state_bytes(lora_cfg, mesh, state=lora)["total"] / GIB
     fu = train_state_bytes(full_cfg, mesh, state=full)["total"] / GIB
     out.append(f"{lo:.1f} / {fu:.1f}")
@@ -41,13 +42,20 @@ def cells(name: str) -> list[str]:
 
 
 def main():
-  header = "| model | params | " + " | ".join(
-      f"mesh {d}x{f}x{t} ({d * f * t} dev) LoRA / full" for d, f, t in MESHES) + " |"
+  header = (
+    "| model | params | "
+    + " | ".join(f"mesh {d}x{f}x{t} ({d * f * t} dev) LoRA / full" for d, f, t in MESHES)
+    + " |"
+  )
   lines = [header, "|" + "---|" * (len(MESHES) + 2)]
   from gemmax.models import param_count
+
   for name in sys.argv[1:] or PRESETS:
-    lines.append(f"| {name} | {param_count(ModelConfig.preset(name)) / 1e9:.2f}B | "
-                 + " | ".join(cells(name)) + " |")
+    lines.append(
+      f"| {name} | {param_count(ModelConfig.preset(name)) / 1e9:.2f}B | "
+      + " | ".join(cells(name))
+      + " |"
+    )
     print(lines[-1], flush=True)
   table = "\n".join(lines)
   print(table)

@@ -3,6 +3,7 @@
 Also compares XLA's cost analysis of the compiled fwd+bwd with the model's analytic FLOPs.
 Run: JAX_PLATFORMS=cpu python benchmarks/model_step.py [--steps 5]
 """
+
 import argparse
 import os
 import sys
@@ -40,10 +41,18 @@ def main():
   ap.add_argument("--seq", type=int, default=256)
   args = ap.parse_args()
   torch.set_num_threads(os.cpu_count())
-  cfg = gemma2_config(vocab_size=8192, hidden_size=512, intermediate_size=2048,
-                      num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
-                      head_dim=64, sliding_window=128, query_pre_attn_scalar=64,
-                      max_position_embeddings=1024)
+  cfg = gemma2_config(
+    vocab_size=8192,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=8,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    head_dim=64,
+    sliding_window=128,
+    query_pre_attn_scalar=64,
+    max_position_embeddings=1024,
+  )
   hf = make_hf_model(cfg)
   path = save_hf_model(hf, tempfile.mkdtemp())
   model = load_hf(path, dtype="float32")
@@ -66,6 +75,7 @@ def main():
   def hf_step():
     hf.zero_grad(set_to_none=True)
     hf(tids, labels=tids).loss.backward()
+
   t_hf_bwd = timed(hf_step, args.steps)
   t_gx_bwd = timed(lambda: jax.block_until_ready(grad(model, jids)), args.steps)
   tokens = args.batch * args.seq
@@ -78,16 +88,21 @@ def main():
   cost = cost[0] if isinstance(cost, list) else cost
   xla_flops = float(cost.get("flops", float("nan")))
   from gemmax.models import ModelConfig
+
   analytic = analytic_flops(ModelConfig.from_hf(cfg.to_dict()), args.batch, args.seq)
 
-  print(f"config: gemma2-style vocab 8192, hidden 512, 8 layers, 8/4 heads, head_dim 64, "
-        f"window 128, batch {args.batch} x {args.seq}, float32, {os.cpu_count()} CPU threads")
+  print(
+    f"config: gemma2-style vocab 8192, hidden 512, 8 layers, 8/4 heads, head_dim 64, "
+    f"window 128, batch {args.batch} x {args.seq}, float32, {os.cpu_count()} CPU threads"
+  )
   print("| pass | gemmax (ms) | transformers (ms) | gemmax tokens/s | speed-up |")
   print("| --- | ---: | ---: | ---: | ---: |")
   for name, g, h in rows:
     print(f"| {name} | {g * 1e3:.0f} | {h * 1e3:.0f} | {tokens / g:,.0f} | {h / g:.2f}x |")
-  print(f"XLA cost analysis fwd+bwd: {xla_flops / 1e9:.1f} GFLOP; analytic (3x forward, dense "
-        f"attention): {analytic / 1e9:.1f} GFLOP; ratio {xla_flops / analytic:.3f}")
+  print(
+    f"XLA cost analysis fwd+bwd: {xla_flops / 1e9:.1f} GFLOP; analytic (3x forward, dense "
+    f"attention): {analytic / 1e9:.1f} GFLOP; ratio {xla_flops / analytic:.3f}"
+  )
   print(f"fwd_vs_hf={rows[0][2] / rows[0][1]:.2f} fwdbwd_vs_hf={rows[1][2] / rows[1][1]:.2f}")
 
 

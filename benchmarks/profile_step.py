@@ -17,6 +17,7 @@ ones is retried (--attempts), the least slowed kept, and a warning printed if no
 Times are per event on the thread that ran the thunk: an op that ran beside another one on the
 second core shows its own wall time, so the column sums to more than the step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,8 +72,9 @@ def hlo_ops(hlo_text: str) -> dict:
   for name, (shape, op, operands, called, library) in ops.items():
     kind = op
     if op == "fusion":
-      kind = (("library dot" if called in with_dot else "library reduce") if library
-              else "loop fusion")
+      kind = (
+        ("library dot" if called in with_dot else "library reduce") if library else "loop fusion"
+      )
     out[name] = (shape, kind, tuple(shapes.get(o, "?") for o in operands))
   return out
 
@@ -94,7 +96,7 @@ def op_times(trace_dir: str, steps: int, ops: dict) -> dict:
     if per == 0 or len(v) % steps:
       continue  # not one run per step: an op outside the step's executable
     durs = [d for _, d in sorted(v)]
-    out[name] = (statistics.median(sum(durs[i * per:(i + 1) * per]) for i in range(steps)), per)
+    out[name] = (statistics.median(sum(durs[i * per : (i + 1) * per]) for i in range(steps)), per)
   return out
 
 
@@ -104,8 +106,10 @@ def _plain(shape: str) -> str:
 
 def chart(groups, path, title):
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   labels = [f"{k[0]}: {_plain(k[1])} <- {k[2][:60]}" for k, _ in groups][::-1]
   values = [v for _, v in groups][::-1]
   fig, ax = plt.subplots(figsize=(12, 0.3 * len(groups) + 1.2))
@@ -124,13 +128,21 @@ def main():
   ap.add_argument("--method", choices=("lora", "dora", "full"), default="lora")
   ap.add_argument("--steps", type=int, default=5, help="traced steps")
   ap.add_argument("--top", type=int, default=30, help="op groups listed")
-  ap.add_argument("--attempts", type=int, default=3,
-                  help="traces tried until one runs within 15%% of the untraced step")
-  ap.add_argument("--out", default=None, help="markdown file, a .png chart next to it "
-                  "(default: results/profile_<method>_<dtype>.md)")
+  ap.add_argument(
+    "--attempts",
+    type=int,
+    default=3,
+    help="traces tried until one runs within 15%% of the untraced step",
+  )
+  ap.add_argument(
+    "--out",
+    default=None,
+    help="markdown file, a .png chart next to it (default: results/profile_<method>_<dtype>.md)",
+  )
   args = ap.parse_args()
-  args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                      f"profile_{args.method}_{args.dtype}.md")
+  args.out = args.out or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "results", f"profile_{args.method}_{args.dtype}.md"
+  )
   train_step.set_dtype(args.dtype)
   run, compiled = train_step.gemmax_step(None if args.method == "full" else args.method)
   for _ in range(3):
@@ -156,8 +168,11 @@ def main():
     if best[0] <= 1.15 * untraced_s:
       break
   else:
-    print("warning: every traced attempt ran >15% slower than the untraced steps: the per-op "
-          "times still carry the profiler's overhead", file=sys.stderr)
+    print(
+      "warning: every traced attempt ran >15% slower than the untraced steps: the per-op "
+      "times still carry the profiler's overhead",
+      file=sys.stderr,
+    )
   traced_ms, times = best[0] * 1e3, best[1]
 
   by_kind, groups, counts = collections.Counter(), collections.Counter(), collections.Counter()
@@ -169,28 +184,32 @@ def main():
     counts[key] += n
   top = groups.most_common(args.top)
   lines = [
-      f"# Train-step profile: gemmax {args.method}, {args.dtype}",
-      "",
-      f"Step: {untraced_s * 1e3:.0f} ms untraced (median of 8), "
-      f"{traced_ms:.0f} ms traced; ops summed over both threads: "
-      f"{sum(by_kind.values()):.0f} ms per step. jax {jax.__version__}, "
-      f"{time.strftime('%Y-%m-%d')}, `python benchmarks/profile_step.py --dtype {args.dtype} "
-      f"--method {args.method}`.",
-      "",
-      "| op kind | ms per step |", "| --- | ---: |",
-      *[f"| {k} | {v:.1f} |" for k, v in by_kind.most_common()],
-      "",
-      "| ms per step | ops per step | kind | output | operands |",
-      "| ---: | ---: | --- | --- | --- |",
-      *[f"| {v:.2f} | {counts[k]:.0f} | {k[0]} | {_plain(k[1])} | {k[2]} |" for k, v in top],
+    f"# Train-step profile: gemmax {args.method}, {args.dtype}",
+    "",
+    f"Step: {untraced_s * 1e3:.0f} ms untraced (median of 8), "
+    f"{traced_ms:.0f} ms traced; ops summed over both threads: "
+    f"{sum(by_kind.values()):.0f} ms per step. jax {jax.__version__}, "
+    f"{time.strftime('%Y-%m-%d')}, `python benchmarks/profile_step.py --dtype {args.dtype} "
+    f"--method {args.method}`.",
+    "",
+    "| op kind | ms per step |",
+    "| --- | ---: |",
+    *[f"| {k} | {v:.1f} |" for k, v in by_kind.most_common()],
+    "",
+    "| ms per step | ops per step | kind | output | operands |",
+    "| ---: | ---: | --- | --- | --- |",
+    *[f"| {v:.2f} | {counts[k]:.0f} | {k[0]} | {_plain(k[1])} | {k[2]} |" for k, v in top],
   ]
   text = "\n".join(lines) + "\n"
   print(text)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     f.write(text)
-  chart(top, os.path.splitext(args.out)[0] + ".png",
-        f"gemmax {args.method} {args.dtype} train step: top op groups")
+  chart(
+    top,
+    os.path.splitext(args.out)[0] + ".png",
+    f"gemmax {args.method} {args.dtype} train step: top op groups",
+  )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ Last line: `real_lora_vs_peft=<r> real_decode_b1_roofline=<fraction> real_decode
 (bf16-recipe LoRA tokens/s over the faster peft setting's; the lower of the float32 and
 bfloat16 batch-1 fractions; the lower of the two dtypes' batch-8 ratios).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,6 +58,7 @@ def packed_batch(rows: int, seq: int, vocab: int, seed: int = 0) -> dict:
   """Packed [rows, seq] int32 arrays as gemmax.data makes them: examples of 48-128 tokens (cut at
   the row's end), each with its last 15-45% scored; positions restart per example."""
   import numpy as np
+
   rng = np.random.default_rng(seed)
   keys = ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
   out = {k: np.zeros((rows, seq), np.int32) for k in keys}
@@ -66,16 +68,17 @@ def packed_batch(rows: int, seq: int, vocab: int, seed: int = 0) -> dict:
       n = min(int(rng.integers(48, 129)), seq - t)
       scored = max(1, int(n * rng.uniform(0.15, 0.45)))
       ids = rng.integers(3, vocab, n + 1)
-      out["input_ids"][r, t:t + n], out["targets"][r, t:t + n] = ids[:-1], ids[1:]
-      out["loss_mask"][r, t + n - scored:t + n] = 1
-      out["positions"][r, t:t + n] = np.arange(n)
-      out["segment_ids"][r, t:t + n] = seg
+      out["input_ids"][r, t : t + n], out["targets"][r, t : t + n] = ids[:-1], ids[1:]
+      out["loss_mask"][r, t + n - scored : t + n] = 1
+      out["positions"][r, t : t + n] = np.arange(n)
+      out["segment_ids"][r, t : t + n] = seg
       t, seg = t + n, seg + 1
   return {k: v.tolist() for k, v in out.items()}
 
 
 def prompts(batch: int, length: int, vocab: int, seed: int = 1) -> list:
   import numpy as np
+
   return np.random.default_rng(seed).integers(3, vocab, (batch, length)).tolist()
 
 
@@ -83,7 +86,7 @@ def memory() -> dict:
   """Peak and current RSS (GiB) of this process; the peak since `reset_peak`."""
   with open("/proc/self/status") as f:
     kv = dict(line.split(":", 1) for line in f)
-  return {k: int(kv[v].split()[0]) / 2 ** 20 for k, v in (("peak", "VmHWM"), ("rss", "VmRSS"))}
+  return {k: int(kv[v].split()[0]) / 2**20 for k, v in (("peak", "VmHWM"), ("rss", "VmRSS"))}
 
 
 def reset_peak():
@@ -111,6 +114,7 @@ class GemmaxWorker:
 
   def model(self, dtype):
     from gemmax.convert import load
+
     if dtype not in self.models:  # EOS off: every requested token is made
       self.models[dtype] = load(MODEL, dtype, eos_token_id=None)
     return self.models[dtype]
@@ -120,11 +124,13 @@ class GemmaxWorker:
     import numpy as np
     from gemmax import peft
     from gemmax.train import OptimizerConfig, make_optimizer, make_train_step, split_model
+
     model = self.model(dtype)
     peft.apply(model, method=method, rank=RANK, alpha=2 * RANK, targets="all-linear")
     sm = split_model(model)
-    tx = make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=0, steps=1000,
-                                        clip_norm=1.0))
+    tx = make_optimizer(
+      OptimizerConfig(learning_rate=1e-4, warmup_steps=0, steps=1000, clip_norm=1.0)
+    )
     state = {"params": sm.params, "opt": tx.init(sm.params)}
     batch = jax.device_put({k: np.asarray(v, np.int32) for k, v in batch.items()})
     step = make_train_step(sm.train_def, tx)
@@ -143,6 +149,7 @@ class GemmaxWorker:
 
   def decode(self, dtype, ids, new):
     from gemmax.sampling import Sampler
+
     key = (dtype, len(ids))
     if key not in self.samplers:
       self.samplers[key] = Sampler(self.model(dtype))
@@ -158,6 +165,7 @@ class GemmaxWorker:
   def weight_bytes(self, dtype):
     import jax
     from flax import nnx
+
     return {"bytes": sum(x.nbytes for x in jax.tree.leaves(nnx.state(self.model(dtype))))}
 
 
@@ -172,11 +180,12 @@ class TorchWorker:
     import torch
     from gemmax import fetch
     from transformers import AutoModelForCausalLM
+
     if dtype not in self.models:
       path = str(fetch.resolve(MODEL))
-      m = AutoModelForCausalLM.from_pretrained(os.path.dirname(path),
-                                               gguf_file=os.path.basename(path),
-                                               dtype=torch.float32)
+      m = AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32
+      )
       m.generation_config.eos_token_id = None  # EOS off: every requested token is made
       self.models[dtype] = m.to(getattr(torch, dtype)).eval()
     return self.models[dtype]
@@ -187,11 +196,19 @@ class TorchWorker:
     import contextlib
     import torch
     from peft import LoraConfig, get_peft_model
+
     torch.manual_seed(0)
     model = self.model("bfloat16" if precision == "bf16" else "float32")
-    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK,
-                                             target_modules="all-linear",
-                                             use_dora=method == "dora", lora_dropout=0.0))
+    model = get_peft_model(
+      model,
+      LoraConfig(
+        r=RANK,
+        lora_alpha=2 * RANK,
+        target_modules="all-linear",
+        use_dora=method == "dora",
+        lora_dropout=0.0,
+      ),
+    )
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95))
@@ -199,8 +216,11 @@ class TorchWorker:
     labels = torch.where(b["loss_mask"] > 0, b["targets"], -100)
     scored = b["loss_mask"].reshape(-1) > 0
     inner = model.get_base_model()  # LlamaForCausalLM with the adapters injected
-    cast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "autocast"
-            else contextlib.nullcontext())
+    cast = (
+      torch.autocast("cpu", dtype=torch.bfloat16)
+      if precision == "autocast"
+      else contextlib.nullcontext()
+    )
     self.loss = None
 
     def run(head):
@@ -224,16 +244,19 @@ class TorchWorker:
 
   def train(self, steps, head, threads):
     import torch
+
     torch.set_num_threads(threads)
     return {"seconds": timed(lambda: self.train_run(head), steps), "loss": self.loss}
 
   def decode(self, dtype, ids, new, cache, threads):
     import torch
+
     torch.set_num_threads(threads)
     model = self.model(dtype)
     x = torch.tensor(ids, dtype=torch.long)
-    kw = dict(max_new_tokens=new, do_sample=False, pad_token_id=0,
-              attention_mask=torch.ones_like(x))
+    kw = dict(
+      max_new_tokens=new, do_sample=False, pad_token_id=0, attention_mask=torch.ones_like(x)
+    )
     if cache == "static":
       kw["cache_implementation"] = "static"
     out = {}
@@ -244,7 +267,7 @@ class TorchWorker:
 
     seconds = timed(run, 1)[0]
     assert out["r"].shape == (x.shape[0], x.shape[1] + new), out["r"].shape
-    return {"seconds": seconds, "tokens": out["r"][:, x.shape[1]:].tolist()}
+    return {"seconds": seconds, "tokens": out["r"][:, x.shape[1] :].tolist()}
 
 
 # --- roofline worker -----------------------------------------------------------------------------
@@ -257,9 +280,11 @@ class RooflineWorker:
     import jax.numpy as jnp
     import numpy as np
     import torch
+
     sys.path.insert(0, HERE)
     from cpu_roofline import best_seconds
-    big = np.ones(64 * 2 ** 20, np.float32)
+
+    big = np.ones(64 * 2**20, np.float32)
     tb, jb = torch.from_numpy(big), jnp.asarray(big)
     total = jax.jit(jnp.sum)
     cores = len(os.sched_getaffinity(0))
@@ -278,6 +303,7 @@ def serve(kind: str):
   """Worker loop: one JSON request per stdin line, {"op": method, **kwargs} -> one JSON line."""
   if kind == "gemmax":
     from gemmax import host_memory
+
     host_memory.keep_on_cpu()  # before JAX starts, as gemmax's CLIs do on CPU
   worker = WORKERS[kind]()
   for line in sys.stdin:
@@ -300,8 +326,13 @@ class Worker:
     env = dict(os.environ)
     if kind != "gemmax":
       env["GEMMAX_KEEP_HOST_MEMORY"] = "0"
-    self.proc = subprocess.Popen([sys.executable, __file__, "--worker", kind],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    self.proc = subprocess.Popen(
+      [sys.executable, __file__, "--worker", kind],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
 
   def __getattr__(self, op):
     def call(**kwargs):
@@ -311,6 +342,7 @@ class Worker:
       if not line:
         raise RuntimeError(f"worker exited with status {self.proc.wait()} during {op}")
       return json.loads(line)
+
     return call
 
   def close(self):
@@ -337,8 +369,11 @@ def run_train(args, cfg, log):
     precisions = ("autocast", "bf16") if dtype == "bfloat16" else ("float32",)
     # HF's loss over every position is timed where it is the headline (bf16 LoRA) to show it;
     # logits at the scored positions only are always faster, so they are what counts elsewhere
-    heads = (("scored", "all") if (dtype, method) == ("bfloat16", "lora") and not args.quick
-             else ("scored",))
+    heads = (
+      ("scored", "all")
+      if (dtype, method) == ("bfloat16", "lora") and not args.quick
+      else ("scored",)
+    )
     g_all, blocks, rss = [], {}, []
     for precision in precisions[:1] if args.quick else precisions:
       for head in heads:
@@ -346,8 +381,10 @@ def run_train(args, cfg, log):
         w.train_setup(dtype=dtype, method=method, batch=batch, precision=precision)
         w.reset_peak()
         # warm-up, and torch's faster thread count (--quick: 1, which a busy machine favours)
-        probe = {n: min(w.train(steps=1 if args.quick else 2, head=head, threads=n)["seconds"])
-                 for n in ((1,) if args.quick else sorted({cores, 1}))}
+        probe = {
+          n: min(w.train(steps=1 if args.quick else 2, head=head, threads=n)["seconds"])
+          for n in ((1,) if args.quick else sorted({cores, 1}))
+        }
         threads = min(probe, key=probe.get)
         g, p = [], []
         for r in range(args.rounds):  # interleaved, alternating who goes first
@@ -358,25 +395,40 @@ def run_train(args, cfg, log):
             else:
               p += w.train(steps=args.steps, head=head, threads=threads)["seconds"]
         blocks[(precision, head)] = dict(
-            peft_s=statistics.median(p), gemmax_s=statistics.median(g), threads=threads,
-            peak=w.memory()["peak"], ratio=statistics.median(p) / statistics.median(g))
+          peft_s=statistics.median(p),
+          gemmax_s=statistics.median(g),
+          threads=threads,
+          peak=w.memory()["peak"],
+          ratio=statistics.median(p) / statistics.median(g),
+        )
         w.close()
         g_all += g
     gx_peak = gx.memory()["peak"]
     gx.close()
     best = min(blocks, key=lambda k: blocks[k]["ratio"])
     b = blocks[best]
-    row = dict(dtype=dtype, method=method, gemmax_s=statistics.median(g_all),
-               peft_s=b["peft_s"], block_gemmax_s=b["gemmax_s"], ratio=b["ratio"],
-               peft_setting=f"{best[0]}, {best[1]} positions, {b['threads']} thread(s)",
-               gemmax_peak=gx_peak, peft_peak=b["peak"],
-               min_peft_peak=min(x["peak"] for x in blocks.values()),
-               blocks={f"{k[0]}/{k[1]}": (round(x["peft_s"], 3), round(x["ratio"], 2),
-                                          round(x["peak"], 2)) for k, x in blocks.items()})
-    log(f"train {dtype} {method}: gemmax {row['gemmax_s'] * 1e3:.0f} ms, peft "
-        f"{row['peft_s'] * 1e3:.0f} ms ({row['peft_setting']}), {row['ratio']:.2f}x; peak RSS "
-        f"{gx_peak:.2f} vs {row['peft_peak']:.2f} GiB; peft (s, ratio, peak GiB) {row['blocks']}; "
-        f"gemmax RSS after its rounds {rss}")
+    row = dict(
+      dtype=dtype,
+      method=method,
+      gemmax_s=statistics.median(g_all),
+      peft_s=b["peft_s"],
+      block_gemmax_s=b["gemmax_s"],
+      ratio=b["ratio"],
+      peft_setting=f"{best[0]}, {best[1]} positions, {b['threads']} thread(s)",
+      gemmax_peak=gx_peak,
+      peft_peak=b["peak"],
+      min_peft_peak=min(x["peak"] for x in blocks.values()),
+      blocks={
+        f"{k[0]}/{k[1]}": (round(x["peft_s"], 3), round(x["ratio"], 2), round(x["peak"], 2))
+        for k, x in blocks.items()
+      },
+    )
+    log(
+      f"train {dtype} {method}: gemmax {row['gemmax_s'] * 1e3:.0f} ms, peft "
+      f"{row['peft_s'] * 1e3:.0f} ms ({row['peft_setting']}), {row['ratio']:.2f}x; peak RSS "
+      f"{gx_peak:.2f} vs {row['peft_peak']:.2f} GiB; peft (s, ratio, peak GiB) {row['blocks']}; "
+      f"gemmax RSS after its rounds {rss}"
+    )
     results.append(row)
   return results
 
@@ -392,8 +444,9 @@ def hf_setting(args, hf, dtype, ids, new) -> tuple:
   for cache in ("static", "dynamic"):
     for n in sorted({cores, 1}):
       hf.decode(dtype=dtype, ids=ids, new=new, cache=cache, threads=n)
-      probe[(cache, n)] = hf.decode(dtype=dtype, ids=ids, new=new, cache=cache,
-                                    threads=n)["seconds"]
+      probe[(cache, n)] = hf.decode(dtype=dtype, ids=ids, new=new, cache=cache, threads=n)[
+        "seconds"
+      ]
   return min(probe, key=probe.get)
 
 
@@ -411,7 +464,7 @@ def run_decode(args, cfg, log, gx, hf, dtypes):
       hf.decode(dtype=dtype, ids=ids, new=args.new, cache=cache, threads=threads)
       g, h = [], []
       for r in range(args.rounds):
-        for side in (("g", "h") if r % 2 == 0 else ("h", "g")):
+        for side in ("g", "h") if r % 2 == 0 else ("h", "g"):
           if side == "g":
             out = gx.decode(dtype=dtype, ids=ids, new=args.new)
             g.append(out["seconds"])
@@ -423,21 +476,32 @@ def run_decode(args, cfg, log, gx, hf, dtypes):
         if batch == 1:
           bandwidth.append(max(roof.bandwidth().values()))
       same = sum(a == b for a, b in zip(g_tok[0], h_tok[0]))
-      row = dict(dtype=dtype, batch=batch, gemmax_tps=batch * args.new / statistics.median(g),
-                 hf_tps=batch * args.new / statistics.median(h), hf_setting=f"{cache} cache, "
-                 f"{threads} thread(s)", same_prefix=_prefix(g_tok[0], h_tok[0]), same=same)
+      row = dict(
+        dtype=dtype,
+        batch=batch,
+        gemmax_tps=batch * args.new / statistics.median(g),
+        hf_tps=batch * args.new / statistics.median(h),
+        hf_setting=f"{cache} cache, {threads} thread(s)",
+        same_prefix=_prefix(g_tok[0], h_tok[0]),
+        same=same,
+      )
       row["ratio"] = row["gemmax_tps"] / row["hf_tps"]
       if batch == 1:
-        bw = statistics.median(bandwidth[-args.rounds:])
-        row.update(bandwidth=bw, weight_bytes=weight_bytes,
-                   roofline_tps=bw * 1e9 / weight_bytes)
+        bw = statistics.median(bandwidth[-args.rounds :])
+        row.update(bandwidth=bw, weight_bytes=weight_bytes, roofline_tps=bw * 1e9 / weight_bytes)
         row["fraction"] = row["gemmax_tps"] / row["roofline_tps"]
         row["hf_fraction"] = row["hf_tps"] / row["roofline_tps"]
-      log(f"decode {dtype} batch {batch}: gemmax {row['gemmax_tps']:.1f} tok/s, transformers "
-          f"{row['hf_tps']:.1f} ({row['hf_setting']}), {row['ratio']:.2f}x"
-          + (f"; roofline {row['roofline_tps']:.1f} tok/s ({row['bandwidth']:.1f} GB/s, "
-             f"{weight_bytes / 1e6:.0f} MB), gemmax at {row['fraction']:.0%}"
-             if batch == 1 else "") + f"; greedy tokens equal for the first {row['same_prefix']}")
+      log(
+        f"decode {dtype} batch {batch}: gemmax {row['gemmax_tps']:.1f} tok/s, transformers "
+        f"{row['hf_tps']:.1f} ({row['hf_setting']}), {row['ratio']:.2f}x"
+        + (
+          f"; roofline {row['roofline_tps']:.1f} tok/s ({row['bandwidth']:.1f} GB/s, "
+          f"{weight_bytes / 1e6:.0f} MB), gemmax at {row['fraction']:.0%}"
+          if batch == 1
+          else ""
+        )
+        + f"; greedy tokens equal for the first {row['same_prefix']}"
+      )
       results.append(row)
   roof.close()
   return results
@@ -459,17 +523,22 @@ def run_prefill(args, cfg, log, gx, hf, dtypes):
     cache, threads = hf_setting(args, hf, dtype, ids, 1)
     g, h = [], []
     for r in range(args.rounds):
-      for side in (("g", "h") if r % 2 == 0 else ("h", "g")):
+      for side in ("g", "h") if r % 2 == 0 else ("h", "g"):
         if side == "g":
           g.append(gx.decode(dtype=dtype, ids=ids, new=1)["seconds"])
         else:
-          h.append(hf.decode(dtype=dtype, ids=ids, new=1, cache=cache,
-                             threads=threads)["seconds"])
-    row = dict(dtype=dtype, gemmax_s=statistics.median(g), hf_s=statistics.median(h),
-               hf_setting=f"{cache} cache, {threads} thread(s)")
+          h.append(hf.decode(dtype=dtype, ids=ids, new=1, cache=cache, threads=threads)["seconds"])
+    row = dict(
+      dtype=dtype,
+      gemmax_s=statistics.median(g),
+      hf_s=statistics.median(h),
+      hf_setting=f"{cache} cache, {threads} thread(s)",
+    )
     row["ratio"] = row["hf_s"] / row["gemmax_s"]
-    log(f"prefill {dtype} {args.prefill} tokens: gemmax {row['gemmax_s'] * 1e3:.0f} ms, "
-        f"transformers {row['hf_s'] * 1e3:.0f} ms, {row['ratio']:.2f}x")
+    log(
+      f"prefill {dtype} {args.prefill} tokens: gemmax {row['gemmax_s'] * 1e3:.0f} ms, "
+      f"transformers {row['hf_s'] * 1e3:.0f} ms, {row['ratio']:.2f}x"
+    )
     results.append(row)
   return results
 
@@ -479,43 +548,69 @@ def report(args, train, decode, prefill, header) -> tuple[str, dict]:
   lines = [header, ""]
   bars = {}
   if train:
-    lines += [f"| train step ({args.batch} x {args.seq} packed) | gemmax ms | peft ms (setting "
-              "that counts) | ratio | gemmax peak RSS GiB | peft peak RSS GiB |",
-              "|---|---:|---|---:|---:|---:|"]
+    lines += [
+      f"| train step ({args.batch} x {args.seq} packed) | gemmax ms | peft ms (setting "
+      "that counts) | ratio | gemmax peak RSS GiB | peft peak RSS GiB |",
+      "|---|---:|---|---:|---:|---:|",
+    ]
     for r in train:
       name = f"{r['method']} {r['dtype']}"
-      lines.append(f"| {name} | {r['gemmax_s'] * 1e3:,.0f} | {r['peft_s'] * 1e3:,.0f} "
-                   f"({r['peft_setting']}) | **{r['ratio']:.2f}x** | {r['gemmax_peak']:.2f} | "
-                   f"{r['peft_peak']:.2f} |")
+      lines.append(
+        f"| {name} | {r['gemmax_s'] * 1e3:,.0f} | {r['peft_s'] * 1e3:,.0f} "
+        f"({r['peft_setting']}) | **{r['ratio']:.2f}x** | {r['gemmax_peak']:.2f} | "
+        f"{r['peft_peak']:.2f} |"
+      )
       bars[f"train {name}"] = r["ratio"]
-    lines += ["", "Every peft setting, (median step s, ratio in its block, peak RSS GiB): " +
-              "; ".join(f"{r['method']} {r['dtype']}: {r['blocks']}" for r in train), ""]
+    lines += [
+      "",
+      "Every peft setting, (median step s, ratio in its block, peak RSS GiB): "
+      + "; ".join(f"{r['method']} {r['dtype']}: {r['blocks']}" for r in train),
+      "",
+    ]
   if decode:
-    lines += ["| decode | gemmax tok/s | transformers tok/s (setting) | ratio | batch-1 roofline "
-              "tok/s (GB/s, MB/token) | gemmax / roofline | transformers / roofline |",
-              "|---|---:|---|---:|---:|---:|---:|"]
+    lines += [
+      "| decode | gemmax tok/s | transformers tok/s (setting) | ratio | batch-1 roofline "
+      "tok/s (GB/s, MB/token) | gemmax / roofline | transformers / roofline |",
+      "|---|---:|---|---:|---:|---:|---:|",
+    ]
     for r in decode:
-      roof = (f"{r['roofline_tps']:.1f} ({r['bandwidth']:.1f}, {r['weight_bytes'] / 1e6:.0f}) | "
-              f"**{r['fraction']:.0%}** | {r['hf_fraction']:.0%}" if r["batch"] == 1 else " | | ")
-      lines.append(f"| {r['dtype']} batch {r['batch']} | {r['gemmax_tps']:,.1f} | "
-                   f"{r['hf_tps']:,.1f} ({r['hf_setting']}) | **{r['ratio']:.2f}x** | {roof} |")
+      roof = (
+        f"{r['roofline_tps']:.1f} ({r['bandwidth']:.1f}, {r['weight_bytes'] / 1e6:.0f}) | "
+        f"**{r['fraction']:.0%}** | {r['hf_fraction']:.0%}"
+        if r["batch"] == 1
+        else " | | "
+      )
+      lines.append(
+        f"| {r['dtype']} batch {r['batch']} | {r['gemmax_tps']:,.1f} | "
+        f"{r['hf_tps']:,.1f} ({r['hf_setting']}) | **{r['ratio']:.2f}x** | {roof} |"
+      )
       bars[f"decode {r['dtype']} b{r['batch']}"] = r["ratio"]
-    lines += ["", "Greedy tokens equal between the two (row 0) for the first: " + ", ".join(
-        f"{r['dtype']} b{r['batch']} {r['same_prefix']}/{args.new}" for r in decode), ""]
+    lines += [
+      "",
+      "Greedy tokens equal between the two (row 0) for the first: "
+      + ", ".join(f"{r['dtype']} b{r['batch']} {r['same_prefix']}/{args.new}" for r in decode),
+      "",
+    ]
   if prefill:
-    lines += [f"| prefill {args.prefill} tokens | gemmax ms | transformers ms | ratio |",
-              "|---|---:|---:|---:|"]
+    lines += [
+      f"| prefill {args.prefill} tokens | gemmax ms | transformers ms | ratio |",
+      "|---|---:|---:|---:|",
+    ]
     for r in prefill:
-      lines.append(f"| {r['dtype']} | {r['gemmax_s'] * 1e3:,.0f} | {r['hf_s'] * 1e3:,.0f} "
-                   f"({r['hf_setting']}) | **{r['ratio']:.2f}x** |")
+      lines.append(
+        f"| {r['dtype']} | {r['gemmax_s'] * 1e3:,.0f} | {r['hf_s'] * 1e3:,.0f} "
+        f"({r['hf_setting']}) | **{r['ratio']:.2f}x** |"
+      )
       bars[f"prefill {r['dtype']}"] = r["ratio"]
   return "\n".join(lines) + "\n", bars
 
 
 def chart(bars: dict, path: str, title: str):
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, ax = plt.subplots(figsize=(8, 0.4 * len(bars) + 1.5))
   names = list(bars)[::-1]
   ax.barh(range(len(names)), [bars[k] for k in names])
@@ -542,8 +637,11 @@ def main():
   ap.add_argument("--rounds", type=int, default=3)
   ap.add_argument("--steps", type=int, default=3, help="train steps per round and side")
   ap.add_argument("--new", type=int, default=128, help="new tokens per decode call")
-  ap.add_argument("--train-settings", default="lora:bfloat16,dora:bfloat16,lora:float32",
-                  help="method:dtype pairs of the train part")
+  ap.add_argument(
+    "--train-settings",
+    default="lora:bfloat16,dora:bfloat16,lora:float32",
+    help="method:dtype pairs of the train part",
+  )
   ap.add_argument("--batch", type=int, default=8)
   ap.add_argument("--seq", type=int, default=256)
   ap.add_argument("--prefill", type=int, default=2048, help="prompt tokens of the prefill part")
@@ -557,6 +655,7 @@ def main():
     args.rounds, args.steps, args.new, args.batch, args.seq, args.prefill = 1, 1, 4, 2, 64, 64
   import importlib.metadata
   from gemmax import fetch
+
   fetch.resolve(MODEL)  # fetched once, before any worker needs it
   cfg = {"vocab": 49152}
   parts = set(args.parts.split(","))
@@ -576,26 +675,31 @@ def main():
     hf.close()
   load1 = os.getloadavg()
   v = importlib.metadata.version
-  header = (f"# Real model: {MODEL}, gemmax vs transformers (+ peft)\n\n"
-            f"{start}, {platform.machine()} {cpu_name()}, {len(os.sched_getaffinity(0))} cores; "
-            f"jax {v('jax')}, torch {v('torch')}, transformers {v('transformers')}, peft "
-            f"{v('peft')}; {args.rounds} interleaved rounds (train: {args.steps} steps each); "
-            f"load average {load0[0]:.1f} at start, {load1[0]:.1f} at end. "
-            f"`python benchmarks/real_model.py {' '.join(sys.argv[1:])}`".rstrip() + "\n\n"
-            f"Train batch {args.batch} x {args.seq} packed tokens; decode {PROMPT}-token prompts, "
-            f"{args.new} new tokens; prefill {args.prefill} tokens.")
+  header = (
+    f"# Real model: {MODEL}, gemmax vs transformers (+ peft)\n\n"
+    f"{start}, {platform.machine()} {cpu_name()}, {len(os.sched_getaffinity(0))} cores; "
+    f"jax {v('jax')}, torch {v('torch')}, transformers {v('transformers')}, peft "
+    f"{v('peft')}; {args.rounds} interleaved rounds (train: {args.steps} steps each); "
+    f"load average {load0[0]:.1f} at start, {load1[0]:.1f} at end. "
+    f"`python benchmarks/real_model.py {' '.join(sys.argv[1:])}`".rstrip()
+    + "\n\n"
+    f"Train batch {args.batch} x {args.seq} packed tokens; decode {PROMPT}-token prompts, "
+    f"{args.new} new tokens; prefill {args.prefill} tokens."
+  )
   text, bars = report(args, train, decode, prefill, header)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     f.write(text)
   chart(bars, os.path.splitext(args.out)[0] + ".png", f"{MODEL}: gemmax vs transformers(+peft)")
   print(text)
-  lora = next((r["ratio"] for r in train if r["method"] == "lora" and r["dtype"] == "bfloat16"),
-              float("nan"))
+  lora = next(
+    (r["ratio"] for r in train if r["method"] == "lora" and r["dtype"] == "bfloat16"), float("nan")
+  )
   b1 = min((r["fraction"] for r in decode if r["batch"] == 1), default=float("nan"))
   b8 = min((r["ratio"] for r in decode if r["batch"] == 8), default=float("nan"))
-  print(f"real_lora_vs_peft={lora:.2f} real_decode_b1_roofline={b1:.2f} "
-        f"real_decode_vs_hf_b8={b8:.2f}")
+  print(
+    f"real_lora_vs_peft={lora:.2f} real_decode_b1_roofline={b1:.2f} real_decode_vs_hf_b8={b8:.2f}"
+  )
 
 
 if __name__ == "__main__":

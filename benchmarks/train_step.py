@@ -22,6 +22,7 @@ is taken against the faster of the two peft settings, so load cannot flatter gem
 
 Last line: `lora_vs_peft=<ratio> dora_vs_peft=<ratio>` (tokens/s gemmax / tokens/s of best peft).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,9 +54,19 @@ from gemmax.train import OptimizerConfig, make_optimizer, make_train_step, split
 
 B, T, RANK = 4, 256, 16
 CFG = ModelConfig.preset(
-    "gemma2-2b", vocab_size=8192, hidden_size=512, intermediate_size=2048, num_hidden_layers=8,
-    num_attention_heads=8, num_key_value_heads=4, head_dim=64, sliding_window=128,
-    query_pre_attn_scalar=64, dtype="float32", param_dtype="float32")
+  "gemma2-2b",
+  vocab_size=8192,
+  hidden_size=512,
+  intermediate_size=2048,
+  num_hidden_layers=8,
+  num_attention_heads=8,
+  num_key_value_heads=4,
+  head_dim=64,
+  sliding_window=128,
+  query_pre_attn_scalar=64,
+  dtype="float32",
+  param_dtype="float32",
+)
 
 
 def set_dtype(dtype: str):
@@ -80,13 +91,18 @@ def gemmax_step(method: str | None):
   if method:
     peft.apply(model, method=method, rank=RANK, alpha=2 * RANK, targets="all-linear")
   sm = split_model(model)
-  tx = make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=0, steps=1000,
-                                      clip_norm=1.0))
+  tx = make_optimizer(
+    OptimizerConfig(learning_rate=1e-4, warmup_steps=0, steps=1000, clip_norm=1.0)
+  )
   opt_state = tx.init(sm.params)
   ids, tg = batch_arrays()
-  batch = dict(input_ids=ids, targets=tg, loss_mask=np.ones((B, T), np.int32),
-               positions=np.tile(np.arange(T, dtype=np.int32), (B, 1)),
-               segment_ids=np.ones((B, T), np.int32))
+  batch = dict(
+    input_ids=ids,
+    targets=tg,
+    loss_mask=np.ones((B, T), np.int32),
+    positions=np.tile(np.arange(T, dtype=np.int32), (B, 1)),
+    segment_ids=np.ones((B, T), np.int32),
+  )
   batch = jax.device_put(batch)
   step = make_train_step(sm.train_def, tx)
   compiled = step.lower(sm.params, opt_state, sm.rest, batch, jax.random.key(0)).compile()
@@ -109,24 +125,40 @@ def torch_step(method: str, precision: str = "float32"):
   from peft import LoraConfig, get_peft_model
 
   torch.manual_seed(0)
-  hf = transformers.Gemma2Config(**{k: v for k, v in CFG.to_hf().items()
-                                    if k not in ("architectures", "model_type", "torch_dtype")},
-                                 attn_implementation="eager")
+  hf = transformers.Gemma2Config(
+    **{
+      k: v
+      for k, v in CFG.to_hf().items()
+      if k not in ("architectures", "model_type", "torch_dtype")
+    },
+    attn_implementation="eager",
+  )
   model = transformers.Gemma2ForCausalLM(hf).float()
   if precision == "bf16":
     model = model.to(torch.bfloat16)
-  model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK,
-                                           target_modules="all-linear",
-                                           use_dora=method == "dora", lora_dropout=0.0))
+  model = get_peft_model(
+    model,
+    LoraConfig(
+      r=RANK,
+      lora_alpha=2 * RANK,
+      target_modules="all-linear",
+      use_dora=method == "dora",
+      lora_dropout=0.0,
+    ),
+  )
   model.train()
-  opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4,
-                          betas=(0.9, 0.95))
+  opt = torch.optim.AdamW(
+    [p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95)
+  )
   ids, tg = batch_arrays()
   ids, tg = torch.from_numpy(ids).long(), torch.from_numpy(tg).long()
 
   def run():
-    with (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "autocast"
-          else contextlib.nullcontext()):
+    with (
+      torch.autocast("cpu", dtype=torch.bfloat16)
+      if precision == "autocast"
+      else contextlib.nullcontext()
+    ):
       logits = model(input_ids=ids).logits.float()
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tg.reshape(-1))
     loss.backward()
@@ -141,6 +173,7 @@ def peft_worker(dtype: str):
   """Serves peft's runners to the main process: one JSON request per stdin line,
   {"method", "precision", "threads", "steps"} -> one JSON line of [wall, cpu] per step."""
   import torch
+
   runners = {}
   for line in sys.stdin:
     req = json.loads(line)
@@ -156,12 +189,18 @@ class PeftProcess:
 
   def __init__(self, dtype: str):
     env = dict(os.environ, GEMMAX_KEEP_HOST_MEMORY="0")
-    self.proc = subprocess.Popen([sys.executable, __file__, "--peft-worker", "--dtype", dtype],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    self.proc = subprocess.Popen(
+      [sys.executable, __file__, "--peft-worker", "--dtype", dtype],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      text=True,
+      env=env,
+    )
 
   def run(self, method, precision, threads, steps):
-    self.proc.stdin.write(json.dumps(dict(method=method, precision=precision, threads=threads,
-                                          steps=steps)) + "\n")
+    self.proc.stdin.write(
+      json.dumps(dict(method=method, precision=precision, threads=threads, steps=steps)) + "\n"
+    )
     self.proc.stdin.flush()
     line = self.proc.stdout.readline()
     if not line:
@@ -186,13 +225,17 @@ def timed(run, steps):
 def memory_mib(compiled) -> float:
   m = compiled.memory_analysis()
   total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
-  return (total - m.alias_size_in_bytes) / 2 ** 20
+  return (total - m.alias_size_in_bytes) / 2**20
 
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16",
-                  help="compute dtype on both sides (bfloat16: see the module docstring)")
+  ap.add_argument(
+    "--dtype",
+    choices=("float32", "bfloat16"),
+    default="bfloat16",
+    help="compute dtype on both sides (bfloat16: see the module docstring)",
+  )
   ap.add_argument("--steps", type=int, default=4, help="timed steps per round")
   ap.add_argument("--rounds", type=int, default=3)
   ap.add_argument("--out", default=None, help="default: results/train_step[_bfloat16].md")
@@ -201,8 +244,11 @@ def main():
   set_dtype(args.dtype)
   if args.peft_worker:
     return peft_worker(args.dtype)
-  args.out = args.out or os.path.join(os.path.dirname(__file__), "results", "train_step" + (
-      "_bfloat16" if args.dtype == "bfloat16" else "") + ".md")
+  args.out = args.out or os.path.join(
+    os.path.dirname(__file__),
+    "results",
+    "train_step" + ("_bfloat16" if args.dtype == "bfloat16" else "") + ".md",
+  )
   torch_version = importlib.metadata.version("torch")  # torch itself loads in the worker only
   threads = len(os.sched_getaffinity(0))  # cores this process may use (taskset respected)
   load_start = os.getloadavg()
@@ -213,11 +259,14 @@ def main():
     run, compiled = gemmax_step(method)
     runners[f"gemmax {method}"] = run
     mem[method] = memory_mib(compiled)
-    for precision in (("autocast", "bf16") if args.dtype == "bfloat16" else ("float32",)):
+    for precision in ("autocast", "bf16") if args.dtype == "bfloat16" else ("float32",):
       tag = "" if precision == "float32" else f", {precision}"
       for n in (threads, 1) if threads > 1 else (threads,):
         runners[f"peft {method}{tag}" + (", 1 thread" if n < threads else "")] = (
-            method, precision, n)
+          method,
+          precision,
+          n,
+        )
   _, full = gemmax_step(None)
   mem["full"] = memory_mib(full)
   del full
@@ -242,36 +291,51 @@ def main():
   tps = {k: B * T / v for k, v in med.items()}
 
   def ratios(m_of):  # gemmax tokens/s over the faster peft setting's, from median step times
-    return {m: min(v for k, v in m_of.items() if k.startswith(f"peft {m}")) / m_of[f"gemmax {m}"]
-            for m in ("lora", "dora")}
+    return {
+      m: min(v for k, v in m_of.items() if k.startswith(f"peft {m}")) / m_of[f"gemmax {m}"]
+      for m in ("lora", "dora")
+    }
 
   ratio = ratios(med)
   rounds_txt = "; ".join(
-      " ".join(f"{m} {x:.2f}" for m, x in ratios(
-          {k: statistics.median(w for w, _ in v) for k, v in r.items()}).items())
-      for r in per_round)
+    " ".join(
+      f"{m} {x:.2f}"
+      for m, x in ratios({k: statistics.median(w for w, _ in v) for k, v in r.items()}).items()
+    )
+    for r in per_round
+  )
 
   rows = [f"| {k} | {med[k] * 1e3:.0f} | {cpu[k] * 1e3:.0f} | {tps[k]:,.0f} |" for k in times]
-  table = "\n".join([
+  table = "\n".join(
+    [
       "| framework / method | median step (ms) | CPU time per step (ms) | tokens/s |",
-      "| --- | ---: | ---: | ---: |", *rows])
-  mem_table = "\n".join([
-      "| gemmax step | compiled memory (MiB, args + temp + outputs - aliased) |", "| --- | ---: |",
-      *[f"| {k} | {v:,.0f} |" for k, v in mem.items()]])
-  text = (f"# Train step: gemmax vs transformers + peft\n\n"
-          f"Measured by `python benchmarks/train_step.py` on {platform.machine()} CPU with "
-          f"{threads} cores ({time.strftime('%Y-%m-%d')}), jax {jax.__version__}, "
-          f"torch {torch_version}, {args.rounds} interleaved rounds x {args.steps} steps; "
-          f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end.\n"
-          f"Config: Gemma 2 style, vocab 8192, hidden 512, MLP 2048, 8 layers, 8 heads / 4 kv, "
-          f"head_dim 64, window 128, batch {B} x {T}, rank {RANK} on all linear layers, AdamW, "
-          f"{args.dtype}. Threads: XLA default pool ({threads}), torch {threads} "
-          f"(and 1 as a control). "
-          f"glibc keeps freed host memory in gemmax's process (gemmax.host_memory): "
-          f"{'yes' if HOST_MEMORY_KEPT else 'no'}; peft runs in a plain process of its own."
-          f"\n\n{table}\n\nlora_vs_peft = {ratio['lora']:.2f}, "
-          f"dora_vs_peft = {ratio['dora']:.2f} (against the faster peft thread setting; "
-          f"per round: {rounds_txt})\n\n{mem_table}\n")
+      "| --- | ---: | ---: | ---: |",
+      *rows,
+    ]
+  )
+  mem_table = "\n".join(
+    [
+      "| gemmax step | compiled memory (MiB, args + temp + outputs - aliased) |",
+      "| --- | ---: |",
+      *[f"| {k} | {v:,.0f} |" for k, v in mem.items()],
+    ]
+  )
+  text = (
+    f"# Train step: gemmax vs transformers + peft\n\n"
+    f"Measured by `python benchmarks/train_step.py` on {platform.machine()} CPU with "
+    f"{threads} cores ({time.strftime('%Y-%m-%d')}), jax {jax.__version__}, "
+    f"torch {torch_version}, {args.rounds} interleaved rounds x {args.steps} steps; "
+    f"load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end.\n"
+    f"Config: Gemma 2 style, vocab 8192, hidden 512, MLP 2048, 8 layers, 8 heads / 4 kv, "
+    f"head_dim 64, window 128, batch {B} x {T}, rank {RANK} on all linear layers, AdamW, "
+    f"{args.dtype}. Threads: XLA default pool ({threads}), torch {threads} "
+    f"(and 1 as a control). "
+    f"glibc keeps freed host memory in gemmax's process (gemmax.host_memory): "
+    f"{'yes' if HOST_MEMORY_KEPT else 'no'}; peft runs in a plain process of its own."
+    f"\n\n{table}\n\nlora_vs_peft = {ratio['lora']:.2f}, "
+    f"dora_vs_peft = {ratio['dora']:.2f} (against the faster peft thread setting; "
+    f"per round: {rounds_txt})\n\n{mem_table}\n"
+  )
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     f.write(text)

@@ -21,6 +21,7 @@ Stages (experiments/configs/distill.py lists every field):
 Training stages write to workdir what finetune.py writes (checkpoints/, metrics.jsonl with
 eval_kl / eval_ce, tensorboard/, summary.json), plus adapter/ and student/ (HF format).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,20 +31,32 @@ import sys
 from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling modules below
-from distill_setup import (RESUME_MAY_DIFFER, build_mesh, build_student, check_config,  # noqa: E402
-                           check_same_tokenizer, distill_loss, eval_factory, load_teacher,
-                           open_store, stage_teacher, store_batches, student_tokenizer,
-                           text_batches, train)
+from distill_setup import (
+  RESUME_MAY_DIFFER,
+  build_mesh,
+  build_student,
+  check_config,  # noqa: E402
+  check_same_tokenizer,
+  distill_loss,
+  eval_factory,
+  load_teacher,
+  open_store,
+  stage_teacher,
+  store_batches,
+  student_tokenizer,
+  text_batches,
+  train,
+)
 from gemmax import cli  # noqa: E402
 from gemmax.errors import ConfigError  # noqa: E402
 
-__all__ = ["build_student", "check_config", "run", "stage_online", "stage_student",
-           "stage_teacher"]
+__all__ = ["build_student", "check_config", "run", "stage_online", "stage_student", "stage_teacher"]
 
 
 # --- stages (the teacher stage is in distill_setup.py, the compare stage in distill_compare.py) ---
 def stage_student(c, mesh=None) -> dict:
   from gemmax.distill import TeacherStudent
+
   teacher = teacher_tok = None
   if c.teacher.path:  # only to measure held-out KL: offline batches never run it
     teacher, teacher_tok, _ = load_teacher(c, mesh)
@@ -53,12 +66,21 @@ def stage_student(c, mesh=None) -> dict:
   student = build_student(c, teacher.config if teacher else None, mesh)
   store = open_store(c, tok, student.config.vocab_size)
   model = TeacherStudent(student, teacher) if teacher is not None else student
-  return train(c, model, student, store_batches(c, store), eval_factory(c, tok, c.data.validation),
-               distill_loss(c), c.workdir, mesh)
+  return train(
+    c,
+    model,
+    student,
+    store_batches(c, store),
+    eval_factory(c, tok, c.data.validation),
+    distill_loss(c),
+    c.workdir,
+    mesh,
+  )
 
 
 def stage_online(c, mesh=None) -> dict:
   from gemmax.distill import OnPolicyBatches, TeacherStudent
+
   teacher, teacher_tok, _ = load_teacher(c, mesh)
   tok = student_tokenizer(c, teacher_tok)
   check_same_tokenizer(tok, teacher_tok)
@@ -68,10 +90,26 @@ def stage_online(c, mesh=None) -> dict:
   if c.onpolicy.fraction > 0:
     o = c.onpolicy
     batches = onpolicy = OnPolicyBatches(
-        batches, fraction=o.fraction, max_new_tokens=o.max_new_tokens, temperature=o.temperature,
-        top_k=o.top_k or None, min_prompt=o.min_prompt, seed=c.seed, tokenizer=tok)
-  return train(c, TeacherStudent(student, teacher), student, batches,
-               eval_factory(c, tok, c.data.validation), distill_loss(c), c.workdir, mesh, onpolicy)
+      batches,
+      fraction=o.fraction,
+      max_new_tokens=o.max_new_tokens,
+      temperature=o.temperature,
+      top_k=o.top_k or None,
+      min_prompt=o.min_prompt,
+      seed=c.seed,
+      tokenizer=tok,
+    )
+  return train(
+    c,
+    TeacherStudent(student, teacher),
+    student,
+    batches,
+    eval_factory(c, tok, c.data.validation),
+    distill_loss(c),
+    c.workdir,
+    mesh,
+    onpolicy,
+  )
 
 
 def main(argv):
@@ -87,22 +125,28 @@ def run(c) -> dict:
   if c.stage == "teacher":
     return stage_teacher(c, build_mesh(c))
   from gemmax.train.workdir import claim_workdir
+
   claim_workdir(c.workdir, json.loads(c.to_json_best_effort()), RESUME_MAY_DIFFER)
   mesh = build_mesh(c)
   if c.stage == "compare":
     from distill_compare import stage_compare
+
     return stage_compare(c, mesh)
   summary = (stage_student if c.stage == "student" else stage_online)(c, mesh)
-  print(f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
-        f"{summary['final_loss']:.4f}, {summary['tokens_per_sec'] or 0:,.0f} tokens/s; "
-        f"outputs in {c.workdir}")
+  print(
+    f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
+    f"{summary['final_loss']:.4f}, {summary['tokens_per_sec'] or 0:,.0f} tokens/s; "
+    f"outputs in {c.workdir}"
+  )
   return summary
 
 
 if __name__ == "__main__":
   from ml_collections import config_flags
+
   # Defined here, not at import, so tests can import this module next to other scripts'.
-  _CONFIG = config_flags.DEFINE_config_file("config", None,
-                                            "Path to an ml_collections config file.")
+  _CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to an ml_collections config file."
+  )
   flags.mark_flags_as_required(["config"])
   cli.run(main)

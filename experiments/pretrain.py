@@ -16,6 +16,7 @@ gemmax.convert.save_hf into `output`, measure held-out perplexity with gemmax.ev
 gemmax.sampling.Sampler, and write the model card `output`/README.md. Everything is seeded: the
 same config on the same software gives the same weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,10 +29,22 @@ from gemmax import cli, schema
 from schemas import PRETRAIN
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
-MODEL_FIELDS = ("family", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads", "num_key_value_heads", "head_dim", "sliding_window",
-                "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
-                "max_position_embeddings", "rope_theta")
+MODEL_FIELDS = (
+  "family",
+  "vocab_size",
+  "hidden_size",
+  "intermediate_size",
+  "num_hidden_layers",
+  "num_attention_heads",
+  "num_key_value_heads",
+  "head_dim",
+  "sliding_window",
+  "query_pre_attn_scalar",
+  "attn_logit_softcapping",
+  "final_logit_softcapping",
+  "max_position_embeddings",
+  "rope_theta",
+)
 PROMPTS = ("It was a dark and", "Sherlock Holmes looked at", "The king said", "What is the")
 DEMO_MARKER = "## Fine-tuning demo"  # the card keeps this section (written by hand) across reruns
 
@@ -39,6 +52,7 @@ DEMO_MARKER = "## Fine-tuning demo"  # the card keeps this section (written by h
 def prepare(c) -> tuple[str, str, str, dict]:
   """Writes workdir/data/{train,heldout}.jsonl; returns their paths, the held-out text, stats."""
   from gemmax.data.chunking import corpus_split
+
   for path in (c.data.corpus, c.data.trec_train):
     if not os.path.isfile(path):
       raise FileNotFoundError(f"{path} does not exist (run python experiments/prepare_data.py)")
@@ -54,9 +68,14 @@ def prepare(c) -> tuple[str, str, str, dict]:
   with open(paths[1], "w", encoding="utf-8") as f:
     for text in held:
       f.write(json.dumps({"text": text}) + "\n")
-  heldout_text = "\n".join(held)[:c.data.heldout_chars]
-  stats = dict(corpus_chunks=len(train) + len(held), train_chunks=len(train), heldout_chunks=len(held),
-               trec_questions=len(questions), trec_repeats=c.data.trec_repeats)
+  heldout_text = "\n".join(held)[: c.data.heldout_chars]
+  stats = dict(
+    corpus_chunks=len(train) + len(held),
+    train_chunks=len(train),
+    heldout_chunks=len(held),
+    trec_questions=len(questions),
+    trec_repeats=c.data.trec_repeats,
+  )
   return paths[0], paths[1], heldout_text, stats
 
 
@@ -65,8 +84,13 @@ def build_model(c):
   from gemmax.models import ModelConfig, Transformer
 
   tok_ids = dict(bos_token_id=2, eos_token_id=1, pad_token_id=0)  # the bundled tokenizer's ids
-  cfg = ModelConfig.preset("gemma2-2b", **{k: c.model[k] for k in MODEL_FIELDS}, **tok_ids,
-                           dtype=c.model.dtype, param_dtype="float32")
+  cfg = ModelConfig.preset(
+    "gemma2-2b",
+    **{k: c.model[k] for k in MODEL_FIELDS},
+    **tok_ids,
+    dtype=c.model.dtype,
+    param_dtype="float32",
+  )
   return Transformer(cfg, rngs=nnx.Rngs(c.seed))
 
 
@@ -74,18 +98,43 @@ def train(c, model, tok, train_path, heldout_path):
   from gemmax import data
   from gemmax.train import OptimizerConfig, Trainer, TrainerConfig
 
-  pipe = data.make_pipeline(data.SourceSpec(train_path, kind="text"), tok, data.DataConfig(
-      seq_len=c.data.seq_len, batch_size=c.data.batch_size, seed=c.seed, packing=True))
-  eval_cfg = data.DataConfig(seq_len=c.data.seq_len, batch_size=c.data.batch_size, shuffle=False,
-                             num_epochs=1, packing=True, prefetch=0)
+  pipe = data.make_pipeline(
+    data.SourceSpec(train_path, kind="text"),
+    tok,
+    data.DataConfig(
+      seq_len=c.data.seq_len, batch_size=c.data.batch_size, seed=c.seed, packing=True
+    ),
+  )
+  eval_cfg = data.DataConfig(
+    seq_len=c.data.seq_len,
+    batch_size=c.data.batch_size,
+    shuffle=False,
+    num_epochs=1,
+    packing=True,
+    prefetch=0,
+  )
   evaluate = data.make_eval_pipeline(data.SourceSpec(heldout_path, kind="text"), tok, eval_cfg)
   o = c.optimizer
-  opt = OptimizerConfig(learning_rate=o.learning_rate, warmup_steps=o.warmup_steps, steps=c.steps,
-                        end_lr_fraction=o.end_lr_fraction, b1=o.b1, b2=o.b2,
-                        weight_decay=o.weight_decay, clip_norm=o.clip_norm or None)
-  loop = TrainerConfig(workdir=c.workdir, steps=c.steps, log_every=c.log_every,
-                       eval_every=c.eval_every, eval_batches=c.eval_batches, seed=c.seed,
-                       progress=c.progress, save_adapter=False)
+  opt = OptimizerConfig(
+    learning_rate=o.learning_rate,
+    warmup_steps=o.warmup_steps,
+    steps=c.steps,
+    end_lr_fraction=o.end_lr_fraction,
+    b1=o.b1,
+    b2=o.b2,
+    weight_decay=o.weight_decay,
+    clip_norm=o.clip_norm or None,
+  )
+  loop = TrainerConfig(
+    workdir=c.workdir,
+    steps=c.steps,
+    log_every=c.log_every,
+    eval_every=c.eval_every,
+    eval_batches=c.eval_batches,
+    seed=c.seed,
+    progress=c.progress,
+    save_adapter=False,
+  )
   return Trainer(model, opt, loop, train_data=pipe, eval_data=evaluate).run()
 
 
@@ -175,12 +224,20 @@ def run(c) -> dict:
   keep = _kept_demo_section(os.path.join(c.output, "README.md"))
   save_hf(model, c.output, dtype=c.save_dtype)
   model = load_hf(c.output, dtype="float32")  # measure what was saved, not what was in memory
-  ppl = evals.perplexity(model, tok, heldout_text, window=c.data.seq_len, stride=c.data.seq_len // 2,
-                         batch_size=8, progress=c.progress)
+  ppl = evals.perplexity(
+    model,
+    tok,
+    heldout_text,
+    window=c.data.seq_len,
+    stride=c.data.seq_len // 2,
+    batch_size=8,
+    progress=c.progress,
+  )
   result = Sampler(model, tok).generate(list(PROMPTS), max_new_tokens=24)
   samples = list(zip(PROMPTS, result.text))
-  size = sum(os.path.getsize(os.path.join(c.output, f)) for f in os.listdir(c.output)
-             if f != "README.md")
+  size = sum(
+    os.path.getsize(os.path.join(c.output, f)) for f in os.listdir(c.output) if f != "README.md"
+  )
   card = model_card(c, model, summary, ppl, samples, stats, size / 1e6)
   with open(os.path.join(c.output, "README.md"), "w", encoding="utf-8") as f:
     f.write(card + ("\n" + keep if keep else ""))

@@ -2,6 +2,7 @@
 run may change it (gemmax.schema). Recipes in configs/ start from `defaults(...)` and override
 values; the scripts check a config against the same schema before any work.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,164 +24,181 @@ def _with(section: dict, **new_defaults) -> dict:
   unknown = set(new_defaults) - set(section)
   if unknown:
     raise KeyError(f"no such keys: {sorted(unknown)}")
-  return {k: dataclasses.replace(v, default=new_defaults[k]) if k in new_defaults else v
-          for k, v in section.items()}
+  return {
+    k: dataclasses.replace(v, default=new_defaults[k]) if k in new_defaults else v
+    for k, v in section.items()
+  }
 
 
 # Data: JSONL/CSV/Parquet files, the example format, sequence packing.
 _DATA = {
-    "train": Key("data/trec6/train.jsonl", str, nonempty()),
-    "validation": Key("data/trec6/validation.jsonl", str, **R),  # "" = no evaluation
-    "format": Key("alpaca", str, one_of("alpaca", "chat", "text")),
-    "template": Key("", str),  # "" = by format | alpaca | gemma | llama3 | model | <jinja>
-    "seq_len": Key(512, int, at_least(2)),
-    "packing": Key(True, bool),
-    "batch_size": Key(8, int, above(0)),          # sequences per optimizer step
-    "eval_batch_size": Key(8, int, above(0), **R),
-    "workers": Key(0, int, at_least(0), **R),     # grain worker processes
-    "on_bad_rows": Key("fail", str, one_of("fail", "skip")),
+  "train": Key("data/trec6/train.jsonl", str, nonempty()),
+  "validation": Key("data/trec6/validation.jsonl", str, **R),  # "" = no evaluation
+  "format": Key("alpaca", str, one_of("alpaca", "chat", "text")),
+  "template": Key("", str),  # "" = by format | alpaca | gemma | llama3 | model | <jinja>
+  "seq_len": Key(512, int, at_least(2)),
+  "packing": Key(True, bool),
+  "batch_size": Key(8, int, above(0)),  # sequences per optimizer step
+  "eval_batch_size": Key(8, int, above(0), **R),
+  "workers": Key(0, int, at_least(0), **R),  # grain worker processes
+  "on_bad_rows": Key("fail", str, one_of("fail", "skip")),
 }
 _LORA = {
-    "rank": Key(16, int, above(0)),
-    "alpha": Key(32.0, float, above(0)),
-    "targets": Key("all-linear", (str, list, tuple), nonempty()),  # names or a regex
-    "dropout": Key(0.05, float, between(0, 1, high_open=True)),
-    "rslora": Key(False, bool),
+  "rank": Key(16, int, above(0)),
+  "alpha": Key(32.0, float, above(0)),
+  "targets": Key("all-linear", (str, list, tuple), nonempty()),  # names or a regex
+  "dropout": Key(0.05, float, between(0, 1, high_open=True)),
+  "rslora": Key(False, bool),
 }
 # AdamW, linear warmup + cosine decay, global-norm clipping.
 _OPTIMIZER = {
-    "learning_rate": Key(2e-4, float, above(0)),
-    "warmup_steps": Key(20, int, at_least(0)),
-    "end_lr_fraction": Key(0.1, float, between(0, 1)),
-    "b1": Key(0.9, float, between(0, 1, high_open=True)),
-    "b2": Key(0.95, float, between(0, 1, high_open=True)),
-    "weight_decay": Key(0.0, float, at_least(0)),
-    "clip_norm": Key(1.0, float, at_least(0)),   # 0 = no clipping
-    "grad_accum": Key(1, int, above(0)),         # micro-batches per step
+  "learning_rate": Key(2e-4, float, above(0)),
+  "warmup_steps": Key(20, int, at_least(0)),
+  "end_lr_fraction": Key(0.1, float, between(0, 1)),
+  "b1": Key(0.9, float, between(0, 1, high_open=True)),
+  "b2": Key(0.95, float, between(0, 1, high_open=True)),
+  "weight_decay": Key(0.0, float, at_least(0)),
+  "clip_norm": Key(1.0, float, at_least(0)),  # 0 = no clipping
+  "grad_accum": Key(1, int, above(0)),  # micro-batches per step
 }
 # A mesh over every device of every process (ignored on one device); -1 = the rest.
-_MESH = {"data": Key(-1, int, MESH_SIZE, **R), "fsdp": Key(1, int, MESH_SIZE, **R),
-         "tensor": Key(1, int, MESH_SIZE, **R)}
+_MESH = {
+  "data": Key(-1, int, MESH_SIZE, **R),
+  "fsdp": Key(1, int, MESH_SIZE, **R),
+  "tensor": Key(1, int, MESH_SIZE, **R),
+}
 # The loop's cadence (all may change on resume).
 _LOOP = {
-    "steps": Key(500, int, above(0)),
-    "log_every": Key(10, int, above(0), **R),
-    "eval_every": Key(100, int, at_least(0), **R),
-    "eval_batches": Key(20, int, at_least(0), **R),  # 0 = the whole validation set
-    "checkpoint_every": Key(100, int, at_least(0), **R),
-    "keep_checkpoints": Key(3, int, above(0), **R),
-    "progress": Key(True, bool, **R),
-    "seed": Key(0, int),
+  "steps": Key(500, int, above(0)),
+  "log_every": Key(10, int, above(0), **R),
+  "eval_every": Key(100, int, at_least(0), **R),
+  "eval_batches": Key(20, int, at_least(0), **R),  # 0 = the whole validation set
+  "checkpoint_every": Key(100, int, at_least(0), **R),
+  "keep_checkpoints": Key(3, int, above(0), **R),
+  "progress": Key(True, bool, **R),
+  "seed": Key(0, int),
 }
 
 FINETUNE = {
-    # Model: an HF directory, a .gguf file or a registry name; or a preset, randomly initialised.
-    "model": {
-        "path": Key("checkpoints/gemmax-tiny", str),   # "" = model.preset
-        "preset": Key("", str),                       # e.g. "gemma2-tiny" when path is ""
-        "tokenizer": Key("", str),                    # tokenizer file or dir; "" = model.path
-        "dtype": Key("bfloat16", str, DTYPES),        # compute dtype
-        "param_dtype": Key("", str, one_of("", "float32", "bfloat16", "float16")),  # "" = stored
-        "remat": Key("none", str, one_of("none", "full", "save_dots")),
-        "attn_impl": Key("auto", str, one_of(*IMPLS)),
-    },
-    "data": _DATA,
-    # Method: full fine-tuning or an adapter, optionally over a 4-bit NF4 base (QLoRA / QDoRA).
-    "method": Key("lora", str, one_of("full", "lora", "dora")),
-    "quantize": Key(None, str, one_of("nf4"), optional=True),
-    "lora": _LORA,
-    "optimizer": _OPTIMIZER,
-    # Classification before/after training by label likelihood on Alpaca rows whose output is
-    # the class, with the training file's majority class as the baseline.
-    "classify": {
-        "file": Key("", str, **R),                   # "" = skip
-        "limit": Key(0, int, at_least(0), **R),      # 0 = every row
-        "reduction": Key("mean", str, one_of("mean", "sum"), **R),
-        "generate": Key(False, bool, **R),           # also answer by greedy generation
-    },
-    # Export at the end: adapters merged, as workdir/model-<type>.gguf.
-    "export": {"gguf": Key("", str, one_of("", "f32", "f16", "bf16", "q8_0"), **R)},
-    "mesh": _MESH,
-    "multihost": Key(False, bool, **R),             # jax.distributed.initialize() first
-    **_LOOP,
-    "save_merged": Key(False, bool, **R),           # also the merged model in HF format
-    "halt_on_nonfinite": Key(False, bool, **R),     # NaN/Inf loss or grads: False skips the step
-    "workdir": Key("runs/finetune", str, nonempty(), **R),
+  # Model: an HF directory, a .gguf file or a registry name; or a preset, randomly initialised.
+  "model": {
+    "path": Key("checkpoints/gemmax-tiny", str),  # "" = model.preset
+    "preset": Key("", str),  # e.g. "gemma2-tiny" when path is ""
+    "tokenizer": Key("", str),  # tokenizer file or dir; "" = model.path
+    "dtype": Key("bfloat16", str, DTYPES),  # compute dtype
+    "param_dtype": Key("", str, one_of("", "float32", "bfloat16", "float16")),  # "" = stored
+    "remat": Key("none", str, one_of("none", "full", "save_dots")),
+    "attn_impl": Key("auto", str, one_of(*IMPLS)),
+  },
+  "data": _DATA,
+  # Method: full fine-tuning or an adapter, optionally over a 4-bit NF4 base (QLoRA / QDoRA).
+  "method": Key("lora", str, one_of("full", "lora", "dora")),
+  "quantize": Key(None, str, one_of("nf4"), optional=True),
+  "lora": _LORA,
+  "optimizer": _OPTIMIZER,
+  # Classification before/after training by label likelihood on Alpaca rows whose output is
+  # the class, with the training file's majority class as the baseline.
+  "classify": {
+    "file": Key("", str, **R),  # "" = skip
+    "limit": Key(0, int, at_least(0), **R),  # 0 = every row
+    "reduction": Key("mean", str, one_of("mean", "sum"), **R),
+    "generate": Key(False, bool, **R),  # also answer by greedy generation
+  },
+  # Export at the end: adapters merged, as workdir/model-<type>.gguf.
+  "export": {"gguf": Key("", str, one_of("", "f32", "f16", "bf16", "q8_0"), **R)},
+  "mesh": _MESH,
+  "multihost": Key(False, bool, **R),  # jax.distributed.initialize() first
+  **_LOOP,
+  "save_merged": Key(False, bool, **R),  # also the merged model in HF format
+  "halt_on_nonfinite": Key(False, bool, **R),  # NaN/Inf loss or grads: False skips the step
+  "workdir": Key("runs/finetune", str, nonempty(), **R),
 }
 
 # experiments/distill.py: stages teacher (write the top-k store), student (train on it), online
 # (teacher in the loop, optionally on-policy) and compare (distilled vs CE-only students).
 DISTILL = {
-    "stage": Key("student", str, one_of("teacher", "student", "online", "compare")),
-    # Teacher: an HF checkpoint directory (its tokenizer is the student's unless set otherwise).
-    "teacher": {"path": Key("checkpoints/gemmax-tiny", str),
-                "dtype": Key("float32", str, one_of("", "float32", "bfloat16", "float16"))},
-    # Student: an HF dir, or a preset (random init, the teacher's vocabulary and special ids)
-    # with ModelConfig overrides (checked when the student is built).
-    "student": {
-        "path": Key("", str),
-        "preset": Key("gemma2-tiny", str),
-        "overrides": Key(dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                              sliding_window=128, query_pre_attn_scalar=32,
-                              max_position_embeddings=2048), config_dict.ConfigDict),
-        "tokenizer": Key("", str),                   # "" = student.path, else the teacher's
-        "dtype": Key("float32", str, DTYPES),
-        "param_dtype": Key("", str, one_of("", "float32", "bfloat16", "float16")),
-        "remat": Key("none", str, one_of("none", "full", "save_dots")),
-    },
-    "method": Key("full", str, one_of("full", "lora", "dora")),
-    "lora": _with(_LORA, dropout=0.0),
-    # what the teacher stage reads and the online stage trains on ("" for the student stage)
-    "data": {**_with(_DATA, validation="", seq_len=256),
-             "train": Key("data/trec6/train.jsonl", str)},
-    # Teacher top-k store (offline): k ids (int32) + their probabilities and the tail (float16).
-    "store": {
-        "dir": Key("runs/distill/store", str),       # "" = workdir/store
-        "k": Key(32, int, above(0)),
-        "sampling": Key("topk", str, one_of("topk", "gumbel")),
-        "num_shards": Key(4, int, above(0)),
-        "batch_size": Key(8, int, above(0), **R),    # rows of seq_len per teacher forward
-    },
-    # Loss: kd_ratio * t^2 * KD + (1 - kd_ratio) * CE, at temperature t.
-    "distill": {
-        "kd_ratio": Key(1.0, float, between(0, 1)),
-        "temperature": Key(1.0, float, above(0)),     # offline: must equal the store's
-        "divergence": Key("forward_kl", str, one_of("forward_kl", "reverse_kl", "jsd")),
-        "beta": Key(0.5, float, between(0, 1)),       # JSD(beta): 0 forward, 1 reverse KL
-    },
-    # On-policy (online stage): the share of batches whose responses the student samples.
-    "onpolicy": {
-        "fraction": Key(0.0, float, between(0, 1)),   # > 0 needs data.packing = False
-        "max_new_tokens": Key(64, int, above(0)),
-        "temperature": Key(1.0, float, at_least(0)),
-        "top_k": Key(0, int, at_least(0)),            # 0 = no truncation
-        "min_prompt": Key(8, int, above(0)),          # text data: tokens kept as the prompt
-    },
-    # compare stage only: distilled vs CE-only students on the bundled model's corpus split.
-    "compare": {
-        "mode": Key("offline", str, one_of("offline", "online")),
-        "corpus": Key("data/corpus/pretrain.txt", str),
-        "chunk_chars": Key(800, int, above(0)),
-        "holdout_every": Key(100, int, at_least(2)),
-        "train_chunks": Key(0, int, at_least(0)),     # 0 = every training chunk
-        "heldout_chunks": Key(0, int, at_least(0)),   # 0 = every held-out chunk
-    },
-    "mesh": _MESH,
-    "optimizer": _with(_OPTIMIZER, learning_rate=1e-3),
-    **_LOOP,
-    "save_student": Key(True, bool, **R),  # workdir/student in HF format (adapters merged)
-    "workdir": Key("runs/distill/student", str, **R),
+  "stage": Key("student", str, one_of("teacher", "student", "online", "compare")),
+  # Teacher: an HF checkpoint directory (its tokenizer is the student's unless set otherwise).
+  "teacher": {
+    "path": Key("checkpoints/gemmax-tiny", str),
+    "dtype": Key("float32", str, one_of("", "float32", "bfloat16", "float16")),
+  },
+  # Student: an HF dir, or a preset (random init, the teacher's vocabulary and special ids)
+  # with ModelConfig overrides (checked when the student is built).
+  "student": {
+    "path": Key("", str),
+    "preset": Key("gemma2-tiny", str),
+    "overrides": Key(
+      dict(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        sliding_window=128,
+        query_pre_attn_scalar=32,
+        max_position_embeddings=2048,
+      ),
+      config_dict.ConfigDict,
+    ),
+    "tokenizer": Key("", str),  # "" = student.path, else the teacher's
+    "dtype": Key("float32", str, DTYPES),
+    "param_dtype": Key("", str, one_of("", "float32", "bfloat16", "float16")),
+    "remat": Key("none", str, one_of("none", "full", "save_dots")),
+  },
+  "method": Key("full", str, one_of("full", "lora", "dora")),
+  "lora": _with(_LORA, dropout=0.0),
+  # what the teacher stage reads and the online stage trains on ("" for the student stage)
+  "data": {**_with(_DATA, validation="", seq_len=256), "train": Key("data/trec6/train.jsonl", str)},
+  # Teacher top-k store (offline): k ids (int32) + their probabilities and the tail (float16).
+  "store": {
+    "dir": Key("runs/distill/store", str),  # "" = workdir/store
+    "k": Key(32, int, above(0)),
+    "sampling": Key("topk", str, one_of("topk", "gumbel")),
+    "num_shards": Key(4, int, above(0)),
+    "batch_size": Key(8, int, above(0), **R),  # rows of seq_len per teacher forward
+  },
+  # Loss: kd_ratio * t^2 * KD + (1 - kd_ratio) * CE, at temperature t.
+  "distill": {
+    "kd_ratio": Key(1.0, float, between(0, 1)),
+    "temperature": Key(1.0, float, above(0)),  # offline: must equal the store's
+    "divergence": Key("forward_kl", str, one_of("forward_kl", "reverse_kl", "jsd")),
+    "beta": Key(0.5, float, between(0, 1)),  # JSD(beta): 0 forward, 1 reverse KL
+  },
+  # On-policy (online stage): the share of batches whose responses the student samples.
+  "onpolicy": {
+    "fraction": Key(0.0, float, between(0, 1)),  # > 0 needs data.packing = False
+    "max_new_tokens": Key(64, int, above(0)),
+    "temperature": Key(1.0, float, at_least(0)),
+    "top_k": Key(0, int, at_least(0)),  # 0 = no truncation
+    "min_prompt": Key(8, int, above(0)),  # text data: tokens kept as the prompt
+  },
+  # compare stage only: distilled vs CE-only students on the bundled model's corpus split.
+  "compare": {
+    "mode": Key("offline", str, one_of("offline", "online")),
+    "corpus": Key("data/corpus/pretrain.txt", str),
+    "chunk_chars": Key(800, int, above(0)),
+    "holdout_every": Key(100, int, at_least(2)),
+    "train_chunks": Key(0, int, at_least(0)),  # 0 = every training chunk
+    "heldout_chunks": Key(0, int, at_least(0)),  # 0 = every held-out chunk
+  },
+  "mesh": _MESH,
+  "optimizer": _with(_OPTIMIZER, learning_rate=1e-3),
+  **_LOOP,
+  "save_student": Key(True, bool, **R),  # workdir/student in HF format (adapters merged)
+  "workdir": Key("runs/distill/student", str, **R),
 }
 
 # A model to evaluate or chat with: registry name, HF dir, .gguf file or finetune workdir.
 _MODEL = {
-    "path": Key("smollm2-135m-instruct", str),     # "" = the base of model.adapter's workdir
-    "tokenizer": Key("", str),                      # "" = model.path
-    "adapter": Key("", str),                        # finetune workdir or HF PEFT adapter dir
-    "quantize": Key("", str, one_of("", "nf4")),    # a workdir's own setting is used if set
-    "dtype": Key("float32", str, DTYPES),           # compute dtype
+  "path": Key("smollm2-135m-instruct", str),  # "" = the base of model.adapter's workdir
+  "tokenizer": Key("", str),  # "" = model.path
+  "adapter": Key("", str),  # finetune workdir or HF PEFT adapter dir
+  "quantize": Key("", str, one_of("", "nf4")),  # a workdir's own setting is used if set
+  "dtype": Key("float32", str, DTYPES),  # compute dtype
 }
+
 
 def check_model_source(c) -> None:
   """A model to load: model.path, or a finetune workdir as model.adapter (its base)."""
@@ -189,92 +207,95 @@ def check_model_source(c) -> None:
 
 
 EVALUATE = {
-    "model": _MODEL,
-    "tasks": Key("classification,perplexity", str, nonempty()),  # comma list of the tasks
-    "workdir": Key("runs/eval", str, nonempty()),   # eval_report.json, confusion_matrix.png
-    "batch_size": Key(8, int, above(0)),
-    "progress": Key(True, bool),
-    # Rows: Alpaca JSONL (output = the class) or text/label JSONL.
-    "classification": {
-        "file": Key("data/trec6/validation.jsonl", str),
-        "format": Key("alpaca", str, one_of("alpaca", "text_label")),
-        "prompt": Key("", str),  # alpaca rows: "" = as the run trained | alpaca | gemma | ...
-        "template": Key("{text}", str),            # prompt template (text_label format)
-        "label_template": Key("{label}", str),     # how a class is written after the prompt
-        "classes": Key("", str),                   # comma list; "" = the sorted gold labels
-        "reduction": Key("mean", str, one_of("mean", "sum")),
-        "few_shot": Key(0, int, at_least(0)),      # examples prepended to each prompt
-        "few_shot_file": Key("", str),             # "" = train.jsonl beside classification.file
-        "limit": Key(0, int, at_least(0)),         # 0 = all rows
-    },
-    "perplexity": {
-        "file": Key("data/pretrain_sample.txt", str),
-        "window": Key(256, int, at_least(2)),      # at most the model's max_position_embeddings
-        "stride": Key(0, int, at_least(0)),        # 0 = window // 2
-        "max_chars": Key(200_000, int, at_least(0)),  # 0 = the whole file
-    },
-    "exact_match": {
-        "file": Key("data/trec6/validation.jsonl", str),  # Alpaca JSONL; output is the reference
-        "max_new_tokens": Key(8, int, above(0)),
-        "limit": Key(64, int, at_least(0)),
-    },
+  "model": _MODEL,
+  "tasks": Key("classification,perplexity", str, nonempty()),  # comma list of the tasks
+  "workdir": Key("runs/eval", str, nonempty()),  # eval_report.json, confusion_matrix.png
+  "batch_size": Key(8, int, above(0)),
+  "progress": Key(True, bool),
+  # Rows: Alpaca JSONL (output = the class) or text/label JSONL.
+  "classification": {
+    "file": Key("data/trec6/validation.jsonl", str),
+    "format": Key("alpaca", str, one_of("alpaca", "text_label")),
+    "prompt": Key("", str),  # alpaca rows: "" = as the run trained | alpaca | gemma | ...
+    "template": Key("{text}", str),  # prompt template (text_label format)
+    "label_template": Key("{label}", str),  # how a class is written after the prompt
+    "classes": Key("", str),  # comma list; "" = the sorted gold labels
+    "reduction": Key("mean", str, one_of("mean", "sum")),
+    "few_shot": Key(0, int, at_least(0)),  # examples prepended to each prompt
+    "few_shot_file": Key("", str),  # "" = train.jsonl beside classification.file
+    "limit": Key(0, int, at_least(0)),  # 0 = all rows
+  },
+  "perplexity": {
+    "file": Key("data/pretrain_sample.txt", str),
+    "window": Key(256, int, at_least(2)),  # at most the model's max_position_embeddings
+    "stride": Key(0, int, at_least(0)),  # 0 = window // 2
+    "max_chars": Key(200_000, int, at_least(0)),  # 0 = the whole file
+  },
+  "exact_match": {
+    "file": Key("data/trec6/validation.jsonl", str),  # Alpaca JSONL; output is the reference
+    "max_new_tokens": Key(8, int, above(0)),
+    "limit": Key(64, int, at_least(0)),
+  },
 }
 
 GENERATE = {
-    "model": _MODEL,
-    "prompt": Key("", str),          # one-shot mode when set; interactive chat otherwise
-    "chat_template": Key("", str),   # "" = the model's own, else by family | gemma | llama3 | none
-    "system": Key("", str),          # optional system message
-    "max_new_tokens": Key(256, int, above(0)),
-    "max_len": Key(2048, int, at_least(2)),  # KV cache length, at most the model's context
-    "temperature": Key(0.7, float, at_least(0)),  # 0 = greedy
-    "top_k": Key(64, int, at_least(0)),           # 0 = off
-    "top_p": Key(0.95, float, between(0, 1, low_open=True)),  # 1.0 = off
-    "seed": Key(0, int),
+  "model": _MODEL,
+  "prompt": Key("", str),  # one-shot mode when set; interactive chat otherwise
+  "chat_template": Key("", str),  # "" = the model's own, else by family | gemma | llama3 | none
+  "system": Key("", str),  # optional system message
+  "max_new_tokens": Key(256, int, above(0)),
+  "max_len": Key(2048, int, at_least(2)),  # KV cache length, at most the model's context
+  "temperature": Key(0.7, float, at_least(0)),  # 0 = greedy
+  "top_k": Key(64, int, at_least(0)),  # 0 = off
+  "top_p": Key(0.95, float, between(0, 1, low_open=True)),  # 1.0 = off
+  "seed": Key(0, int),
 }
 
 # experiments/pretrain.py: the bundled model checkpoints/gemmax-tiny from a random init.
 PRETRAIN = {
-    # Architecture (ModelConfig fields): every Gemma 2 mechanism at a size a CPU trains.
-    "model": {
-        "family": Key("gemma2", str, one_of("gemma2", "llama")),
-        "vocab_size": Key(8192, int, above(0)),      # = the tokenizer's
-        "hidden_size": Key(256, int, above(0)),
-        "intermediate_size": Key(768, int, above(0)),
-        "num_hidden_layers": Key(4, int, above(0)),
-        "num_attention_heads": Key(4, int, above(0)),
-        "num_key_value_heads": Key(2, int, above(0)),
-        "head_dim": Key(64, int, above(0)),
-        "sliding_window": Key(128, int, above(0)),   # local layers see this many keys
-        "query_pre_attn_scalar": Key(64, float, above(0)),
-        "attn_logit_softcapping": Key(50.0, float, above(0)),
-        "final_logit_softcapping": Key(30.0, float, above(0)),
-        "max_position_embeddings": Key(2048, int, above(0)),
-        "rope_theta": Key(10000.0, float, above(0)),
-        "tokenizer": Key("checkpoints/gemmax-tiny/tokenizer.model", str, nonempty()),
-        "dtype": Key("float32", str, DTYPES),         # compute dtype
-    },
-    # The corpus cut into chunk_chars pieces plus TREC-6 train questions, packed into rows;
-    # every holdout_every-th chunk is held out for perplexity and never trained on.
-    "data": {
-        "corpus": Key("data/corpus/pretrain.txt", str, nonempty()),
-        "trec_train": Key("data/trec6/train.jsonl", str),
-        "trec_repeats": Key(2, int, at_least(0)),
-        "chunk_chars": Key(800, int, above(0)),
-        "holdout_every": Key(100, int, at_least(2)),
-        "heldout_chars": Key(60_000, int, above(0)),
-        "seq_len": Key(256, int, at_least(2)),
-        "batch_size": Key(8, int, above(0)),
-    },
-    "optimizer": {k: v for k, v in _with(_OPTIMIZER, learning_rate=3e-3, warmup_steps=50,
-                                          weight_decay=0.1).items() if k != "grad_accum"},
-    "steps": Key(1600, int, above(0)),
-    "log_every": Key(10, int, above(0)),
-    "eval_every": Key(400, int, at_least(0)),
-    "eval_batches": Key(8, int, at_least(0)),
-    "progress": Key(True, bool),
-    "seed": Key(0, int),
-    "workdir": Key("runs/pretrain", str, nonempty()),
-    "output": Key("checkpoints/gemmax-tiny", str, nonempty()),  # HF checkpoint + model card
-    "save_dtype": Key("float32", str, DTYPES),
+  # Architecture (ModelConfig fields): every Gemma 2 mechanism at a size a CPU trains.
+  "model": {
+    "family": Key("gemma2", str, one_of("gemma2", "llama")),
+    "vocab_size": Key(8192, int, above(0)),  # = the tokenizer's
+    "hidden_size": Key(256, int, above(0)),
+    "intermediate_size": Key(768, int, above(0)),
+    "num_hidden_layers": Key(4, int, above(0)),
+    "num_attention_heads": Key(4, int, above(0)),
+    "num_key_value_heads": Key(2, int, above(0)),
+    "head_dim": Key(64, int, above(0)),
+    "sliding_window": Key(128, int, above(0)),  # local layers see this many keys
+    "query_pre_attn_scalar": Key(64, float, above(0)),
+    "attn_logit_softcapping": Key(50.0, float, above(0)),
+    "final_logit_softcapping": Key(30.0, float, above(0)),
+    "max_position_embeddings": Key(2048, int, above(0)),
+    "rope_theta": Key(10000.0, float, above(0)),
+    "tokenizer": Key("checkpoints/gemmax-tiny/tokenizer.model", str, nonempty()),
+    "dtype": Key("float32", str, DTYPES),  # compute dtype
+  },
+  # The corpus cut into chunk_chars pieces plus TREC-6 train questions, packed into rows;
+  # every holdout_every-th chunk is held out for perplexity and never trained on.
+  "data": {
+    "corpus": Key("data/corpus/pretrain.txt", str, nonempty()),
+    "trec_train": Key("data/trec6/train.jsonl", str),
+    "trec_repeats": Key(2, int, at_least(0)),
+    "chunk_chars": Key(800, int, above(0)),
+    "holdout_every": Key(100, int, at_least(2)),
+    "heldout_chars": Key(60_000, int, above(0)),
+    "seq_len": Key(256, int, at_least(2)),
+    "batch_size": Key(8, int, above(0)),
+  },
+  "optimizer": {
+    k: v
+    for k, v in _with(_OPTIMIZER, learning_rate=3e-3, warmup_steps=50, weight_decay=0.1).items()
+    if k != "grad_accum"
+  },
+  "steps": Key(1600, int, above(0)),
+  "log_every": Key(10, int, above(0)),
+  "eval_every": Key(400, int, at_least(0)),
+  "eval_batches": Key(8, int, at_least(0)),
+  "progress": Key(True, bool),
+  "seed": Key(0, int),
+  "workdir": Key("runs/pretrain", str, nonempty()),
+  "output": Key("checkpoints/gemmax-tiny", str, nonempty()),  # HF checkpoint + model card
+  "save_dtype": Key("float32", str, DTYPES),
 }

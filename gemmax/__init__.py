@@ -4,12 +4,26 @@ LoRA/DoRA/QLoRA fine-tuning, distillation, sampling and evaluation.
 Subpackages load on first use (`gemmax.models`, `gemmax.peft`, ...), so `import gemmax` stays cheap
 and does not initialise JAX.
 """
+
 import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("convert", "data", "distill", "evals", "fetch", "models", "ops", "peft", "quant",
-               "sampling", "train", "sharding", "distributed")
+_SUBMODULES = (
+  "convert",
+  "data",
+  "distill",
+  "evals",
+  "fetch",
+  "models",
+  "ops",
+  "peft",
+  "quant",
+  "sampling",
+  "train",
+  "sharding",
+  "distributed",
+)
 
 
 def __getattr__(name):

@@ -13,6 +13,7 @@ Exit statuses:
       checkpoint was written; run the same command again to resume from it.
   1   anything else: a bug, with its traceback.
 """
+
 from __future__ import annotations
 
 import os
@@ -94,8 +95,15 @@ def parse_flags(argv: list[str], name: str) -> list[str]:
   """absl flag parsing whose errors (unknown key, bad value, broken config file) are one line."""
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, OSError, SyntaxError, TypeError,
-          ValueError) as e:  # AttributeError: ml_collections on an unknown --config.a.b
+  except (
+    flags.Error,
+    AttributeError,
+    KeyError,
+    OSError,
+    SyntaxError,
+    TypeError,
+    ValueError,
+  ) as e:  # AttributeError: ml_collections on an unknown --config.a.b
     if "--debug" in argv:
       raise
     fail(name, _flag_error(e))

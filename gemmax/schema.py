@@ -9,6 +9,7 @@ from anywhere else.
     c = schema.defaults(FINETUNE)           # in experiments/configs/*.py
     schema.check(c, FINETUNE)               # in the script, before any work
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,11 +27,12 @@ Rule = tuple[Callable[[Any], bool], str]  # (test, what it requires: "> 0", "in 
 class Key:
   """One config value: its default, its type(s), a rule on its value, and whether a resumed run
   may change it (it does not change the trained weights: logging, paths, devices...)."""
+
   default: Any
-  kind: Any                      # a type or a tuple of types; float also accepts int
+  kind: Any  # a type or a tuple of types; float also accepts int
   rule: Optional[Rule] = None
   resume: bool = False
-  optional: bool = False         # None is allowed (a placeholder)
+  optional: bool = False  # None is allowed (a placeholder)
 
 
 # --- rules -----------------------------------------------------------------------------------
@@ -48,14 +50,17 @@ def at_least(lo) -> Rule:
 
 def between(lo, hi, *, low_open=False, high_open=False) -> Rule:
   """lo..hi with each end closed unless said open: between(0, 1, high_open=True) is [0, 1)."""
+
   def test(x):
-    return (_finite(x) and (x > lo if low_open else x >= lo) and (x < hi if high_open else x <= hi))
+    return _finite(x) and (x > lo if low_open else x >= lo) and (x < hi if high_open else x <= hi)
+
   return test, f"in {'(' if low_open else '['}{lo}, {hi}{')' if high_open else ']'}"
 
 
 def one_of(*values) -> Rule:
-  return (lambda x: x in values), "one of " + "|".join(repr(v) if v == "" else str(v)
-                                                      for v in values)
+  return (lambda x: x in values), "one of " + "|".join(
+    repr(v) if v == "" else str(v) for v in values
+  )
 
 
 def finite() -> Rule:
@@ -107,8 +112,9 @@ def _type_ok(value, kind) -> bool:
       return True
     if k is float and isinstance(value, (int, float)) and not isinstance(value, bool):
       return True
-    if k not in (bool, float) and isinstance(value, k) and not (
-        k is int and isinstance(value, bool)):
+    if (
+      k not in (bool, float) and isinstance(value, k) and not (k is int and isinstance(value, bool))
+    ):
       return True
   return False
 
@@ -136,8 +142,9 @@ def check(c, schema: dict, prefix: str = "") -> None:
     if value is None and node.optional:
       continue
     if not _type_ok(value, node.kind):
-      raise ConfigError(f"config key '{dotted}' must be {_names(node.kind)}, got "
-                        f"{type(value).__name__} {value!r}")
+      raise ConfigError(
+        f"config key '{dotted}' must be {_names(node.kind)}, got {type(value).__name__} {value!r}"
+      )
     if node.rule is not None:
       test, requires = node.rule
       values = value if isinstance(value, (list, tuple)) else [value]

@@ -3,6 +3,7 @@
 Every host writes only its own shards; restoring reads each shard straight into the target
 sharding (ShapeDtypeStructs carrying NamedShardings), so the mesh shape may change between runs.
 """
+
 from __future__ import annotations
 
 import os

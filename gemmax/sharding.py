@@ -14,6 +14,7 @@ use the logical name "nf4_blocks", split over fsdp x tensor so each device holds
 (dequantisation then gathers, as FSDP does for any weight). Optimizer state (nnx.Optimizer) copies
 the `axes` metadata of its parameter, so it is sharded exactly like it.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,22 +32,22 @@ MeshAxes = Union[None, str, tuple]
 
 # logical axis name -> mesh axis, tuple of mesh axes, or None (replicated).
 DEFAULT_RULES: dict[str, MeshAxes] = {
-    # parameters
-    "embed": "fsdp",
-    "vocab": "tensor",
-    "q_heads": "tensor",
-    "kv_heads": "tensor",
-    "mlp": "tensor",
-    "norm": None,
-    "head_dim": None,
-    "lora_rank": None,
-    "nf4_blocks": ("fsdp", "tensor"),
-    # activations
-    "batch": ("data", "fsdp"),
-    "seq": None,
-    "act_heads": "tensor",
-    "act_mlp": "tensor",
-    "act_vocab": "tensor",
+  # parameters
+  "embed": "fsdp",
+  "vocab": "tensor",
+  "q_heads": "tensor",
+  "kv_heads": "tensor",
+  "mlp": "tensor",
+  "norm": None,
+  "head_dim": None,
+  "lora_rank": None,
+  "nf4_blocks": ("fsdp", "tensor"),
+  # activations
+  "batch": ("data", "fsdp"),
+  "seq": None,
+  "act_heads": "tensor",
+  "act_mlp": "tensor",
+  "act_vocab": "tensor",
 }
 # Activations: the hidden ("embed") dim stays whole; the batch carries data x fsdp.
 ACTIVATION_RULES: dict[str, MeshAxes] = {**DEFAULT_RULES, "embed": None}
@@ -68,12 +69,15 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if n % known:
-      raise GemmaxError(f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): {known} does not "
-                       f"divide the {n} devices")
+      raise GemmaxError(
+        f"mesh (data={data}, fsdp={fsdp}, tensor={tensor}): {known} does not divide the {n} devices"
+      )
     sizes[sizes.index(-1)] = n // known
   if math.prod(sizes) != n:
-    raise GemmaxError(f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) needs "
-                     f"{math.prod(sizes)} devices, but there are {n}")
+    raise GemmaxError(
+      f"mesh (data={sizes[0]}, fsdp={sizes[1]}, tensor={sizes[2]}) needs "
+      f"{math.prod(sizes)} devices, but there are {n}"
+    )
   return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
@@ -87,9 +91,15 @@ def _as_tuple(m: MeshAxes) -> tuple:
   return (m,) if isinstance(m, str) else tuple(m)
 
 
-def partition_spec(axes: Optional[Sequence[Optional[str]]], shape: Sequence[int], mesh,
-                   rules: Optional[Mapping[str, MeshAxes]] = None, *, name: str = "",
-                   lenient: bool = False) -> PartitionSpec:
+def partition_spec(
+  axes: Optional[Sequence[Optional[str]]],
+  shape: Sequence[int],
+  mesh,
+  rules: Optional[Mapping[str, MeshAxes]] = None,
+  *,
+  name: str = "",
+  lenient: bool = False,
+) -> PartitionSpec:
   """Logical `axes` of a tensor of `shape` -> PartitionSpec over `mesh` (a Mesh or {axis: size}).
 
   A mesh axis is used at most once (later dims drop it); size-1 mesh axes are dropped. A dim that
@@ -109,19 +119,24 @@ def partition_spec(axes: Optional[Sequence[Optional[str]]], shape: Sequence[int]
       spec.append(None)
       continue
     if logical not in rules:
-      raise GemmaxError(f"{label}: logical axis {logical!r} has no sharding rule "
-                       f"(known: {', '.join(sorted(rules))})")
-    mesh_axes = tuple(a for a in _as_tuple(rules[logical])
-                      if a not in used and sizes.get(a, 1) > 1)
+      raise GemmaxError(
+        f"{label}: logical axis {logical!r} has no sharding rule "
+        f"(known: {', '.join(sorted(rules))})"
+      )
+    mesh_axes = tuple(a for a in _as_tuple(rules[logical]) if a not in used and sizes.get(a, 1) > 1)
     missing = [a for a in _as_tuple(rules[logical]) if a not in sizes]
     if missing:
-      raise GemmaxError(f"{label}: rule {logical!r} -> {rules[logical]!r} names mesh axes "
-                       f"{missing} that the mesh {tuple(sizes)} does not have")
+      raise GemmaxError(
+        f"{label}: rule {logical!r} -> {rules[logical]!r} names mesh axes "
+        f"{missing} that the mesh {tuple(sizes)} does not have"
+      )
     parts = math.prod(sizes[a] for a in mesh_axes)
     if size % parts:
       if not lenient:
-        raise GemmaxError(f"{label}: dim {dim} ({logical!r}, size {size}) is not divisible by mesh "
-                         f"axes {mesh_axes} of total size {parts}; change the mesh or the rules")
+        raise GemmaxError(
+          f"{label}: dim {dim} ({logical!r}, size {size}) is not divisible by mesh "
+          f"axes {mesh_axes} of total size {parts}; change the mesh or the rules"
+        )
       while mesh_axes and size % math.prod(sizes[a] for a in mesh_axes):
         mesh_axes = mesh_axes[:-1]  # lenient: the longest prefix that divides
     used.update(mesh_axes)
@@ -129,8 +144,9 @@ def partition_spec(axes: Optional[Sequence[Optional[str]]], shape: Sequence[int]
   return PartitionSpec(*spec)
 
 
-def sharding_for_axes(axes, shape, mesh: Mesh, rules=None, *, name: str = "",
-                      lenient: bool = False) -> NamedSharding:
+def sharding_for_axes(
+  axes, shape, mesh: Mesh, rules=None, *, name: str = "", lenient: bool = False
+) -> NamedSharding:
   """NamedSharding for one tensor from its logical axes (see `partition_spec`)."""
   return NamedSharding(mesh, partition_spec(axes, shape, mesh, rules, name=name, lenient=lenient))
 
@@ -157,8 +173,9 @@ def model_shardings(model_or_state, mesh: Mesh, rules=None, *, lenient: bool = F
       return NamedSharding(mesh, PartitionSpec())
     axes = leaf.get_metadata().get("axes")
     shape = np.shape(leaf.get_value()) if not hasattr(leaf, "shape") else leaf.shape
-    return sharding_for_axes(axes, tuple(shape), mesh, rules, name=_path_name(path),
-                             lenient=lenient)
+    return sharding_for_axes(
+      axes, tuple(shape), mesh, rules, name=_path_name(path), lenient=lenient
+    )
 
   return jax.tree_util.tree_map_with_path(one, state, is_leaf=is_var)
 
@@ -173,6 +190,7 @@ def shard_model(model, mesh: Mesh, rules=None, *, lenient: bool = False):
 def create_sharded(config, mesh: Mesh, rngs_seed: int = 0, rules=None, *, lenient: bool = False):
   """A Transformer initialised under jit straight into its shards (no full host copy)."""
   from gemmax.models.transformer import Transformer
+
   build = lambda: Transformer(config, rngs=nnx.Rngs(rngs_seed))
   abstract = nnx.eval_shape(build)
   graphdef, abstract_state = nnx.split(abstract)

@@ -1,4 +1,5 @@
 """Shared helpers for the attention tests: random inputs and value/grad comparison with xla."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,8 +10,11 @@ from gemmax.ops.xla import attention_xla
 def inputs(b=1, t=24, s=None, n=2, kh=1, h=16, dtype=jnp.float32, seed=0):
   s = s or t
   ks = jax.random.split(jax.random.PRNGKey(seed), 3)
-  return (jax.random.normal(ks[0], (b, t, n, h), dtype), jax.random.normal(ks[1], (b, s, kh, h), dtype),
-          jax.random.normal(ks[2], (b, s, kh, h), dtype))
+  return (
+    jax.random.normal(ks[0], (b, t, n, h), dtype),
+    jax.random.normal(ks[1], (b, s, kh, h), dtype),
+    jax.random.normal(ks[2], (b, s, kh, h), dtype),
+  )
 
 
 def segments(b, s, seed=0):
@@ -19,19 +23,28 @@ def segments(b, s, seed=0):
 
 def compare(fn, q, k, v, tol, **kw):
   """fn(q, k, v, **kw) vs attention_xla in values and dq, dk, dv."""
+
   def loss(f):
     # A fixed random cotangent so every output element matters.
     w = jax.random.normal(jax.random.PRNGKey(9), q.shape, jnp.float32)
     return lambda q, k, v: (f(q, k, v, **kw).astype(jnp.float32) * w).sum()
+
   ref = attention_xla(q, k, v, **kw)
   out = fn(q, k, v, **kw)
-  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref, np.float32), atol=tol, rtol=tol)
+  np.testing.assert_allclose(
+    np.asarray(out, np.float32), np.asarray(ref, np.float32), atol=tol, rtol=tol
+  )
   g_ref = jax.grad(loss(attention_xla), (0, 1, 2))(q, k, v)
   g = jax.grad(loss(fn), (0, 1, 2))(q, k, v)
   for name, a, r in zip("qkv", g, g_ref):
     scale = max(1.0, float(jnp.abs(r.astype(jnp.float32)).max()))
-    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(r, np.float32),
-                               atol=tol * scale, rtol=tol, err_msg=f"d{name}")
+    np.testing.assert_allclose(
+      np.asarray(a, np.float32),
+      np.asarray(r, np.float32),
+      atol=tol * scale,
+      rtol=tol,
+      err_msg=f"d{name}",
+    )
 
 
 def visible_keys(fn, t, window, causal=True):

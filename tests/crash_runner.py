@@ -8,6 +8,7 @@ has no such hook. With GEMMAX_TEST_WRITE_LOG=path, a Python audit hook appends t
 path opened for writing, created, renamed to or removed (files written by native code, such as
 tensorstore under checkpoints/, do not raise audit events).
 """
+
 import asyncio
 import os
 import sys
@@ -17,6 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _pause_checkpoint_write(step: str, marker: str):
   from orbax.checkpoint._src.path import atomicity
+
   finalize = atomicity.AtomicRenameTemporaryPath.finalize
 
   async def paused(self):
@@ -40,10 +42,26 @@ def _log_writes(path: str):
       mode, flags = args[1] or "", args[2] or 0
       if any(c in str(mode) for c in "wax+") or flags & writing:
         log.write(f"open\t{os.path.abspath(os.fsdecode(args[0]))}\n")
-    elif event in ("os.rename", "os.replace", "os.mkdir", "os.remove", "os.rmdir",
-                   "shutil.rmtree", "os.symlink", "os.link", "shutil.copyfile", "shutil.move"):
-      two = event in ("os.rename", "os.replace", "os.symlink", "os.link", "shutil.copyfile",
-                      "shutil.move")
+    elif event in (
+      "os.rename",
+      "os.replace",
+      "os.mkdir",
+      "os.remove",
+      "os.rmdir",
+      "shutil.rmtree",
+      "os.symlink",
+      "os.link",
+      "shutil.copyfile",
+      "shutil.move",
+    ):
+      two = event in (
+        "os.rename",
+        "os.replace",
+        "os.symlink",
+        "os.link",
+        "shutil.copyfile",
+        "shutil.move",
+      )
       target = args[1] if two else args[0]
       # Names relative to a directory fd come from shutil.rmtree, whose root is logged itself.
       relative = event in ("os.remove", "os.rmdir", "os.mkdir") and args[-1] not in (None, -1)
@@ -57,11 +75,13 @@ if __name__ == "__main__":
   if os.environ.get("GEMMAX_TEST_WRITE_LOG"):
     _log_writes(os.environ["GEMMAX_TEST_WRITE_LOG"])
   if os.environ.get("GEMMAX_TEST_PAUSE_SAVE_STEP"):
-    _pause_checkpoint_write(os.environ["GEMMAX_TEST_PAUSE_SAVE_STEP"],
-                            os.environ["GEMMAX_TEST_PAUSE_MARKER"])
+    _pause_checkpoint_write(
+      os.environ["GEMMAX_TEST_PAUSE_SAVE_STEP"], os.environ["GEMMAX_TEST_PAUSE_MARKER"]
+    )
   sys.path.insert(0, os.path.join(ROOT, "experiments"))
   import finetune  # noqa: E402
   from absl import flags  # noqa: E402
   from gemmax import cli  # noqa: E402
+
   flags.mark_flags_as_required(["config"])
   cli.run(finetune.main, "finetune.py")

@@ -1,6 +1,7 @@
 """Tiny GGUF files written with gguf's own writer the way llama.cpp's convert_hf_to_gguf.py
 writes them (names from gguf's TensorNameMap, llama q/k rows permuted, Gemma norms as 1 + w),
 from a transformers model: the files gemmax's reader is checked on."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,7 @@ QUANTIZABLE = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 
 
 def _permute(w, heads):
-  return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(
-      w.shape)
+  return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def llama3_factors(dim, rope):
@@ -72,7 +72,7 @@ def write_gguf(hf_model, path, qtype="F16", tokens=None):
     if name == "lm_head.weight" and cfg.tie_word_embeddings:
       continue
     a = t.detach().float().numpy()
-    module = name[:-len(".weight")]
+    module = name[: -len(".weight")]
     gname = names.get_name(module) + ".weight"
     if arch == "gemma2" and name.endswith("norm.weight"):
       a = a + 1.0

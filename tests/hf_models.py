@@ -1,4 +1,5 @@
 """Tiny random HF reference models (torch, float32, eager attention) for fidelity tests."""
+
 from __future__ import annotations
 
 import torch
@@ -6,20 +7,44 @@ import transformers
 
 
 def gemma2_config(**kw):
-  base = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-              num_attention_heads=4, num_key_value_heads=2, head_dim=24, sliding_window=8,
-              query_pre_attn_scalar=24, max_position_embeddings=256, rms_norm_eps=1e-6,
-              attn_logit_softcapping=50.0, final_logit_softcapping=30.0, pad_token_id=0,
-              bos_token_id=2, eos_token_id=1)
+  base = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=24,
+    sliding_window=8,
+    query_pre_attn_scalar=24,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+    attn_logit_softcapping=50.0,
+    final_logit_softcapping=30.0,
+    pad_token_id=0,
+    bos_token_id=2,
+    eos_token_id=1,
+  )
   base.update(kw)
   return transformers.Gemma2Config(**base)
 
 
 def llama_config(**kw):
-  base = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-              num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-              max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=500000.0,
-              tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+  base = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    tie_word_embeddings=False,
+    bos_token_id=1,
+    eos_token_id=2,
+  )
   base.update(kw)
   return transformers.LlamaConfig(**base)
 

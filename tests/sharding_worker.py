@@ -1,9 +1,10 @@
 """Subprocess body for the sharding tests: needs its own XLA_FLAGS device count before jax starts.
 
-  python tests/sharding_worker.py equiv [presets meshes] -> JSON: max diffs per mesh, bytes/device
-  python tests/sharding_worker.py train [addr nproc id]  -> JSON: losses of a few sharded steps
-  python tests/sharding_worker.py gguf FILE             -> JSON: sharded vs single-device load
+python tests/sharding_worker.py equiv [presets meshes] -> JSON: max diffs per mesh, bytes/device
+python tests/sharding_worker.py train [addr nproc id]  -> JSON: losses of a few sharded steps
+python tests/sharding_worker.py gguf FILE             -> JSON: sharded vs single-device load
 """
+
 import json
 import os
 import sys
@@ -42,9 +43,11 @@ def train_step(model, opt, ids):
 
 def lora_model(config):
   from gemmax import peft
+
   model = Transformer(config, rngs=nnx.Rngs(0))
   peft.apply(model, rank=4, alpha=8)
   from gemmax.peft.lora import LoRAParam
+
   # B starts at zero; make it random so the step moves A too and the logits depend on B.
   key = jax.random.key(1)
   for _, var in nnx.iter_graph(model):
@@ -83,8 +86,11 @@ def equiv():
   out = {}
   ids = jax.random.randint(jax.random.key(2), (8, 17), 0, 256)
   names = sys.argv[2].split(",") if len(sys.argv) > 2 else ["gemma2-tiny", "llama3-tiny"]
-  meshes = ([tuple(int(v) for v in m.split("x")) for m in sys.argv[3].split(",")]
-            if len(sys.argv) > 3 else MESHES)
+  meshes = (
+    [tuple(int(v) for v in m.split("x")) for m in sys.argv[3].split(",")]
+    if len(sys.argv) > 3
+    else MESHES
+  )
   for name in names:
     config = ModelConfig.preset(name)
     model, wrt = lora_model(config)
@@ -92,10 +98,12 @@ def equiv():
     for shape in meshes:
       got = run_lora(model, wrt, ids, S.make_mesh(*shape))
       out[f"{name} {shape}"] = {
-          "logits": float(np.max(np.abs(got[0] - ref[0]))),
-          "loss": abs(got[1] - ref[1]), "loss_after_step": abs(got[2] - ref[2]),
-          "adapters": max(float(np.max(np.abs(got[3][k] - ref[3][k]))) for k in ref[3]),
-          "loss_value": ref[1]}
+        "logits": float(np.max(np.abs(got[0] - ref[0]))),
+        "loss": abs(got[1] - ref[1]),
+        "loss_after_step": abs(got[2] - ref[2]),
+        "adapters": max(float(np.max(np.abs(got[3][k] - ref[3][k]))) for k in ref[3]),
+        "loss_value": ref[1],
+      }
   print("RESULT " + json.dumps({**out, **memory(print_=False)}))
 
 
@@ -109,8 +117,7 @@ def memory(print_=True):
   state = (nnx.state(model), nnx.state(opt))
   per_dev = S.per_device_bytes(state)
   total = sum(x.nbytes for x in jax.tree.leaves(state))
-  out["memory"] = {"total": total, "max_per_device": max(per_dev.values()),
-                   "devices": len(per_dev)}
+  out["memory"] = {"total": total, "max_per_device": max(per_dev.values()), "devices": len(per_dev)}
   if print_:
     print("RESULT " + json.dumps(out))
   return out
@@ -121,34 +128,49 @@ def io():
   import tempfile
   from gemmax import sharded_io
   from gemmax.models import abstract_model
+
   config = ModelConfig.preset("llama3-tiny")
   model = S.create_sharded(config, S.make_mesh(1, 8, 1), 0)
   path = os.path.join(tempfile.mkdtemp(), "ckpt")
   sharded_io.save_sharded(path, model)
   back = sharded_io.restore_model(path, abstract_model(config), S.make_mesh(2, 2, 2))
-  diff = max(float(np.max(np.abs(np.asarray(a[...]) - np.asarray(b[...]))))
-             for (_, a), (_, b) in zip(nnx.state(model).flat_state(), nnx.state(back).flat_state()))
-  print("RESULT " + json.dumps({"max_diff": diff, "spec": str(
-      back.layers[0].mlp.up_proj.kernel[...].sharding.spec)}))
+  diff = max(
+    float(np.max(np.abs(np.asarray(a[...]) - np.asarray(b[...]))))
+    for (_, a), (_, b) in zip(nnx.state(model).flat_state(), nnx.state(back).flat_state())
+  )
+  print(
+    "RESULT "
+    + json.dumps(
+      {"max_diff": diff, "spec": str(back.layers[0].mlp.up_proj.kernel[...].sharding.spec)}
+    )
+  )
 
 
 def gguf():
   """A GGUF file loaded onto a (1, 4, 2) mesh: every tensor sharded as its axes say, values equal
   to the single-device load."""
   from gemmax.convert import load_gguf
+
   path = sys.argv[2]
   mesh = S.make_mesh(1, 4, 2)
   ref, got = load_gguf(path), load_gguf(path, mesh=mesh)
-  diff = max(float(np.max(np.abs(np.asarray(a[...]) - np.asarray(b[...]))))
-             for (_, a), (_, b) in zip(nnx.state(ref).flat_state(), nnx.state(got).flat_state()))
+  diff = max(
+    float(np.max(np.abs(np.asarray(a[...]) - np.asarray(b[...]))))
+    for (_, a), (_, b) in zip(nnx.state(ref).flat_state(), nnx.state(got).flat_state())
+  )
   k = got.layers[0].mlp.up_proj.kernel[...]
-  print("RESULT " + json.dumps({"max_diff": diff, "spec": str(k.sharding.spec),
-                                "shards": len(k.addressable_shards)}))
+  print(
+    "RESULT "
+    + json.dumps(
+      {"max_diff": diff, "spec": str(k.sharding.spec), "shards": len(k.addressable_shards)}
+    )
+  )
 
 
 def train():
   if len(sys.argv) > 2:
     from gemmax import distributed
+
     distributed.initialize(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), timeout_s=60)
   mesh = S.make_mesh(data=2, fsdp=-1)
   config = ModelConfig.preset("llama3-tiny")
@@ -164,8 +186,7 @@ def train():
       rows = all_ids[step].reshape(n, 8 // n, 17)[i]  # this process's rows only
       ids = jax.make_array_from_process_local_data(sharding, rows, (8, 17))
       losses.append(float(train_step(model, opt, ids)))
-  print("RESULT " + json.dumps({"losses": losses, "processes": n,
-                                "devices": jax.device_count()}))
+  print("RESULT " + json.dumps({"losses": losses, "processes": n, "devices": jax.device_count()}))
   if n > 1:
     jax.distributed.shutdown()
 

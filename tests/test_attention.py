@@ -1,5 +1,6 @@
 """Attention dispatcher, xla_chunked, cudnn mask translation and splash masks vs the xla
 reference."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,44 +22,100 @@ def _chunked(block):
 @pytest.mark.parametrize("softcap", [None, 50.0, 5.0])
 def test_chunked_window_softcap(window, softcap):
   q, k, v = inputs(b=2, t=37, n=4, kh=2)  # 37 is not a multiple of the block
-  compare(_chunked(8), q, k, v, 1e-5, scale=0.3, causal=True, sliding_window=window,
-          softcap=softcap, segment_ids=None)
+  compare(
+    _chunked(8),
+    q,
+    k,
+    v,
+    1e-5,
+    scale=0.3,
+    causal=True,
+    sliding_window=window,
+    softcap=softcap,
+    segment_ids=None,
+  )
 
 
 @pytest.mark.parametrize("groups", [1, 2, 4])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_chunked_gqa_head_dim(groups, head_dim):
   q, k, v = inputs(t=20, n=4, kh=4 // groups, h=head_dim)
-  compare(_chunked(8), q, k, v, 1e-5, scale=head_dim ** -0.5, causal=True, sliding_window=7,
-          softcap=50.0, segment_ids=None)
+  compare(
+    _chunked(8),
+    q,
+    k,
+    v,
+    1e-5,
+    scale=head_dim**-0.5,
+    causal=True,
+    sliding_window=7,
+    softcap=50.0,
+    segment_ids=None,
+  )
 
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_chunked_segments(causal):
   q, k, v = inputs(b=2, t=30, n=2, kh=1)
-  compare(_chunked(8), q, k, v, 1e-5, scale=0.25, causal=causal, sliding_window=11, softcap=None,
-          segment_ids=segments(2, 30))
+  compare(
+    _chunked(8),
+    q,
+    k,
+    v,
+    1e-5,
+    scale=0.25,
+    causal=causal,
+    sliding_window=11,
+    softcap=None,
+    segment_ids=segments(2, 30),
+  )
 
 
 def test_chunked_q_shorter_than_kv():
   q, k, v = inputs(t=9, s=30)
-  compare(_chunked(8), q, k, v, 1e-5, scale=0.25, causal=True, sliding_window=6, softcap=None,
-          segment_ids=None)
+  compare(
+    _chunked(8),
+    q,
+    k,
+    v,
+    1e-5,
+    scale=0.25,
+    causal=True,
+    sliding_window=6,
+    softcap=None,
+    segment_ids=None,
+  )
 
 
 def test_chunked_bf16():
   q, k, v = inputs(b=2, t=40, n=4, kh=2, h=64, dtype=jnp.bfloat16)
-  compare(_chunked(16), q, k, v, 5e-2, scale=0.125, causal=True, sliding_window=12, softcap=50.0,
-          segment_ids=segments(2, 40))
+  compare(
+    _chunked(16),
+    q,
+    k,
+    v,
+    5e-2,
+    scale=0.125,
+    causal=True,
+    sliding_window=12,
+    softcap=50.0,
+    segment_ids=segments(2, 40),
+  )
 
 
 def test_chunked_memory_is_sub_quadratic():
   """Compiled temp memory of the chunked forward+backward grows ~linearly, the reference's ~t^2."""
+
   def temp(fn, t):
     q, k, v = (jax.ShapeDtypeStruct((1, t, 1, 32), jnp.float32),) * 3
-    g = jax.grad(lambda q, k, v: fn(q, k, v, scale=1.0, causal=True, sliding_window=256,
-                                    softcap=None, segment_ids=None).sum(), (0, 1, 2))
+    g = jax.grad(
+      lambda q, k, v: fn(
+        q, k, v, scale=1.0, causal=True, sliding_window=256, softcap=None, segment_ids=None
+      ).sum(),
+      (0, 1, 2),
+    )
     return jax.jit(g).lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
+
   chunked = _chunked(128)
   assert temp(chunked, 4096) < 3 * temp(chunked, 2048)
   assert temp(chunked, 4096) * 8 < temp(attention_xla, 4096)
@@ -81,8 +138,9 @@ def test_cudnn_mask_translation(causal, window):
   path)."""
   q, k, v = inputs(b=2, t=33, n=4, kh=2)
   kw = dict(scale=0.3, causal=causal, sliding_window=window, softcap=None, segment_ids=None)
-  np.testing.assert_allclose(attention_cudnn(q, k, v, implementation="xla", **kw),
-                             attention_xla(q, k, v, **kw), atol=1e-5)
+  np.testing.assert_allclose(
+    attention_cudnn(q, k, v, implementation="xla", **kw), attention_xla(q, k, v, **kw), atol=1e-5
+  )
 
 
 def test_explicit_impls_refuse_what_they_cannot_do():
@@ -125,6 +183,7 @@ def test_dispatcher_matches_reference_and_positions_path():
 
 def test_splash_mask_construction():
   from gemmax.ops.splash import make_mask
+
   t, w = 40, 7
   mask = make_mask(t, t, 2, causal=True, sliding_window=w)
   qi, ki = np.arange(t)[:, None], np.arange(t)[None, :]
@@ -145,12 +204,17 @@ def test_default_positions_mask_is_a_constant(window):
   pos = jnp.arange(16)[None]
 
   def loss(**extra):
-    return jax.jit(jax.value_and_grad(lambda q, k, v: attention_xla(q, k, v, **kw, **extra).astype(
-        jnp.float32).sum(), (0, 1, 2)))
+    return jax.jit(
+      jax.value_and_grad(
+        lambda q, k, v: attention_xla(q, k, v, **kw, **extra).astype(jnp.float32).sum(), (0, 1, 2)
+      )
+    )
 
   assert " iota(" not in loss().lower(q, k, v).compile().as_text()
-  for a, b in zip(jax.tree.leaves(loss()(q, k, v)),
-                  jax.tree.leaves(loss(q_positions=pos, kv_positions=pos)(q, k, v))):
+  for a, b in zip(
+    jax.tree.leaves(loss()(q, k, v)),
+    jax.tree.leaves(loss(q_positions=pos, kv_positions=pos)(q, k, v)),
+  ):
     np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
 
 
@@ -159,12 +223,26 @@ def test_query_blocks_match_the_reference(window):
   """impl "xla_blocks" (causal self-attention in query blocks, each against the keys it can see,
   the window's start included) equals the reference in values and gradients, with segments."""
   from gemmax.ops.qblocks import attention_qblocks
+
   q, k, v = inputs(b=2, t=37, n=4, kh=2)  # 37: a last block shorter than the others
   blocks = lambda q, k, v, **kw: attention_qblocks(q, k, v, block=8, **kw)
-  compare(blocks, q, k, v, 1e-5, scale=0.3, causal=True, sliding_window=window, softcap=50.0,
-          segment_ids=segments(2, 37))
-  np.testing.assert_allclose(attention(q, k, v, impl="xla_blocks", causal=False),
-                             attention(q, k, v, impl="xla", causal=False), atol=1e-6)
+  compare(
+    blocks,
+    q,
+    k,
+    v,
+    1e-5,
+    scale=0.3,
+    causal=True,
+    sliding_window=window,
+    softcap=50.0,
+    segment_ids=segments(2, 37),
+  )
+  np.testing.assert_allclose(
+    attention(q, k, v, impl="xla_blocks", causal=False),
+    attention(q, k, v, impl="xla", causal=False),
+    atol=1e-6,
+  )
 
 
 def test_auto_choice_for_long_prompts_on_cpu():

@@ -1,4 +1,5 @@
 """Pallas flash kernel (interpret mode on CPU) and splash (TPU kernel, interpreted) vs xla."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,15 +12,28 @@ def _pallas(q, k, v, **kw):
   return attention_pallas(q, k, v, block_q=16, block_k=16, **kw)
 
 
-@pytest.mark.parametrize("window,softcap,groups,seg", [
-    (5, 50.0, 2, False),    # window < block, GQA, softcap
-    (20, 5.0, 1, True),     # window not a multiple of the block, small softcap, segments
+@pytest.mark.parametrize(
+  "window,softcap,groups,seg",
+  [
+    (5, 50.0, 2, False),  # window < block, GQA, softcap
+    (20, 5.0, 1, True),  # window not a multiple of the block, small softcap, segments
     (None, None, 4, False),  # global causal, 4 groups
-])
+  ],
+)
 def test_pallas_fast(window, softcap, groups, seg):
   q, k, v = inputs(b=2, t=37, n=4, kh=4 // groups)  # 37: not a multiple of 16
-  compare(_pallas, q, k, v, 1e-5, scale=0.3, causal=True, sliding_window=window, softcap=softcap,
-          segment_ids=segments(2, 37) if seg else None)
+  compare(
+    _pallas,
+    q,
+    k,
+    v,
+    1e-5,
+    scale=0.3,
+    causal=True,
+    sliding_window=window,
+    softcap=softcap,
+    segment_ids=segments(2, 37) if seg else None,
+  )
 
 
 def test_pallas_window_boundary_exact():
@@ -35,21 +49,52 @@ def test_pallas_window_boundary_exact():
 @pytest.mark.parametrize("head_dim,groups", [(64, 1), (128, 2), (256, 4)])
 def test_pallas_cross_product(window, softcap, head_dim, groups):
   q, k, v = inputs(t=40, n=4, kh=4 // groups, h=head_dim)
-  compare(_pallas, q, k, v, 1e-5, scale=head_dim ** -0.5, causal=True, sliding_window=window,
-          softcap=softcap, segment_ids=None)
+  compare(
+    _pallas,
+    q,
+    k,
+    v,
+    1e-5,
+    scale=head_dim**-0.5,
+    causal=True,
+    sliding_window=window,
+    softcap=softcap,
+    segment_ids=None,
+  )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("causal", [True, False])
 def test_pallas_segments_bf16(causal):
   q, k, v = inputs(b=2, t=48, n=4, kh=2, h=64, dtype=jnp.bfloat16)
-  compare(_pallas, q, k, v, 5e-2, scale=0.125, causal=causal, sliding_window=12, softcap=50.0,
-          segment_ids=segments(2, 48))
+  compare(
+    _pallas,
+    q,
+    k,
+    v,
+    5e-2,
+    scale=0.125,
+    causal=causal,
+    sliding_window=12,
+    softcap=50.0,
+    segment_ids=segments(2, 48),
+  )
 
 
 @pytest.mark.slow
 def test_splash_interpret():
   from gemmax.ops.splash import attention_splash
+
   q, k, v = inputs(b=2, t=37, n=4, kh=2)
-  compare(lambda *a, **kw: attention_splash(*a, block=128, **kw), q, k, v, 1e-5, scale=0.3,
-          causal=True, sliding_window=5, softcap=2.0, segment_ids=segments(2, 37))
+  compare(
+    lambda *a, **kw: attention_splash(*a, block=128, **kw),
+    q,
+    k,
+    v,
+    1e-5,
+    scale=0.3,
+    causal=True,
+    sliding_window=5,
+    softcap=2.0,
+    segment_ids=segments(2, 37),
+  )

@@ -1,6 +1,7 @@
 """Bad config values of experiments/evaluate.py and experiments/generate.py: one line naming the
 key, exit 2, before any model loads and with no workdir created (subprocesses: each script
 defines its own --config flag)."""
+
 import os
 import subprocess
 import sys
@@ -10,48 +11,100 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CASES = [
-    ("generate.py", "temperature_negative", ["--config.temperature=-1"],
-     ["temperature must be >= 0", "-1"]),
-    ("generate.py", "temperature_nan", ["--config.temperature=nan"], ["temperature", "nan"]),
-    ("generate.py", "top_p_negative", ["--config.top_p=-0.5"], ["top_p must be in (0, 1]"]),
-    ("generate.py", "top_p_above_one", ["--config.top_p=1.5"], ["top_p must be in (0, 1]"]),
-    ("generate.py", "top_k_negative", ["--config.top_k=-3"], ["top_k must be >= 0"]),
-    ("generate.py", "max_new_tokens_zero", ["--config.max_new_tokens=0"],
-     ["max_new_tokens must be > 0"]),
-    ("generate.py", "max_len_one", ["--config.max_len=1"], ["max_len must be >= 2"]),
-    ("generate.py", "unknown_dtype", ["--config.model.dtype=int8"], ["model.dtype", "int8"]),
-    ("generate.py", "empty_model", ["--config.model.path="], ["model.path is empty"]),
-    ("evaluate.py", "batch_size_negative", ["--config.batch_size=-1"],
-     ["batch_size must be > 0", "-1"]),
-    ("evaluate.py", "few_shot_negative", ["--config.classification.few_shot=-1"],
-     ["classification.few_shot must be >= 0"]),
-    ("evaluate.py", "window_one", ["--config.perplexity.window=1"],
-     ["perplexity.window must be >= 2"]),
-    ("evaluate.py", "stride_negative", ["--config.perplexity.stride=-4"],
-     ["perplexity.stride must be >= 0"]),
-    ("evaluate.py", "unknown_reduction", ["--config.classification.reduction=max"],
-     ["classification.reduction", "max"]),
-    ("evaluate.py", "unknown_format", ["--config.classification.format=csv"],
-     ["classification.format", "csv"]),
-    ("evaluate.py", "unknown_task", ["--config.tasks=bleu"], ["bleu"]),
-    ("evaluate.py", "label_template_typo", ["--config.classification.label_template= {lable}"],
-     ["classification.label_template", "lable"]),
-    ("evaluate.py", "exact_match_tokens_zero", ["--config.tasks=exact_match",
-                                                "--config.exact_match.max_new_tokens=0"],
-     ["exact_match.max_new_tokens must be > 0"]),
+  (
+    "generate.py",
+    "temperature_negative",
+    ["--config.temperature=-1"],
+    ["temperature must be >= 0", "-1"],
+  ),
+  ("generate.py", "temperature_nan", ["--config.temperature=nan"], ["temperature", "nan"]),
+  ("generate.py", "top_p_negative", ["--config.top_p=-0.5"], ["top_p must be in (0, 1]"]),
+  ("generate.py", "top_p_above_one", ["--config.top_p=1.5"], ["top_p must be in (0, 1]"]),
+  ("generate.py", "top_k_negative", ["--config.top_k=-3"], ["top_k must be >= 0"]),
+  (
+    "generate.py",
+    "max_new_tokens_zero",
+    ["--config.max_new_tokens=0"],
+    ["max_new_tokens must be > 0"],
+  ),
+  ("generate.py", "max_len_one", ["--config.max_len=1"], ["max_len must be >= 2"]),
+  ("generate.py", "unknown_dtype", ["--config.model.dtype=int8"], ["model.dtype", "int8"]),
+  ("generate.py", "empty_model", ["--config.model.path="], ["model.path is empty"]),
+  (
+    "evaluate.py",
+    "batch_size_negative",
+    ["--config.batch_size=-1"],
+    ["batch_size must be > 0", "-1"],
+  ),
+  (
+    "evaluate.py",
+    "few_shot_negative",
+    ["--config.classification.few_shot=-1"],
+    ["classification.few_shot must be >= 0"],
+  ),
+  (
+    "evaluate.py",
+    "window_one",
+    ["--config.perplexity.window=1"],
+    ["perplexity.window must be >= 2"],
+  ),
+  (
+    "evaluate.py",
+    "stride_negative",
+    ["--config.perplexity.stride=-4"],
+    ["perplexity.stride must be >= 0"],
+  ),
+  (
+    "evaluate.py",
+    "unknown_reduction",
+    ["--config.classification.reduction=max"],
+    ["classification.reduction", "max"],
+  ),
+  (
+    "evaluate.py",
+    "unknown_format",
+    ["--config.classification.format=csv"],
+    ["classification.format", "csv"],
+  ),
+  ("evaluate.py", "unknown_task", ["--config.tasks=bleu"], ["bleu"]),
+  (
+    "evaluate.py",
+    "label_template_typo",
+    ["--config.classification.label_template= {lable}"],
+    ["classification.label_template", "lable"],
+  ),
+  (
+    "evaluate.py",
+    "exact_match_tokens_zero",
+    ["--config.tasks=exact_match", "--config.exact_match.max_new_tokens=0"],
+    ["exact_match.max_new_tokens must be > 0"],
+  ),
 ]
 
 
-@pytest.mark.parametrize("script,flags,needles", [c[:1] + c[2:] for c in CASES],
-                         ids=[c[1] for c in CASES])
+@pytest.mark.parametrize(
+  "script,flags,needles", [c[:1] + c[2:] for c in CASES], ids=[c[1] for c in CASES]
+)
 def test_bad_value_is_one_line_exit_2(tmp_path, script, flags, needles):
   work = tmp_path / "work"
-  cmd = [sys.executable, os.path.join(ROOT, "experiments", script), "--config",
-         os.path.join(ROOT, "experiments", "configs", script), *flags]
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "experiments", script),
+    "--config",
+    os.path.join(ROOT, "experiments", "configs", script),
+    *flags,
+  ]
   if script == "evaluate.py":
     cmd.append(f"--config.workdir={work}")
-  p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120,
-                     env=dict(os.environ, JAX_PLATFORMS="cpu"), stdin=subprocess.DEVNULL)
+  p = subprocess.run(
+    cmd,
+    capture_output=True,
+    text=True,
+    cwd=ROOT,
+    timeout=120,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    stdin=subprocess.DEVNULL,
+  )
   lines = p.stderr.strip().splitlines()
   assert p.returncode == 2, p.stderr[-2000:]
   assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), p.stderr[-2000:]

@@ -7,6 +7,7 @@ On a CPU with bf16 matmul instructions, every product of a bf16 train step must 
 bf16 dot: XLA:CPU upcasts to float32 any bf16 dot that returns bf16, that contracts the leading
 axis of a 2-D operand, or whose operand is an explicit transpose (`a @ b.T`).
 """
+
 import re
 
 import jax
@@ -32,8 +33,9 @@ def _ref(x, w, w_t, out=BF16):
 
 
 def _close(a, b):  # one bf16 rounding apart at most (float32 sums in another order)
-  np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
-                             rtol=2 ** -7, atol=1e-3)
+  np.testing.assert_allclose(
+    np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2**-7, atol=1e-3
+  )
 
 
 @pytest.mark.parametrize("w_t", [False, True])
@@ -45,8 +47,9 @@ def test_values_and_gradients_match_float32_products(w_t, out):
   _close(y, _ref(x, w, w_t, out or BF16))
 
   g = _rand(2, (96, 24))
-  f = lambda x, w: jnp.sum(dot2d(x, w, w_t=w_t, preferred_element_type=out).astype(
-      jnp.float32) * g.astype(jnp.float32))
+  f = lambda x, w: jnp.sum(
+    dot2d(x, w, w_t=w_t, preferred_element_type=out).astype(jnp.float32) * g.astype(jnp.float32)
+  )
   dx, dw = jax.jit(jax.grad(f, argnums=(0, 1)))(x, w)
   assert dx.dtype == dw.dtype == BF16
   g32, x32, w32 = (a.astype(jnp.float32) for a in (g, x, w))
@@ -85,9 +88,13 @@ def _cpu_has_bf16_matmul() -> bool:
   return jax.default_backend() == "cpu" and bool(re.search(r"\b(amx_bf16|avx512_bf16)\b", flags))
 
 
-needs_bf16_matmul = pytest.mark.skipif(not _cpu_has_bf16_matmul(), reason=(
+needs_bf16_matmul = pytest.mark.skipif(
+  not _cpu_has_bf16_matmul(),
+  reason=(
     "XLA:CPU has native bf16 dot kernels only on CPUs with AMX or AVX512-BF16; elsewhere it may "
-    "upcast every bf16 dot, so there is no fast form to check (values are checked above)"))
+    "upcast every bf16 dot, so there is no fast form to check (values are checked above)"
+  ),
+)
 
 
 def _dots(hlo: str) -> list[tuple[str, str, str]]:
@@ -98,7 +105,8 @@ def _dots(hlo: str) -> list[tuple[str, str, str]]:
     types = dict(re.findall(r"(%[\w.\-]+) = (\w+)\[", comp))
     types.update(re.findall(r"([\w.\-]+): (\w+)\[", comp.split("\n")[0]))
     for a, b, dim in re.findall(
-        r" dot\((%[\w.\-]+), (%[\w.\-]+)\), lhs_contracting_dims=\{(\d)\}", comp):
+      r" dot\((%[\w.\-]+), (%[\w.\-]+)\), lhs_contracting_dims=\{(\d)\}", comp
+    ):
       out.append((types.get(a) or types.get(a[1:]), types.get(b) or types.get(b[1:]), dim))
   return out
 
@@ -136,6 +144,7 @@ def _attn_grads(q, k, v, cot, window):
   def f(q, k, v):
     out = attention_xla(q, k, v, sliding_window=window, **_ATTN)
     return jnp.sum(out.astype(jnp.float32) * cot)
+
   return jax.grad(f, argnums=(0, 1, 2))(q, k, v)
 
 
@@ -169,8 +178,7 @@ def test_low_precision_attention_query_without_visible_keys_gets_zeros():
   q, k, v = _rand(20, (1, 8, 2, 16)), _rand(21, (1, 8, 1, 16)), _rand(22, (1, 8, 1, 16))
   q_seg = jnp.asarray([[1, 1, 1, 1, 1, 2, 2, 2]])  # segment 2 has no keys: nothing is visible
   kv_seg = jnp.ones((1, 8), jnp.int32)
-  kw = dict(scale=0.25, causal=True, sliding_window=None, softcap=20.0,
-            segment_ids=(q_seg, kv_seg))
+  kw = dict(scale=0.25, causal=True, sliding_window=None, softcap=20.0, segment_ids=(q_seg, kv_seg))
 
   def f(q, k, v):
     return jnp.sum(attention_xla(q, k, v, **kw).astype(jnp.float32) ** 2)
@@ -178,12 +186,14 @@ def test_low_precision_attention_query_without_visible_keys_gets_zeros():
   out = attention_xla(q, k, v, **kw)
   assert not np.asarray(out[0, 5:].astype(jnp.float32)).any()
   f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
-  np.testing.assert_allclose(np.asarray(f32(out)),
-                             np.asarray(attention_xla(f32(q), f32(k), f32(v), **kw)), atol=2e-2)
+  np.testing.assert_allclose(
+    np.asarray(f32(out)), np.asarray(attention_xla(f32(q), f32(k), f32(v), **kw)), atol=2e-2
+  )
   for g, w in zip(jax.grad(f, (0, 1, 2))(q, k, v), jax.grad(f, (0, 1, 2))(f32(q), f32(k), f32(v))):
     assert np.isfinite(np.asarray(f32(g))).all()
-    np.testing.assert_allclose(np.asarray(f32(g)), np.asarray(w),
-                               atol=3e-2 * float(jnp.max(jnp.abs(w))))
+    np.testing.assert_allclose(
+      np.asarray(f32(g)), np.asarray(w), atol=3e-2 * float(jnp.max(jnp.abs(w)))
+    )
 
 
 @pytest.mark.parametrize("name", ["gelu_pytorch_tanh", "silu"])

@@ -1,4 +1,5 @@
 """RunCheckpointer round trip and checkpoint averaging."""
+
 import os
 
 import jax
@@ -6,7 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gemmax.train.checkpoints import RunCheckpointer, average_checkpoints, key_from_json, key_to_json
+from gemmax.train.checkpoints import (
+  RunCheckpointer,
+  average_checkpoints,
+  key_from_json,
+  key_to_json,
+)
 
 
 class Tiny(nnx.Module):

@@ -1,4 +1,5 @@
 """Presets, parameter counts (no allocation), config.json parsing, sharded checkpoints."""
+
 import json
 import os
 
@@ -14,8 +15,10 @@ from gemmax.models import PRESETS, PUBLISHED_PARAMS, ModelConfig, param_count
 from hf_models import gemma2_config, make_hf_model, save_hf_model
 
 
-@pytest.mark.parametrize("name", ["gemma2-2b", "gemma2-9b", "gemma2-27b", "llama2-7b", "llama3-8b",
-                                  "llama3.2-1b", "llama3.2-3b"])
+@pytest.mark.parametrize(
+  "name",
+  ["gemma2-2b", "gemma2-9b", "gemma2-27b", "llama2-7b", "llama3-8b", "llama3.2-1b", "llama3.2-3b"],
+)
 def test_param_count_matches_published_total(name):
   assert param_count(ModelConfig.preset(name)) == PUBLISHED_PARAMS[name]
 
@@ -28,7 +31,7 @@ def test_param_count_large(name):
 
 def test_presets_follow_published_configs():
   g27 = ModelConfig.preset("gemma2-27b")
-  assert g27.query_scale == 144 ** -0.5 and g27.head_dim == 128
+  assert g27.query_scale == 144**-0.5 and g27.head_dim == 128
   assert [g27.layer_window(i) for i in range(4)] == [4096, None, 4096, None]
   l31 = ModelConfig.preset("llama3.1-8b")
   assert l31.rope_scaling.factor == 8 and l31.max_position_embeddings == 131072
@@ -67,7 +70,8 @@ def test_sharded_checkpoints_both_ways(tmp_path):
   save_hf(model, str(tmp_path / "gx"), max_shard_bytes=100_000)
   with open(tmp_path / "gx" / "model.safetensors.index.json") as f:
     assert len(set(json.load(f)["weight_map"].values())) > 1
-  hf2 = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "gx"),
-                                                          attn_implementation="eager").float()
+  hf2 = transformers.AutoModelForCausalLM.from_pretrained(
+    str(tmp_path / "gx"), attn_implementation="eager"
+  ).float()
   with torch.no_grad():
     np.testing.assert_array_equal(hf2(torch.tensor(ids)).logits.numpy(), ref)

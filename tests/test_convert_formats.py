@@ -1,4 +1,5 @@
 """Meta-format Llama and Kaggle/Orbax Gemma 2 imports, and the loader's error messages."""
+
 import json
 import os
 
@@ -28,22 +29,40 @@ def _weights(hf):
 
 def test_meta_llama_with_interleaved_rope(tmp_path):
   # Meta's FFN size formula: int(2 * 4 * 64 / 3) = 170 -> multiple of 32 -> 192.
-  hf = make_hf_model(llama_config(intermediate_size=192, rope_scaling=dict(
-      rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-      original_max_position_embeddings=8192)))
+  hf = make_hf_model(
+    llama_config(
+      intermediate_size=192,
+      rope_scaling=dict(
+        rope_type="llama3",
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=8192,
+      ),
+    )
+  )
   c, w = hf.config, _weights(hf)
 
   def to_meta(x, heads):  # inverse of HF's conversion permute (Meta pairs 2i, 2i+1)
     rows, cols = x.shape
     return x.reshape(heads, 2, rows // heads // 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
 
-  meta = {"tok_embeddings.weight": w["model.embed_tokens.weight"],
-          "norm.weight": w["model.norm.weight"], "output.weight": w["lm_head.weight"]}
-  names = {"self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk",
-           "self_attn.v_proj": "attention.wv", "self_attn.o_proj": "attention.wo",
-           "mlp.gate_proj": "feed_forward.w1", "mlp.down_proj": "feed_forward.w2",
-           "mlp.up_proj": "feed_forward.w3", "input_layernorm": "attention_norm",
-           "post_attention_layernorm": "ffn_norm"}
+  meta = {
+    "tok_embeddings.weight": w["model.embed_tokens.weight"],
+    "norm.weight": w["model.norm.weight"],
+    "output.weight": w["lm_head.weight"],
+  }
+  names = {
+    "self_attn.q_proj": "attention.wq",
+    "self_attn.k_proj": "attention.wk",
+    "self_attn.v_proj": "attention.wv",
+    "self_attn.o_proj": "attention.wo",
+    "mlp.gate_proj": "feed_forward.w1",
+    "mlp.down_proj": "feed_forward.w2",
+    "mlp.up_proj": "feed_forward.w3",
+    "input_layernorm": "attention_norm",
+    "post_attention_layernorm": "ffn_norm",
+  }
   for i in range(c.num_hidden_layers):
     for hf_name, meta_name in names.items():
       x = w[f"model.layers.{i}.{hf_name}.weight"]
@@ -53,13 +72,26 @@ def test_meta_llama_with_interleaved_rope(tmp_path):
         x = to_meta(x, c.num_key_value_heads)
       meta[f"layers.{i}.{meta_name}.weight"] = x
   save_file(meta, str(tmp_path / "consolidated.00.safetensors"))
-  (tmp_path / "params.json").write_text(json.dumps(dict(
-      dim=64, n_layers=c.num_hidden_layers, n_heads=4, n_kv_heads=2, vocab_size=256,
-      multiple_of=32, norm_eps=c.rms_norm_eps, rope_theta=500000.0, use_scaled_rope=True)))
+  (tmp_path / "params.json").write_text(
+    json.dumps(
+      dict(
+        dim=64,
+        n_layers=c.num_hidden_layers,
+        n_heads=4,
+        n_kv_heads=2,
+        vocab_size=256,
+        multiple_of=32,
+        norm_eps=c.rms_norm_eps,
+        rope_theta=500000.0,
+        use_scaled_rope=True,
+      )
+    )
+  )
   model = load_meta(str(tmp_path), rope_factor=8)
   ids = np.random.RandomState(0).randint(0, 256, (2, 16))
-  np.testing.assert_allclose(np.asarray(_forward(model, jnp.asarray(ids))), _ref_logits(hf, ids),
-                             atol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(_forward(model, jnp.asarray(ids))), _ref_logits(hf, ids), atol=1e-4
+  )
 
 
 def test_kaggle_orbax_gemma2(tmp_path):
@@ -67,30 +99,41 @@ def test_kaggle_orbax_gemma2(tmp_path):
   c, w = hf.config, _weights(hf)
   n, k, h, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size
   emb = w["model.embed_tokens.weight"]
-  params = {"transformer": {
+  params = {
+    "transformer": {
       "embedder": {"input_embedding": np.concatenate([emb, np.ones((128, d), np.float32)])},
-      "final_norm": {"scale": w["model.norm.weight"]}}}
+      "final_norm": {"scale": w["model.norm.weight"]},
+    }
+  }
   for i in range(c.num_hidden_layers):
     p = lambda s: w[f"model.layers.{i}.{s}.weight"]
     heads = lambda x, m: x.reshape(m, h, d).transpose(0, 2, 1)  # [m*h, d] -> [m, d, h]
     params["transformer"][f"layer_{i}"] = {
-        "attn": {"q_einsum": {"w": heads(p("self_attn.q_proj"), n)},
-                 "kv_einsum": {"w": np.stack([heads(p("self_attn.k_proj"), k),
-                                              heads(p("self_attn.v_proj"), k)])},
-                 "attn_vec_einsum": {"w": p("self_attn.o_proj").T.reshape(n, h, d)}},
-        "mlp": {"gating_einsum": {"w": np.stack([p("mlp.gate_proj"), p("mlp.up_proj")])},
-                "linear": {"w": p("mlp.down_proj").T}},
-        "pre_attention_norm": {"scale": p("input_layernorm")},
-        "post_attention_norm": {"scale": p("post_attention_layernorm")},
-        "pre_ffw_norm": {"scale": p("pre_feedforward_layernorm")},
-        "post_ffw_norm": {"scale": p("post_feedforward_layernorm")}}
+      "attn": {
+        "q_einsum": {"w": heads(p("self_attn.q_proj"), n)},
+        "kv_einsum": {
+          "w": np.stack([heads(p("self_attn.k_proj"), k), heads(p("self_attn.v_proj"), k)])
+        },
+        "attn_vec_einsum": {"w": p("self_attn.o_proj").T.reshape(n, h, d)},
+      },
+      "mlp": {
+        "gating_einsum": {"w": np.stack([p("mlp.gate_proj"), p("mlp.up_proj")])},
+        "linear": {"w": p("mlp.down_proj").T},
+      },
+      "pre_attention_norm": {"scale": p("input_layernorm")},
+      "post_attention_norm": {"scale": p("post_attention_layernorm")},
+      "pre_ffw_norm": {"scale": p("pre_feedforward_layernorm")},
+      "post_ffw_norm": {"scale": p("post_feedforward_layernorm")},
+    }
   import orbax.checkpoint as ocp
+
   ocp.PyTreeCheckpointer().save(str(tmp_path / "ckpt"), params)
   config = ModelConfig.from_hf(c.to_dict())
   model = load_kaggle(str(tmp_path / "ckpt"), config)
   ids = np.random.RandomState(0).randint(0, 256, (2, 20))
-  np.testing.assert_allclose(np.asarray(_forward(model, jnp.asarray(ids))), _ref_logits(hf, ids),
-                             atol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(_forward(model, jnp.asarray(ids))), _ref_logits(hf, ids), atol=1e-4
+  )
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +155,9 @@ def _copy_with(src, dst, edit):
 
 def test_missing_tensor_is_named(llama_dir, tmp_path):
   name = "model.layers.1.mlp.up_proj.weight"
-  bad = _copy_with(llama_dir, str(tmp_path / "m"), lambda t: {k: v for k, v in t.items() if k != name})
+  bad = _copy_with(
+    llama_dir, str(tmp_path / "m"), lambda t: {k: v for k, v in t.items() if k != name}
+  )
   with pytest.raises(KeyError, match=r"missing tensor model\.layers\.1\.mlp\.up_proj\.weight"):
     load_hf(bad)
 
@@ -120,13 +165,16 @@ def test_missing_tensor_is_named(llama_dir, tmp_path):
 def test_wrong_shape_names_tensor_and_both_shapes(llama_dir, tmp_path):
   name = "model.layers.0.self_attn.k_proj.weight"
   bad = _copy_with(llama_dir, str(tmp_path / "m"), lambda t: {**t, name: t[name][:16]})
-  with pytest.raises(ValueError, match=r"k_proj\.weight has shape \(16, 64\), the config expects \(32, 64\)"):
+  with pytest.raises(
+    ValueError, match=r"k_proj\.weight has shape \(16, 64\), the config expects \(32, 64\)"
+  ):
     load_hf(bad)
 
 
 def test_unsupported_architecture(tmp_path):
-  (tmp_path / "config.json").write_text(json.dumps({"architectures": ["MistralForCausalLM"],
-                                                    "model_type": "mistral"}))
+  (tmp_path / "config.json").write_text(
+    json.dumps({"architectures": ["MistralForCausalLM"], "model_type": "mistral"})
+  )
   with pytest.raises(ValueError, match="unsupported architecture"):
     load_hf(str(tmp_path))
 

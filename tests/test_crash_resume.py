@@ -8,6 +8,7 @@ and exit with status 75. The default test kills once, mid-write; the full versio
 then SIGTERM and SIGINT) is marked slow. tests/test_train_reliability.py covers preemption
 in-process.
 """
+
 import os
 import random
 import signal
@@ -31,9 +32,15 @@ PREEMPTED = 75
 def env(tmp_path_factory):
   # One compilation cache for every run of this module: resumed runs skip recompiling.
   cache = tmp_path_factory.mktemp("jax_cache")
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.path.join(ROOT, "tests"),
-              JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", TOKENIZERS_PARALLELISM="false")
+  return dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=os.path.join(ROOT, "tests"),
+    JAX_COMPILATION_CACHE_DIR=str(cache),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    TOKENIZERS_PARALLELISM="false",
+  )
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +49,31 @@ def assets(tmp_path_factory):
 
 
 def _args(assets, workdir):
-  return base_args(assets, str(workdir), steps=STEPS, checkpoint_every=EVERY, keep_checkpoints=2,
-                   optimizer__learning_rate=1e-2)
+  return base_args(
+    assets,
+    str(workdir),
+    steps=STEPS,
+    checkpoint_every=EVERY,
+    keep_checkpoints=2,
+    optimizer__learning_rate=1e-2,
+  )
 
 
 def _start(assets, workdir, env, pause_step=None):
   env = dict(env)
   if pause_step is not None:
-    env.update(GEMMAX_TEST_PAUSE_SAVE_STEP=str(pause_step),
-               GEMMAX_TEST_PAUSE_MARKER=str(workdir) + ".paused")
+    env.update(
+      GEMMAX_TEST_PAUSE_SAVE_STEP=str(pause_step), GEMMAX_TEST_PAUSE_MARKER=str(workdir) + ".paused"
+    )
   started = time.time()
-  proc = subprocess.Popen([sys.executable, RUNNER, *_args(assets, workdir)], env=env, cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, RUNNER, *_args(assets, workdir)],
+    env=env,
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   proc.started = started
   return proc
 
@@ -66,6 +86,7 @@ def _finish(proc, timeout=300):
 def _logged_steps(workdir, since=0.0):
   """Steps in metrics.jsonl, if the file was written after `since` (a resumed run rewrites it)."""
   from gemmax.train import read_jsonl
+
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path) or os.path.getmtime(path) < since:
     return []
@@ -82,8 +103,9 @@ def _wait(proc, ready, what, timeout=300):
   while not ready():
     if proc.poll() is not None:
       out, err = proc.communicate()
-      pytest.fail(f"run ended (status {proc.returncode}) before {what}:\n{out[-2000:]}\n"
-                  f"{err[-3000:]}")
+      pytest.fail(
+        f"run ended (status {proc.returncode}) before {what}:\n{out[-2000:]}\n{err[-3000:]}"
+      )
     if time.time() > end:
       proc.kill()
       pytest.fail(f"timed out waiting for {what}")
@@ -92,8 +114,7 @@ def _wait(proc, ready, what, timeout=300):
 
 def _kill_at_step(proc, workdir, step, rng):
   """SIGKILL a random moment after `step` was logged. Returns the checkpoints complete then."""
-  _wait(proc, lambda: any(s >= step for s in _logged_steps(workdir, proc.started)),
-        f"step {step}")
+  _wait(proc, lambda: any(s >= step for s in _logged_steps(workdir, proc.started)), f"step {step}")
   time.sleep(rng.uniform(0.0, 0.5))
   proc.send_signal(signal.SIGKILL)
   proc.wait()
@@ -121,8 +142,7 @@ def _resumed_from(out):
 
 def _stop(proc, workdir, sig, step):
   """SIGTERM/SIGINT after `step`: the run must checkpoint the step it is on and exit 75."""
-  _wait(proc, lambda: any(s >= step for s in _logged_steps(workdir, proc.started)),
-        f"step {step}")
+  _wait(proc, lambda: any(s >= step for s in _logged_steps(workdir, proc.started)), f"step {step}")
   proc.send_signal(sig)
   status, out, err = _finish(proc)
   assert status == PREEMPTED, (status, err[-3000:])
@@ -134,6 +154,7 @@ def _stop(proc, workdir, sig, step):
 
 def _state(workdir):
   import orbax.checkpoint as ocp
+
   step = os.path.join(workdir, "checkpoints", str(STEPS))
   checkpointer = ocp.StandardCheckpointer()
   return {item: checkpointer.restore(os.path.join(step, item)) for item in ("params", "opt_state")}
@@ -141,6 +162,7 @@ def _state(workdir):
 
 def _assert_identical(reference, resumed):
   import jax
+
   a, b = _state(reference), _state(resumed)
   for item in a:
     la, lb = jax.tree_util.tree_flatten_with_path(a[item])[0], jax.tree.leaves(b[item])
@@ -148,9 +170,12 @@ def _assert_identical(reference, resumed):
     for (path, x), y in zip(la, lb):
       assert np.array_equal(np.asarray(x), np.asarray(y)), f"{item}{jax.tree_util.keystr(path)}"
   adapter = os.path.join("adapter", "adapter_model.safetensors")
-  assert open(os.path.join(reference, adapter), "rb").read() == \
-      open(os.path.join(resumed, adapter), "rb").read()
+  assert (
+    open(os.path.join(reference, adapter), "rb").read()
+    == open(os.path.join(resumed, adapter), "rb").read()
+  )
   from gemmax.train import read_jsonl
+
   ra = read_jsonl(os.path.join(reference, "metrics.jsonl"))
   rb = read_jsonl(os.path.join(resumed, "metrics.jsonl"))
   assert [l["step"] for l in rb] == list(range(1, STEPS + 1))
@@ -171,8 +196,14 @@ def reference(assets, env, tmp_path_factory):
 def test_writes_stay_inside_the_workdir(reference, env):
   """Security: a run writes files only inside its workdir (beyond third-party caches)."""
   import matplotlib
-  allowed = [reference, "/proc/self", env["JAX_COMPILATION_CACHE_DIR"],
-             matplotlib.get_configdir(), matplotlib.get_cachedir()]
+
+  allowed = [
+    reference,
+    "/proc/self",
+    env["JAX_COMPILATION_CACHE_DIR"],
+    matplotlib.get_configdir(),
+    matplotlib.get_cachedir(),
+  ]
   inside = lambda p: any(p == a or p.startswith(a + os.sep) for a in allowed)
   with open(reference + ".writes") as f:
     events = [line.rstrip("\n").split("\t") for line in f if line.strip()]

@@ -1,4 +1,5 @@
 """gemmax.distill losses: chunked sums vs direct dense computations, JSD limits, top-k + tail."""
+
 import functools
 
 import jax
@@ -47,14 +48,16 @@ def _dense_div(name, t_logits, s_logits, beta, temp):
 @functools.partial(jax.jit, static_argnames=("loss", "softcap", "chunk"))
 def _sums_and_grad(h, w, y, m, topk=None, teacher=None, *, loss, softcap=None, chunk=None):
   """(DistillSums, d loss_sum / d hidden), as one compiled program (not op by op)."""
-  f = lambda h: (lambda s: (s.loss_sum, s))(distill_sums(
-      h, w, y, m, loss=loss, softcap=softcap, topk=topk, teacher=teacher, chunk=chunk))
+  f = lambda h: (lambda s: (s.loss_sum, s))(
+    distill_sums(h, w, y, m, loss=loss, softcap=softcap, topk=topk, teacher=teacher, chunk=chunk)
+  )
   g, s = jax.grad(f, has_aux=True)(h)
   return s, g
 
 
-@pytest.mark.parametrize("name,beta,softcap", [("forward_kl", 0.5, None), ("reverse_kl", 0.5, 5.0),
-                                               ("jsd", 0.3, 5.0)])
+@pytest.mark.parametrize(
+  "name,beta,softcap", [("forward_kl", 0.5, None), ("reverse_kl", 0.5, 5.0), ("jsd", 0.3, 5.0)]
+)
 def test_online_chunked_matches_dense(name, beta, softcap):
   h, w, th, tw, y, m = _inputs()
   loss = DistillLoss(kd_ratio=0.6, temperature=1.5, divergence=name, beta=beta)
@@ -68,11 +71,12 @@ def test_online_chunked_matches_dense(name, beta, softcap):
   np.testing.assert_allclose(s.kd_sum, np.sum(kd * mm), rtol=1e-5)
   np.testing.assert_allclose(s.ce_sum, np.sum(ce * mm), rtol=1e-5)
   np.testing.assert_allclose(s.kl_sum, np.sum(fkl * mm), rtol=1e-5)
-  np.testing.assert_allclose(s.loss_sum, np.sum((0.4 * ce + 0.6 * 1.5 ** 2 * kd) * mm), rtol=1e-5)
+  np.testing.assert_allclose(s.loss_sum, np.sum((0.4 * ce + 0.6 * 1.5**2 * kd) * mm), rtol=1e-5)
   assert float(s.count) == float(mm.sum())
   # and the public per-token functions agree with the same definitions
-  np.testing.assert_allclose(distill.divergence(name, tl, sl, beta=beta, temperature=1.5), kd,
-                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    distill.divergence(name, tl, sl, beta=beta, temperature=1.5), kd, rtol=1e-5, atol=1e-7
+  )
 
 
 def test_jsd_beta_limits():
@@ -146,12 +150,12 @@ def test_topk_tail_term():
 
 def test_mask_and_kd_ratio_zero():
   from gemmax.train import cross_entropy_sums
+
   h, w, th, tw, y, m = _inputs(4)
   s, _ = _sums_and_grad(h, w, y, 0 * m, teacher=(th, tw, None), loss=DistillLoss())
   assert float(s.loss_sum) == 0 and float(s.count) == 0
   ce_only, g = _sums_and_grad(h, w, y, m, teacher=(th, tw, None), loss=DistillLoss(kd_ratio=0.0))
-  ref, g_ref = jax.jit(jax.value_and_grad(
-      lambda h: cross_entropy_sums(h, w, y, m).loss_sum))(h)
+  ref, g_ref = jax.jit(jax.value_and_grad(lambda h: cross_entropy_sums(h, w, y, m).loss_sum))(h)
   np.testing.assert_allclose(ce_only.loss_sum, ref, rtol=1e-6)
   np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7)
   assert float(ce_only.kd_sum) > 0  # still reported as a metric
@@ -162,10 +166,12 @@ def test_teacher_gets_no_gradient():
 
   @jax.jit
   def grads(th, tw):
-    f = lambda th, tw, name: distill_sums(h, w, y, m, loss=DistillLoss(divergence=name),
-                                          teacher=(th, tw, None)).loss_sum
-    return [jax.grad(f, argnums=(0, 1))(th, tw, name)
-            for name in ("forward_kl", "reverse_kl", "jsd")]
+    f = lambda th, tw, name: (
+      distill_sums(h, w, y, m, loss=DistillLoss(divergence=name), teacher=(th, tw, None)).loss_sum
+    )
+    return [
+      jax.grad(f, argnums=(0, 1))(th, tw, name) for name in ("forward_kl", "reverse_kl", "jsd")
+    ]
 
   for g_th, g_tw in grads(th, tw):
     assert not np.any(np.asarray(g_th)) and not np.any(np.asarray(g_tw))
@@ -180,23 +186,31 @@ def test_train_step_updates_only_the_student():
   from gemmax.train import make_train_step, split_model
 
   # the teacher is deeper than the student (same widths: their inits share compiled ops)
-  teacher = Transformer(ModelConfig.preset("gemma2-tiny", num_hidden_layers=2, vocab_size=64),
-                        rngs=nnx.Rngs(1))
+  teacher = Transformer(
+    ModelConfig.preset("gemma2-tiny", num_hidden_layers=2, vocab_size=64), rngs=nnx.Rngs(1)
+  )
   rng = np.random.default_rng(0)
   ids = rng.integers(0, 64, (2, 9)).astype(np.int32)
-  batch = {"input_ids": ids[:, :-1], "targets": ids[:, 1:],
-           "loss_mask": np.ones((2, 8), np.int32), "segment_ids": np.ones((2, 8), np.int32),
-           "positions": np.tile(np.arange(8, dtype=np.int32), (2, 1))}
+  batch = {
+    "input_ids": ids[:, :-1],
+    "targets": ids[:, 1:],
+    "loss_mask": np.ones((2, 8), np.int32),
+    "segment_ids": np.ones((2, 8), np.int32),
+    "positions": np.tile(np.arange(8, dtype=np.int32), (2, 1)),
+  }
   before = jax.tree.map(np.array, nnx.state(teacher, nnx.Param))
   for method in ("dora", "full"):
-    student = Transformer(ModelConfig.preset("gemma2-tiny", num_hidden_layers=1, vocab_size=64),
-                          rngs=nnx.Rngs(2))
+    student = Transformer(
+      ModelConfig.preset("gemma2-tiny", num_hidden_layers=1, vocab_size=64), rngs=nnx.Rngs(2)
+    )
     if method == "dora":
       peft.apply(student, "dora", rank=2)
     pair = distill.TeacherStudent(student, teacher)
     split = split_model(pair, distill.student_filter(pair))
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
-        split.params.to_pure_dict())[0]]
+    paths = [
+      jax.tree_util.keystr(p)
+      for p, _ in jax.tree_util.tree_flatten_with_path(split.params.to_pure_dict())[0]
+    ]
     assert paths and all(p.startswith("['student']") for p in paths), paths[:3]
     if method == "dora":  # adapters only (A, B, magnitudes); the step below trains full
       assert all("lora" in p or "magnitude" in p for p in paths), paths[:3]
@@ -204,8 +218,11 @@ def test_train_step_updates_only_the_student():
     assert len(paths) == len(jax.tree.leaves(nnx.state(student, nnx.Param)))
     tx = optax.adam(1e-2)
     opt_state = tx.init(split.params)
-    step = make_train_step(split.train_def, tx, loss_fn=distill.distill_loss_fn(
-        DistillLoss(kd_ratio=0.5, divergence="jsd")))
+    step = make_train_step(
+      split.train_def,
+      tx,
+      loss_fn=distill.distill_loss_fn(DistillLoss(kd_ratio=0.5, divergence="jsd")),
+    )
     params, _, metrics = step(split.params, opt_state, split.rest, batch, jax.random.key(0))
     for key in ("loss", "ce", "kd", "kl", "accuracy", "tokens", "grad_norm"):
       assert np.isfinite(float(metrics[key])), key
@@ -228,11 +245,13 @@ def test_accumulated_custom_sums_equal_one_batch():
 
   def loss_fn(model, batch, chunk=None):
     err = model(batch["x"]) - batch["y"]
-    return Sums(jnp.sum(err ** 2), jnp.zeros(()), jnp.float32(err.size), jnp.sum(err ** 2))
+    return Sums(jnp.sum(err**2), jnp.zeros(()), jnp.float32(err.size), jnp.sum(err**2))
 
   rng = np.random.default_rng(0)
-  batch = {"x": rng.normal(size=(4, 3)).astype(np.float32),
-           "y": rng.normal(size=(4, 2)).astype(np.float32)}
+  batch = {
+    "x": rng.normal(size=(4, 3)).astype(np.float32),
+    "y": rng.normal(size=(4, 2)).astype(np.float32),
+  }
   out = []
   for accum in (1, 2):
     split = split_model(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))

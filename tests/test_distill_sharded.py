@@ -1,4 +1,5 @@
 """A teacher sharded over 8 simulated devices gives the same top-k store and online loss."""
+
 import os
 import subprocess
 import sys
@@ -62,8 +63,18 @@ WORKER = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_sharded_teacher_matches_single_device(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  r = subprocess.run([sys.executable, "-c", WORKER % {"root": ROOT}, str(tmp_path)],
-                     capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=ROOT,
+    XLA_FLAGS="--xla_force_host_platform_device_count=8",
+  )
+  r = subprocess.run(
+    [sys.executable, "-c", WORKER % {"root": ROOT}, str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=env,
+    cwd=ROOT,
+  )
   assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]

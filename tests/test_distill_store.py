@@ -1,4 +1,5 @@
 """The distillation top-k store: ArrayRecord shards, manifest, grain reading, mismatches, resume."""
+
 import json
 import os
 
@@ -13,23 +14,31 @@ from gemmax.distill import StoreError, TopKStore, write_teacher_store
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER = os.path.join(ROOT, "checkpoints", "gemmax-tiny", "tokenizer.model")
 K = 8
-TEXTS = ["It was a dark and stormy night.", "The king said nothing at all.",
-         "What is the capital of France?", "Sherlock Holmes looked at the letter twice.",
-         "A short one.", "Then the rain stopped and the town was quiet again for a while."]
+TEXTS = [
+  "It was a dark and stormy night.",
+  "The king said nothing at all.",
+  "What is the capital of France?",
+  "Sherlock Holmes looked at the letter twice.",
+  "A short one.",
+  "Then the rain stopped and the town was quiet again for a while.",
+]
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
   from gemmax.models import ModelConfig, Transformer
+
   d = tmp_path_factory.mktemp("store")
   with open(d / "text.jsonl", "w") as f:
     f.writelines(json.dumps({"text": t}) + "\n" for t in TEXTS * 3)
   with open(d / "alpaca.jsonl", "w") as f:
-    f.writelines(json.dumps({"instruction": "Repeat the text.", "input": t, "output": t}) + "\n"
-                 for t in TEXTS)
+    f.writelines(
+      json.dumps({"instruction": "Repeat the text.", "input": t, "output": t}) + "\n" for t in TEXTS
+    )
   tok = data.load_tokenizer(TOKENIZER)
-  teacher = Transformer(ModelConfig.preset("gemma2-tiny", num_hidden_layers=2, vocab_size=8192),
-                        rngs=nnx.Rngs(0))
+  teacher = Transformer(
+    ModelConfig.preset("gemma2-tiny", num_hidden_layers=2, vocab_size=8192), rngs=nnx.Rngs(0)
+  )
   # a sharper teacher than the 0.02 init, so top-k mass and the tail are both far from 0 and 1
   teacher.embed_tokens.embedding.set_value(teacher.embed_tokens.embedding[...] * 10.0)
   return d, tok, teacher
@@ -39,8 +48,9 @@ def _write(env, directory, path="text.jsonl", kind="text", **kw):
   d, tok, teacher = env
   args = dict(k=K, seq_len=32, batch_size=2, num_shards=2, progress=False, teacher_id="tiny")
   args.update(kw)
-  return write_teacher_store(teacher, tok, data.SourceSpec(str(d / path), kind=kind),
-                             str(directory), **args)
+  return write_teacher_store(
+    teacher, tok, data.SourceSpec(str(d / path), kind=kind), str(directory), **args
+  )
 
 
 def test_record_roundtrip():
@@ -71,8 +81,9 @@ def test_store_contents_manifest_and_size(env, tmp_path):
   spec = manifest["spec"]
   assert spec["k"] == K and spec["temperature"] == 1.0 and spec["teacher"] == "tiny"
   assert spec["tokenizer"] == tok.fingerprint
-  assert spec["dataset"] == distill.dataset_fingerprint(data.SourceSpec(str(d / "text.jsonl"),
-                                                                        kind="text"))
+  assert spec["dataset"] == distill.dataset_fingerprint(
+    data.SourceSpec(str(d / "text.jsonl"), kind="text")
+  )
   assert len(store) == len(TEXTS) * 3 == manifest["stats"]["examples"]
   stats = manifest["stats"]
   assert sum(os.path.getsize(p) for p in store.paths) == stats["bytes"]
@@ -116,9 +127,10 @@ def test_pipeline_batches_and_resume(env, tmp_path):
   assert batch["topk_probs"].dtype == np.float16 and batch["topk_tail"].shape == (2, 96)
   m = batch["loss_mask"].astype(bool)
   assert m.any() and (~m & (batch["segment_ids"] > 0)).any()  # Alpaca prompts are not scored
-  assert not batch["topk_probs"][~m].any()                    # ... and carry no distribution
-  np.testing.assert_allclose(batch["topk_probs"][m].astype(np.float32).sum(-1)
-                             + batch["topk_tail"][m], 1.0, atol=5e-3)
+  assert not batch["topk_probs"][~m].any()  # ... and carry no distribution
+  np.testing.assert_allclose(
+    batch["topk_probs"][m].astype(np.float32).sum(-1) + batch["topk_tail"][m], 1.0, atol=5e-3
+  )
   state = it.get_state()
   expected = next(it)
   again = distill.store_pipeline(store, cfg)
@@ -174,6 +186,7 @@ def good_store(env, tmp_path_factory):
 
 def _bent(good_store, tmp_path, edit):
   import shutil
+
   d = tmp_path / "s"
   shutil.copytree(good_store, d)
   edit(d)
@@ -184,6 +197,7 @@ def _manifest(fn):
   def edit(d):
     m = json.load(open(d / "manifest.json"))
     json.dump(fn(m), open(d / "manifest.json", "w"))
+
   return edit
 
 
@@ -197,7 +211,9 @@ def _flip_byte(d):
   _shard0(d).write_bytes(bytes(raw))
 
 
-@pytest.mark.parametrize("edit,needle", [
+@pytest.mark.parametrize(
+  "edit,needle",
+  [
     (lambda d: (d / "manifest.json").write_text("[1, 2]"), "not an object"),
     (lambda d: (d / "manifest.json").write_text("{oops"), "not a readable JSON manifest"),
     (_manifest(lambda m: {**m, "spec": [1]}), "spec must be an object"),
@@ -206,13 +222,16 @@ def _flip_byte(d):
     (_manifest(lambda m: {**m, "spec": {**m["spec"], "temperature": -1.0}}), "temperature"),
     (_manifest(lambda m: {**m, "tokenizer": "x"}), "tokenizer must be an object"),
     (_manifest(lambda m: {**m, "stats": {"examples": "many"}}), "stats.examples"),
-    (_manifest(lambda m: {**m, "stats": {**m["stats"], "examples": m["stats"]["examples"] + 1}}),
-     "the manifest says"),
+    (
+      _manifest(lambda m: {**m, "stats": {**m["stats"], "examples": m["stats"]["examples"] + 1}}),
+      "the manifest says",
+    ),
     (lambda d: _shard0(d).write_bytes(_shard0(d).read_bytes()[:-100]), "truncated or changed"),
     (lambda d: _shard0(d).write_bytes(_shard0(d).read_bytes() + b"\0"), "truncated or changed"),
     (_flip_byte, "sha256 differs"),
     (lambda d: (d / "shard-00000-of-00002.json").write_text("{}"), "shard record unreadable"),
-])
+  ],
+)
 def test_corrupt_store_is_refused_on_open(good_store, tmp_path, edit, needle):
   d = _bent(good_store, tmp_path, edit)
   with pytest.raises(StoreError, match=needle) as e:

@@ -1,4 +1,5 @@
 """gemmax.evals: metrics against hand-computed values, scoring against a naive full forward."""
+
 import math
 
 import jax
@@ -63,10 +64,11 @@ def test_confusion_png(tmp_path):
 
 def test_continuation_logprobs_match_naive(model):
   pairs = [([1, 10, 20], [30, 40]), ([1, 5], [6, 7, 8, 9, 10]), ([1] + list(range(50, 90)), [3])]
-  got = evals.continuation_logprobs(model, [p for p, _ in pairs], [c for _, c in pairs],
-                                    batch_size=2, progress=False)
+  got = evals.continuation_logprobs(
+    model, [p for p, _ in pairs], [c for _, c in pairs], batch_size=2, progress=False
+  )
   for (p, c), lp in zip(pairs, got):
-    np.testing.assert_allclose(lp, _naive_logprobs(model, p + c)[len(p) - 1:], atol=1e-5)
+    np.testing.assert_allclose(lp, _naive_logprobs(model, p + c)[len(p) - 1 :], atol=1e-5)
 
 
 def test_classification_scores_and_few_shot(model):
@@ -79,12 +81,14 @@ def test_classification_scores_and_few_shot(model):
     prompt = tok.encode("Review: great\nLabel: pos\n\nReview: " + t + "\nLabel:")
     for j, c in enumerate(classes):
       lab = tok.encode(" " + c, add_bos=False)
-      assert scores[i, j] == pytest.approx(_naive_logprobs(model, prompt + lab)[len(prompt) - 1:].sum(),
-                                           abs=1e-4)
+      assert scores[i, j] == pytest.approx(
+        _naive_logprobs(model, prompt + lab)[len(prompt) - 1 :].sum(), abs=1e-4
+      )
   mean = evals.label_scores(model, tok, texts, classes, reduction="mean", progress=False, **kw)
   np.testing.assert_allclose(mean, scores / 4, rtol=1e-6)  # every label is 4 tokens
-  m = evals.evaluate_classification(model, tok, texts, ["pos", "neg", "meh"], classes,
-                                    progress=False, **kw)
+  m = evals.evaluate_classification(
+    model, tok, texts, ["pos", "neg", "meh"], classes, progress=False, **kw
+  )
   assert m["predictions"] == [classes[k] for k in mean.argmax(1)]
   assert m["accuracy"] == np.mean([p == g for p, g in zip(m["predictions"], ["pos", "neg", "meh"])])
 
@@ -105,19 +109,22 @@ def test_perplexity_matches_naive(model):
   want, done, begin = [], 1, 0
   while done < len(ids):
     end = min(begin + 16, len(ids))
-    want += list(-_naive_logprobs(model, ids[begin:end])[done - begin - 1:])
+    want += list(-_naive_logprobs(model, ids[begin:end])[done - begin - 1 :])
     done, begin = end, end - 8
   assert s["nats_per_token"] == pytest.approx(np.mean(want), abs=1e-5)
   assert s["nats_per_token"] != pytest.approx(r["nats_per_token"], abs=1e-4)
 
 
-@pytest.mark.parametrize("kw,needle", [
+@pytest.mark.parametrize(
+  "kw,needle",
+  [
     (dict(batch_size=-1), "batch_size must be an integer >= 1"),  # once scored nothing: ppl 1.0
     (dict(batch_size=0), "batch_size"),
     (dict(window=1), "window 1"),
     (dict(window=4096), "max_position_embeddings"),  # past the model's context
     (dict(window=16, stride=-1), "stride -1"),
-])
+  ],
+)
 def test_perplexity_refuses_what_would_score_nothing(model, kw, needle):
   with pytest.raises(ValueError, match=needle):
     evals.perplexity(model, CharTokenizer(), "some text to score", progress=False, **kw)
@@ -131,8 +138,10 @@ def test_scoring_refuses_a_context_longer_than_the_model(model):
 def test_exact_match(model):
   tok = CharTokenizer()
   from gemmax.sampling import Sampler
+
   prompts = ["a", "bb"]
   gen = Sampler(model, tok).generate(prompts, 4, stop=["\n"]).text
-  r = evals.exact_match(model, tok, prompts, [gen[0].upper() + "  ", "nope"], max_new_tokens=4,
-                        progress=False)
+  r = evals.exact_match(
+    model, tok, prompts, [gen[0].upper() + "  ", "nope"], max_new_tokens=4, progress=False
+  )
   assert r["predictions"] == gen and r["exact_match"] == 0.5

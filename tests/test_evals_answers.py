@@ -1,5 +1,6 @@
 """Classification under the training prompt format: shared-prompt choice scoring against plain
 per-pair scoring, label likelihood and generated answers against naive full forwards."""
+
 import jax
 import numpy as np
 import pytest
@@ -11,10 +12,16 @@ from gemmax.evals.choices import choice_logprobs, shared_prefix
 from gemmax.evals.scoring import continuation_logprobs
 from gemmax.models import ModelConfig, Transformer
 
-ROWS = [{"instruction": "Which kind of answer? Reply with one word.", "input": q, "output": a}
-        for q, a in [("Who wrote Hamlet?", "human"), ("Where is Lima?", "location"),
-                     ("How many legs has a spider?", "number"), ("What is a cat?", "entity"),
-                     ("Why is the sky blue?", "description")]]
+ROWS = [
+  {"instruction": "Which kind of answer? Reply with one word.", "input": q, "output": a}
+  for q, a in [
+    ("Who wrote Hamlet?", "human"),
+    ("Where is Lima?", "location"),
+    ("How many legs has a spider?", "number"),
+    ("What is a cat?", "entity"),
+    ("Why is the sky blue?", "description"),
+  ]
+]
 CLASSES = sorted({r["output"] for r in ROWS})
 
 
@@ -40,8 +47,13 @@ def test_choice_logprobs_equal_per_pair_scoring(preset, shared):
   choices = [[7], [8, 9, 10], [11, 12], [13, 14, 15, 16, 17]]
   assert shared_prefix(prompts) == (shared if shared else 0)
   got = choice_logprobs(model, prompts, choices, batch_size=3, progress=False)
-  want = continuation_logprobs(model, [p for p in prompts for _ in choices],
-                               [c for _ in prompts for c in choices], batch_size=4, progress=False)
+  want = continuation_logprobs(
+    model,
+    [p for p in prompts for _ in choices],
+    [c for _ in prompts for c in choices],
+    batch_size=4,
+    progress=False,
+  )
   for i in range(len(prompts)):
     for j in range(len(choices)):
       np.testing.assert_allclose(got[i][j], want[i * len(choices) + j], atol=2e-5)
@@ -64,8 +76,9 @@ def test_label_scores_equal_naive_forward(tiny, template):
 
 def test_generated_answers_equal_naive_greedy(tiny):
   model, tok = tiny
-  m = answers.generate_rows(model, tok, ROWS, template="gemma", max_new_tokens=5, batch_size=2,
-                            progress=False)
+  m = answers.generate_rows(
+    model, tok, ROWS, template="gemma", max_new_tokens=5, batch_size=2, progress=False
+  )
   stop = tok.token_to_id("<end_of_turn>")
   for row, got in zip(ROWS, m["answers"]):
     prompt, _ = answers.split_example(tok, row, "gemma")
@@ -79,8 +92,9 @@ def test_generated_answers_equal_naive_greedy(tiny):
     assert got == tok.decode(new).strip()
   assert m["exact_match"] == np.mean([a == r["output"] for a, r in zip(m["answers"], ROWS)])
   assert len(m["confusion_matrix"]) == len(CLASSES) + 1  # the last row/column: "(other)"
-  both = answers.classify_rows(model, tok, ROWS, template="gemma", answer_tokens=5,
-                               progress=False)  # one pass: likelihoods and answers
+  both = answers.classify_rows(
+    model, tok, ROWS, template="gemma", answer_tokens=5, progress=False
+  )  # one pass: likelihoods and answers
   assert both["generated"]["answers"] == m["answers"]
 
 
@@ -88,5 +102,9 @@ def test_a_prompt_that_depends_on_the_answer_is_refused(tiny):
   _, tok = tiny
   row = {"instruction": "The answer is hu", "input": "", "output": "human"}  # "hu|location"
   with pytest.raises(ValueError, match="depends on the answer"):  # tokenizes across the border
-    answers.encode_rows(tok, [row], ["human", "location"],
-                        template="{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    answers.encode_rows(
+      tok,
+      [row],
+      ["human", "location"],
+      template="{% for m in messages %}{{ m['content'] }}{% endfor %}",
+    )

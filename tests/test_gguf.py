@@ -1,5 +1,6 @@
 """GGUF in: tiny files in every type gguf can write, checked against transformers' own GGUF
 loader; the one `load(source)` entry point; corrupt and unsupported files."""
+
 import os
 import shutil
 
@@ -19,8 +20,14 @@ _forward = nnx.jit(lambda model, ids: model(ids))
 IDS = np.random.RandomState(0).randint(0, 300, (2, 21))  # longer than the Gemma window (8)
 # Odd shapes whose rows are whole quantization blocks (32): head_dim != hidden / heads, GQA 2:1,
 # a vocabulary that is no power of two.
-SHAPE = dict(vocab_size=300, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-             head_dim=24, intermediate_size=160)
+SHAPE = dict(
+  vocab_size=300,
+  hidden_size=64,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  head_dim=24,
+  intermediate_size=160,
+)
 # transformers' Gemma 2 GGUF loader keeps its config defaults for what llama.cpp derives or
 # stores (query_pre_attn_scalar = head_dim here, the soft-caps): pass llama.cpp's values.
 GEMMA_KW = dict(query_pre_attn_scalar=24, attn_logit_softcapping=20.0, final_logit_softcapping=15.0)
@@ -28,13 +35,20 @@ GEMMA_KW = dict(query_pre_attn_scalar=24, attn_logit_softcapping=20.0, final_log
 
 @pytest.fixture(scope="module")
 def hf_models():
-  return {"llama": make_hf_model(llama_config(**SHAPE)),
-          "gemma2": make_hf_model(gemma2_config(**SHAPE, **GEMMA_KW))}
+  return {
+    "llama": make_hf_model(llama_config(**SHAPE)),
+    "gemma2": make_hf_model(gemma2_config(**SHAPE, **GEMMA_KW)),
+  }
 
 
 def _transformers_logits(path, **kw):
-  ref = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                             dtype=torch.float32, attn_implementation="eager", **kw)
+  ref = AutoModelForCausalLM.from_pretrained(
+    os.path.dirname(path),
+    gguf_file=os.path.basename(path),
+    dtype=torch.float32,
+    attn_implementation="eager",
+    **kw,
+  )
   with torch.no_grad():
     return ref(torch.tensor(IDS)).logits.numpy()
 
@@ -56,8 +70,14 @@ def test_logits_equal_transformers_gguf_loader(tmp_path, hf_models, arch, qtype)
 def test_llama3_rope_scaling_comes_back_from_rope_freqs(tmp_path):
   """llama.cpp stores llama3 RoPE scaling only as a `rope_freqs` tensor; transformers' GGUF
   loader drops it, so the reference here is the original model."""
-  rope = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-              original_max_position_embeddings=8192, rope_theta=500000.0)
+  rope = dict(
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=8192,
+    rope_theta=500000.0,
+  )
   hf = make_hf_model(llama_config(**SHAPE, rope_parameters=rope, max_position_embeddings=512))
   model = load_gguf(write_gguf(hf, str(tmp_path / "l31.gguf"), "F32"))
   assert model.config.rope_scaling.rope_type == "llama3" and model.config.rope_scaling.factor == 8
@@ -74,8 +94,13 @@ def test_load_takes_a_file_a_directory_or_an_hf_checkpoint(tmp_path, hf_models):
   for source in (path, str(tmp_path / "g")):
     assert np.array_equal(np.asarray(_forward(load(source), IDS)), want)
   save_hf_model(hf, str(tmp_path / "hf"))
-  assert _rel(np.asarray(_forward(load(str(tmp_path / "hf")), IDS)),
-              np.asarray(_forward(load_hf(str(tmp_path / "hf")), IDS))) == 0
+  assert (
+    _rel(
+      np.asarray(_forward(load(str(tmp_path / "hf")), IDS)),
+      np.asarray(_forward(load_hf(str(tmp_path / "hf")), IDS)),
+    )
+    == 0
+  )
   shutil.copy(path, tmp_path / "g" / "second.gguf")
   with pytest.raises(GemmaxError, match="one .gguf"):
     load(str(tmp_path / "g"))
@@ -96,6 +121,7 @@ def test_bfloat16_storage_and_compute(hf_models, tmp_path):
 
 
 # --- bad files: one clear error naming the file, tensor and problem ----------------------------
+
 
 def _tiny(tmp_path, hf_models, name="m.gguf"):
   return write_gguf(hf_models["llama"], str(tmp_path / name), "Q4_0")
@@ -121,7 +147,9 @@ def _rewrite(src, dst, edit_tensor=None, edit_meta=None):
   r = gguf.GGUFReader(src)
   arch = r.fields["general.architecture"].contents()
   w = gguf.GGUFWriter(dst, arch)
-  meta = {k: f for k, f in r.fields.items() if not k.startswith("GGUF.") and k != "general.architecture"}
+  meta = {
+    k: f for k, f in r.fields.items() if not k.startswith("GGUF.") and k != "general.architecture"
+  }
   for k, f in meta.items():
     v = f.contents()
     if edit_meta:
@@ -163,8 +191,13 @@ def test_unsupported_tensor_type_names_tensor_and_type(tmp_path, hf_models):
 
 def test_missing_tensor_wrong_shape_and_non_finite(tmp_path, hf_models):
   src = _tiny(tmp_path, hf_models)
-  drop = _rewrite(src, str(tmp_path / "d.gguf"), edit_tensor=lambda t: None if t.name == "blk.0.ffn_gate.weight"
-                  else (t.name, np.array(t.data), t.tensor_type))
+  drop = _rewrite(
+    src,
+    str(tmp_path / "d.gguf"),
+    edit_tensor=lambda t: (
+      None if t.name == "blk.0.ffn_gate.weight" else (t.name, np.array(t.data), t.tensor_type)
+    ),
+  )
   with pytest.raises(MissingTensorError, match=r"missing tensor blk\.0\.ffn_gate\.weight"):
     load_gguf(drop)
 
@@ -176,22 +209,27 @@ def test_missing_tensor_wrong_shape_and_non_finite(tmp_path, hf_models):
 
   with pytest.raises(GemmaxError, match=r"blk\.0\.attn_norm\.weight holds non-finite values"):
     load_gguf(_rewrite(src, str(tmp_path / "n.gguf"), edit_tensor=nan))
-  wide = _rewrite(src, str(tmp_path / "w.gguf"),
-                  edit_meta=lambda k, v: 96 if k == "llama.feed_forward_length" else v)
+  wide = _rewrite(
+    src,
+    str(tmp_path / "w.gguf"),
+    edit_meta=lambda k, v: 96 if k == "llama.feed_forward_length" else v,
+  )
   with pytest.raises(GemmaxError, match=r"blk\.0\.ffn_(down|gate|up)\.weight has shape"):
     load_gguf(wide)
 
 
 def test_unsupported_architecture_and_missing_metadata(tmp_path, hf_models):
   src = _tiny(tmp_path, hf_models)
-  phi = _rewrite(src, str(tmp_path / "p.gguf"),
-                 edit_meta=lambda k, v: None if k.startswith("llama.") else v)
+  phi = _rewrite(
+    src, str(tmp_path / "p.gguf"), edit_meta=lambda k, v: None if k.startswith("llama.") else v
+  )
   with pytest.raises(GemmaxError, match=r"p\.gguf: lacks llama\.embedding_length"):
     load_gguf(phi)
 
 
 def test_sharded_load_places_each_tensor_in_its_shards(tmp_path, hf_models):
   from test_sharding import run_worker
+
   path = write_gguf(hf_models["gemma2"], str(tmp_path / "s.gguf"), "Q8_0")
   out = run_worker("gguf", path)
   assert out["max_diff"] == 0.0 and out["spec"] == "P('fsdp', 'tensor')" and out["shards"] == 8, out

@@ -1,5 +1,6 @@
 """GGUF out: save_gguf files read back by transformers' GGUF loader and by load_gguf, with the
 model's tokenizer and chat template; adapters merged on the way out."""
+
 import os
 
 import numpy as np
@@ -22,8 +23,13 @@ TEXTS = ["The capital of France is", "Once upon a time, there was", "1 + 1 = 2 a
 
 
 def _transformers(path, **kw):
-  return AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
-                                              dtype=torch.float32, attn_implementation="eager", **kw)
+  return AutoModelForCausalLM.from_pretrained(
+    os.path.dirname(path),
+    gguf_file=os.path.basename(path),
+    dtype=torch.float32,
+    attn_implementation="eager",
+    **kw,
+  )
 
 
 def _rel(a, b):
@@ -58,9 +64,10 @@ def test_gemma2_round_trip(tmp_path, tiny, ids, dtype):
     prompts = [list(r) for r in ids]
     ours = Sampler(load_gguf(path), tok).generate(prompts, 12).tokens
     with torch.no_grad():
-      gen = hf.generate(torch.tensor(ids), max_new_tokens=12, do_sample=False,
-                        eos_token_id=None, pad_token_id=0).numpy()[:, ids.shape[1]:]
-    assert [list(map(int, g[:len(o)])) for g, o in zip(gen, ours)] == ours
+      gen = hf.generate(
+        torch.tensor(ids), max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0
+      ).numpy()[:, ids.shape[1] :]
+    assert [list(map(int, g[: len(o)])) for g, o in zip(gen, ours)] == ours
 
 
 def test_tokenizer_and_template_travel_with_the_file(tmp_path, tiny):
@@ -76,13 +83,23 @@ def test_tokenizer_and_template_travel_with_the_file(tmp_path, tiny):
 
 def test_llama_with_merged_lora(tmp_path, tiny):
   _, tok = tiny
-  hf = make_hf_model(llama_config(vocab_size=tok.vocab_size, hidden_size=64, head_dim=24,
-                                  intermediate_size=160, num_attention_heads=4,
-                                  num_key_value_heads=2, tie_word_embeddings=False))
+  hf = make_hf_model(
+    llama_config(
+      vocab_size=tok.vocab_size,
+      hidden_size=64,
+      head_dim=24,
+      intermediate_size=160,
+      num_attention_heads=4,
+      num_key_value_heads=2,
+      tie_word_embeddings=False,
+    )
+  )
   model = load_hf(save_hf_model(hf, str(tmp_path / "hf")))
   peft.apply(model, method="lora", rank=4, alpha=8, targets="all-linear", rngs=nnx.Rngs(0))
   for _, mod in iter_modules(model, peft.LoRALinear):  # a trained-looking adapter
-    mod.lora_b.set_value(0.05 * np.random.RandomState(1).randn(*mod.lora_b.shape).astype(np.float32))
+    mod.lora_b.set_value(
+      0.05 * np.random.RandomState(1).randn(*mod.lora_b.shape).astype(np.float32)
+    )
   ids = np.asarray([tok.encode(t, add_bos=True)[:6] for t in TEXTS])
   want = np.asarray(_forward(model, ids))
   path = save_gguf(model, str(tmp_path / "l.gguf"), tokenizer=tok, dtype="f32")
@@ -96,8 +113,9 @@ def test_bad_dtype_and_unrepresentable_config(tmp_path, tiny):
   model, tok = tiny
   with pytest.raises(GemmaxError, match="dtype 'q4_k' is not one of"):
     save_gguf(model, str(tmp_path / "x.gguf"), tokenizer=tok, dtype="q4_k")
-  odd = nnx.eval_shape(lambda: type(model)(model.config.replace(query_pre_attn_scalar=100),
-                                           rngs=nnx.Rngs(0)))
+  odd = nnx.eval_shape(
+    lambda: type(model)(model.config.replace(query_pre_attn_scalar=100), rngs=nnx.Rngs(0))
+  )
   with pytest.raises(ValueError, match="query_pre_attn_scalar 100 cannot be written to GGUF"):
     save_gguf(odd, str(tmp_path / "x.gguf"), tokenizer=tok)
   assert not os.listdir(tmp_path)  # nothing half-written left behind

@@ -1,4 +1,5 @@
 """benchmarks/gpu_check.py's dry run: the device call's script must work before a GPU is lent."""
+
 import json
 import math
 import os
@@ -9,14 +10,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "gpu_check.py")
 # A slice of the dry run: every kind of row (check, attention local/global, train step), and the
 # cudnn rows, which fail on CPU and must come back as rows. The full dry run takes about a minute.
-ONLY = ("check/hd64/pallas,check/hd64/cudnn,attn/hd64/s256/local/softcapnone,"
-        "attn/hd64/s256/global/softcapnone,train/lora/pallas/none,train/lora/cudnn")
+ONLY = (
+  "check/hd64/pallas,check/hd64/cudnn,attn/hd64/s256/local/softcapnone,"
+  "attn/hd64/s256/global/softcapnone,train/lora/pallas/none,train/lora/cudnn"
+)
 
 
 def _run(out, *args):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, SCRIPT, "--dry-run", "--out", str(out), *args], env=env,
-                        capture_output=True, text=True, timeout=300, cwd=ROOT)
+  proc = subprocess.run(
+    [sys.executable, SCRIPT, "--dry-run", "--out", str(out), *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+  )
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   with open(os.path.join(out, "gpu_check.json")) as f:
     return proc.stdout, json.load(f)
@@ -28,9 +37,14 @@ def test_dry_run_writes_table_and_json(tmp_path):
   rows = res["rows"]
   assert res["meta"]["complete"] and res["meta"]["dry_run"]
   # Every planned job has a row, selected or not.
-  for key in ("check/hd64/pallas/softcap50", "check/hd64/xla/softcapnone",
-              "attn/hd64/s128/local/softcapnone/xla/fwd", "train/full/pallas/save_dots",
-              "train/lora/cudnn-nosoftcap/none", "ratio/hd64/softcapnone/pallas/fwd"):
+  for key in (
+    "check/hd64/pallas/softcap50",
+    "check/hd64/xla/softcapnone",
+    "attn/hd64/s128/local/softcapnone/xla/fwd",
+    "train/full/pallas/save_dots",
+    "train/lora/cudnn-nosoftcap/none",
+    "ratio/hd64/softcapnone/pallas/fwd",
+  ):
     assert key in rows, key
   for sc in ("50", "none"):
     assert rows[f"check/hd64/pallas/softcap{sc}"]["status"] == "pass"

@@ -1,4 +1,5 @@
 """gemmax.host_memory: XLA:CPU's per-step temporaries stop page-faulting once glibc keeps them."""
+
 import os
 import subprocess
 import sys
@@ -10,9 +11,11 @@ import pytest
 
 from gemmax import host_memory
 
-glibc = pytest.mark.skipif(not host_memory.on_glibc(),
-                           reason="keep_host_memory sets glibc's mallopt; on other C libraries "
-                                  "it is a no-op, so there is nothing to measure")
+glibc = pytest.mark.skipif(
+  not host_memory.on_glibc(),
+  reason="keep_host_memory sets glibc's mallopt; on other C libraries "
+  "it is a no-op, so there is nothing to measure",
+)
 
 # A jitted step whose 48 MiB temporary is above glibc's largest mmap threshold (32 MiB): prints
 # the page faults of runs 6-8. The first few runs may still grow the heap (small allocations
@@ -38,8 +41,14 @@ _PROBE = textwrap.dedent("""
 def _probe(script, mode):
   """Run a probe script in a fresh process (mode "keep" or "plain"): (kept, *its integers)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True,
-                       text=True, timeout=300, check=True).stdout.split()
+  out = subprocess.run(
+    [sys.executable, "-c", script, mode],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=True,
+  ).stdout.split()
   return (out[0] == "True", *map(int, out[1:]))
 
 
@@ -78,9 +87,11 @@ _HUGE = textwrap.dedent("""
 
 
 @glibc
-@pytest.mark.skipif(host_memory.thp_mode() != "madvise",
-                    reason="the kernel's huge-page mode is not madvise: it backs the heap with "
-                           "huge pages (always) or never, whatever gemmax advises")
+@pytest.mark.skipif(
+  host_memory.thp_mode() != "madvise",
+  reason="the kernel's huge-page mode is not madvise: it backs the heap with "
+  "huge pages (always) or never, whatever gemmax advises",
+)
 def test_heap_is_advised_onto_huge_pages():
   kept, huge_kb, advised_mib = _probe(_HUGE, "keep")
   assert kept
@@ -109,9 +120,15 @@ def test_platform_and_switch(monkeypatch):
 def test_no_room_for_the_huge_page_heap_restores_the_pad(monkeypatch):
   calls = []
   libc = types.SimpleNamespace(  # malloc refuses the block, as under strict overcommit
-      mallopt=lambda param, value: calls.append((param, value)) or 1, malloc=lambda size: None,
-      free=lambda ptr: None, sbrk=lambda n: 0, madvise=lambda *args: 0)
+    mallopt=lambda param, value: calls.append((param, value)) or 1,
+    malloc=lambda size: None,
+    free=lambda ptr: None,
+    sbrk=lambda n: 0,
+    madvise=lambda *args: 0,
+  )
   monkeypatch.setattr(host_memory, "thp_mode", lambda: "madvise")
   assert host_memory.advise_huge_pages(libc) is False
-  assert calls == [(host_memory._M_TOP_PAD, host_memory.HUGE_PAGE_HEAP),
-                   (host_memory._M_TOP_PAD, host_memory._DEFAULT_TOP_PAD)]
+  assert calls == [
+    (host_memory._M_TOP_PAD, host_memory.HUGE_PAGE_HEAP),
+    (host_memory._M_TOP_PAD, host_memory._DEFAULT_TOP_PAD),
+  ]

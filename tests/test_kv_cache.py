@@ -1,4 +1,5 @@
 """KV cache: cached prefill + decode equals the uncached forward; ring buffers stay W long."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,7 +30,7 @@ def test_cached_chunks_match_full_forward(preset, chunks):
   outs, start = [], 0
   for n in chunks:
     pos = jnp.broadcast_to(jnp.arange(start, start + n), (2, n))
-    logits, cache = _run(model, ids[:, start:start + n], pos, None, cache)
+    logits, cache = _run(model, ids[:, start : start + n], pos, None, cache)
     outs.append(logits)
     start += n
   np.testing.assert_allclose(np.concatenate(outs, 1), full, atol=2e-5, rtol=2e-5)
@@ -50,7 +51,7 @@ def test_left_padding_is_invisible():
   logits, cache = _run(model, padded[:, :10], pos[:, :10], seg[:, :10], cache)
   outs = [logits[:, pad:]]
   for i in range(10, pad + 11):
-    logits, cache = _run(model, padded[:, i:i + 1], pos[:, i:i + 1], seg[:, i:i + 1], cache)
+    logits, cache = _run(model, padded[:, i : i + 1], pos[:, i : i + 1], seg[:, i : i + 1], cache)
     outs.append(logits)
   np.testing.assert_allclose(np.concatenate(outs, 1), ref, atol=2e-5, rtol=2e-5)
 
@@ -67,8 +68,9 @@ def test_ring_size_independent_of_max_len():
 def _prefill(model):
   """(state, jitted (state, ids, positions, cache) -> (logits, cache)) for compiled-cost checks."""
   graphdef, state = nnx.split(model)
-  return state, jax.jit(lambda st, ids, pos, cache: nnx.merge(graphdef, st)(
-      ids, positions=pos, cache=cache))
+  return state, jax.jit(
+    lambda st, ids, pos, cache: nnx.merge(graphdef, st)(ids, positions=pos, cache=cache)
+  )
 
 
 def test_prefill_into_a_fresh_cache_does_not_scale_with_max_len():
@@ -92,8 +94,9 @@ def test_clear_cache_equals_init_cache():
   cfg = ModelConfig.preset("gemma2-tiny")
   model = _model("gemma2-tiny")
   ids = jax.random.randint(jax.random.key(4), (2, 12), 0, 256)
-  _, used = _run(model, ids, jnp.broadcast_to(jnp.arange(12), (2, 12)), None,
-                 init_cache(cfg, 2, 16))
+  _, used = _run(
+    model, ids, jnp.broadcast_to(jnp.arange(12), (2, 12)), None, init_cache(cfg, 2, 16)
+  )
   cleared, want = clear_cache(used), init_cache(cfg, 2, 16)
   assert jax.tree_util.tree_structure(cleared) == jax.tree_util.tree_structure(want)
   for a, b in zip(jax.tree.leaves(cleared), jax.tree.leaves(want)):
@@ -118,19 +121,25 @@ def test_long_prefill_into_a_fresh_cache_uses_the_chunked_kernel():
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32, jnp.int32])
 def test_raw_slices_are_the_lax_ops_bit_for_bit(dtype):
   from gemmax.ops import raw_slices
+
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 3, 10, 4)) * 100, dtype)
   u = jnp.asarray(rng.standard_normal((2, 3, 1, 4)) * 100, jnp.float32)
   bits = lambda a: np.asarray(a).view(np.uint8)
   at = (0, 0, jnp.int32(7), 0)
-  np.testing.assert_array_equal(bits(raw_slices.dynamic_update_slice(x, u, at)),
-                                bits(jax.lax.dynamic_update_slice(x, u.astype(dtype), at)))
-  np.testing.assert_array_equal(bits(raw_slices.dynamic_slice_in_dim(x, jnp.int32(3), 5, 2)),
-                                bits(jax.lax.dynamic_slice_in_dim(x, 3, 5, axis=2)))
+  np.testing.assert_array_equal(
+    bits(raw_slices.dynamic_update_slice(x, u, at)),
+    bits(jax.lax.dynamic_update_slice(x, u.astype(dtype), at)),
+  )
+  np.testing.assert_array_equal(
+    bits(raw_slices.dynamic_slice_in_dim(x, jnp.int32(3), 5, 2)),
+    bits(jax.lax.dynamic_slice_in_dim(x, 3, 5, axis=2)),
+  )
   idx = (slice(None), slice(None), jnp.array([9, 0]))
   upd = jnp.concatenate([u, -u], axis=2)
-  np.testing.assert_array_equal(bits(raw_slices.set_at(x, idx, upd)),
-                                bits(x.at[idx].set(upd.astype(dtype))))
+  np.testing.assert_array_equal(
+    bits(raw_slices.set_at(x, idx, upd)), bits(x.at[idx].set(upd.astype(dtype)))
+  )
 
 
 def test_bf16_cache_write_is_not_upcast():

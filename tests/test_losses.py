@@ -1,4 +1,5 @@
 """Chunked next-token CE vs a dense reference: values, gradients, masking, memory."""
+
 import re
 
 import jax
@@ -19,8 +20,9 @@ def _inputs(b=2, t=13, d=16, v=97, seed=0):
   return h, w, y, m
 
 
-@pytest.mark.parametrize("chunk,softcap",
-                         [(5, 30.0), (26, None), (7, 5.0), (None, 30.0), (7, 100.0)])
+@pytest.mark.parametrize(
+  "chunk,softcap", [(5, 30.0), (26, None), (7, 5.0), (None, 30.0), (7, 100.0)]
+)
 def test_matches_dense_values_and_grads(chunk, softcap):
   h, w, y, m = _inputs()
   f = lambda h, w: cross_entropy(h, w, y, m, softcap=softcap, chunk=chunk)
@@ -50,8 +52,12 @@ def test_hard_facts():
 
 
 def _temp_bytes(fn, b, t, d, v):
-  args = (jax.ShapeDtypeStruct((b, t, d), jnp.float32), jax.ShapeDtypeStruct((d, v), jnp.float32),
-          jax.ShapeDtypeStruct((b, t), jnp.int32), jax.ShapeDtypeStruct((b, t), jnp.int32))
+  args = (
+    jax.ShapeDtypeStruct((b, t, d), jnp.float32),
+    jax.ShapeDtypeStruct((d, v), jnp.float32),
+    jax.ShapeDtypeStruct((b, t), jnp.int32),
+    jax.ShapeDtypeStruct((b, t), jnp.int32),
+  )
   grad = jax.grad(lambda h, w, y, m: fn(h, w, y, m, softcap=30.0)[0], argnums=(0, 1))
   return jax.jit(grad).lower(*args).compile().memory_analysis().temp_size_in_bytes
 
@@ -81,8 +87,11 @@ def test_backward_has_no_vocab_iota():
   hlo = jax.jit(grad).lower(h).compile().as_text()
   assert not re.search(r"\[\d+,512\]\{1,0\} iota\(", hlo), "iota over the vocabulary"
   np.testing.assert_allclose(
-      grad(h), jax.grad(lambda h: naive_cross_entropy(h, w, y, m, softcap=30.0)[0])(h),
-      rtol=1e-4, atol=1e-6)
+    grad(h),
+    jax.grad(lambda h: naive_cross_entropy(h, w, y, m, softcap=30.0)[0])(h),
+    rtol=1e-4,
+    atol=1e-6,
+  )
 
 
 @pytest.mark.parametrize("chunk", [3, 4, 64])
@@ -94,21 +103,29 @@ def test_scored_tokens_only_match_dense_with_sparse_and_weighted_masks(chunk):
   mw = m * jnp.arange(1, 12, dtype=jnp.float32)  # weights, not just 0/1
   for mask in (m, mw):
     dense = lambda h, w: naive_cross_entropy(h, w, y, mask, softcap=30.0)[0] * jnp.sum(mask)
-    ours = lambda h, w: cross_entropy_sums(h, w.T, y, mask, softcap=30.0, chunk=chunk,
-                                           vocab_major=True).loss_sum
+    ours = lambda h, w: (
+      cross_entropy_sums(h, w.T, y, mask, softcap=30.0, chunk=chunk, vocab_major=True).loss_sum
+    )
     np.testing.assert_allclose(ours(h, w), dense(h, w), rtol=1e-5)
     for a, b in zip(jax.grad(ours, (0, 1))(h, w), jax.grad(dense, (0, 1))(h, w)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   none = cross_entropy_sums(h, w, y, jnp.zeros((3, 11)), chunk=chunk)
   assert float(none.loss_sum) == 0 and float(none.count) == 0
-  assert not np.any(np.asarray(jax.grad(
-      lambda h: cross_entropy_sums(h, w, y, jnp.zeros((3, 11)), chunk=chunk).loss_sum)(h)))
+  assert not np.any(
+    np.asarray(
+      jax.grad(lambda h: cross_entropy_sums(h, w, y, jnp.zeros((3, 11)), chunk=chunk).loss_sum)(h)
+    )
+  )
 
 
 def test_frozen_output_table_gets_no_gradient_work():
   """With the table not differentiated (LoRA), the compiled loss gradient has no [V, D] product:
   dw is formed only for a trained table."""
   h, w, y, m = _inputs(b=2, t=16, v=512)
-  hlo = jax.jit(jax.grad(lambda h: cross_entropy_sums(h, w, y, m, chunk=8).loss_sum)).lower(
-      h).compile().as_text()
+  hlo = (
+    jax.jit(jax.grad(lambda h: cross_entropy_sums(h, w, y, m, chunk=8).loss_sum))
+    .lower(h)
+    .compile()
+    .as_text()
+  )
   assert not re.search(r"f32\[16,512\]\{[01],[01]\} (dot|fusion)\(", hlo), "a dw product"

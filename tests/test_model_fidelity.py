@@ -1,4 +1,5 @@
 """gemmax vs HF transformers on tiny random models: logits, loss, gradients, round trip."""
+
 import numpy as np
 import pytest
 import torch
@@ -11,21 +12,32 @@ from flax import nnx
 from gemmax.convert import load_hf, save_hf
 from hf_models import gemma2_config, llama_config, make_hf_model, save_hf_model
 
-LLAMA31_ROPE = dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                    original_max_position_embeddings=32)
+LLAMA31_ROPE = dict(
+  rope_type="llama3",
+  factor=8.0,
+  low_freq_factor=1.0,
+  high_freq_factor=4.0,
+  original_max_position_embeddings=32,
+)
 LLAMA32_ROPE = dict(LLAMA31_ROPE, factor=32.0)
 
 CASES = {
-    # name: (HF config, sequence length)
-    "gemma2-window<seq": (gemma2_config(), 24),
-    "gemma2-27b-style-scalar": (gemma2_config(query_pre_attn_scalar=144, head_dim=32), 20),
-    "gemma2-gqa1": (gemma2_config(num_key_value_heads=4), 12),
-    "gemma2-gqa4": (gemma2_config(num_key_value_heads=1), 12),
-    "llama3.1-untied": (llama_config(rope_scaling=LLAMA31_ROPE), 40),
-    "llama3.2-tied": (llama_config(rope_scaling=LLAMA32_ROPE, tie_word_embeddings=True,
-                                   num_key_value_heads=1), 40),
-    "llama2-mha-linear-rope": (llama_config(num_key_value_heads=4, head_dim=24,
-                                            rope_scaling=dict(rope_type="linear", factor=2.0)), 16),
+  # name: (HF config, sequence length)
+  "gemma2-window<seq": (gemma2_config(), 24),
+  "gemma2-27b-style-scalar": (gemma2_config(query_pre_attn_scalar=144, head_dim=32), 20),
+  "gemma2-gqa1": (gemma2_config(num_key_value_heads=4), 12),
+  "gemma2-gqa4": (gemma2_config(num_key_value_heads=1), 12),
+  "llama3.1-untied": (llama_config(rope_scaling=LLAMA31_ROPE), 40),
+  "llama3.2-tied": (
+    llama_config(rope_scaling=LLAMA32_ROPE, tie_word_embeddings=True, num_key_value_heads=1),
+    40,
+  ),
+  "llama2-mha-linear-rope": (
+    llama_config(
+      num_key_value_heads=4, head_dim=24, rope_scaling=dict(rope_type="linear", factor=2.0)
+    ),
+    16,
+  ),
 }
 
 
@@ -81,8 +93,13 @@ def test_loss_and_input_gradients_match(pair):
 def test_round_trip_through_save_hf(pair, tmp_path):
   name, hf, path, seq = pair
   save_hf(load_hf(path), str(tmp_path / "rt"))
-  hf2 = transformers.AutoModelForCausalLM.from_pretrained(
-      str(tmp_path / "rt"), attn_implementation="eager").float().eval()
+  hf2 = (
+    transformers.AutoModelForCausalLM.from_pretrained(
+      str(tmp_path / "rt"), attn_implementation="eager"
+    )
+    .float()
+    .eval()
+  )
   ids = _ids(seq, seed=2)
   np.testing.assert_array_equal(_hf_logits(hf2, ids), _hf_logits(hf, ids))
 

@@ -1,4 +1,5 @@
 """The model gives the same logits and gradients with every attention implementation."""
+
 import numpy as np
 import pytest
 
@@ -22,8 +23,11 @@ def test_forward_and_grads_match_xla(impl):
   other = Transformer(config.replace(attn_impl=impl), rngs=nnx.Rngs(0))
   step = nnx.jit(nnx.value_and_grad(_loss))
   (l0, g0), (l1, g1) = step(ref, ids), step(other, ids)
-  np.testing.assert_allclose(np.asarray(nnx.jit(lambda m, x: m(x))(other, ids)),
-                             np.asarray(nnx.jit(lambda m, x: m(x))(ref, ids)), atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(nnx.jit(lambda m, x: m(x))(other, ids)),
+    np.asarray(nnx.jit(lambda m, x: m(x))(ref, ids)),
+    atol=1e-5,
+  )
   np.testing.assert_allclose(float(l1), float(l0), rtol=1e-6)
   for a, b in zip(jax.tree.leaves(nnx.state(g1)), jax.tree.leaves(nnx.state(g0))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

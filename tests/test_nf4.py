@@ -1,4 +1,5 @@
 """NF4 storage: codebook facts, round trip, bits per parameter, error on gaussian weights."""
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -35,8 +36,7 @@ def test_round_trip_is_codebook_times_absmax():
   deq = np.asarray(nf4.dequantize(q, w.shape))
   blocks = w.reshape(-1, 64)
   true_absmax = np.abs(blocks).max(1)
-  absmax = np.asarray(nf4.dequantize_absmax(q["absmax_q"], q["absmax_scale"],
-                                            q["absmax_offset"]))
+  absmax = np.asarray(nf4.dequantize_absmax(q["absmax_q"], q["absmax_scale"], q["absmax_offset"]))
   # double quant: 8-bit dynamic map on the centred absmax; error small vs the absmax itself
   rel = np.abs(absmax - true_absmax) / true_absmax
   assert rel.max() < 0.02, rel.max()
@@ -44,15 +44,15 @@ def test_round_trip_is_codebook_times_absmax():
   dist = np.abs(ratio[..., None] - nf4.NF4_CODE).min(-1)
   assert dist.max() < 1e-5  # every value is exactly a codebook value times its block absmax
   # and it is the nearest codebook value to w / true absmax (up to the absmax error)
-  naive = nf4.NF4_CODE[np.abs((blocks / true_absmax[:, None])[..., None]
-                              - nf4.NF4_CODE).argmin(-1)]
+  naive = nf4.NF4_CODE[np.abs((blocks / true_absmax[:, None])[..., None] - nf4.NF4_CODE).argmin(-1)]
   agree = np.mean(np.isclose(ratio, naive, atol=1e-5))
   assert agree > 0.98, agree
 
 
 def test_bits_per_parameter_with_double_quant():
-  lin = nf4.NF4Linear(jnp.zeros((512, 256), jnp.bfloat16) + 0.01, axes=("embed", "mlp"),
-                      dtype=jnp.float32)
+  lin = nf4.NF4Linear(
+    jnp.zeros((512, 256), jnp.bfloat16) + 0.01, axes=("embed", "mlp"), dtype=jnp.float32
+  )
   bits = lin.nbytes() * 8 / (512 * 256)
   assert bits == pytest.approx(4 + 8 / 64 + 32 / (64 * 256), abs=1e-3)
   assert abs(bits - 4.127) < 1e-3, bits
@@ -63,20 +63,21 @@ def test_error_on_gaussian_beats_uniform_int4():
   w = rng.standard_normal((256, 512)).astype(np.float32)
   deq = np.asarray(nf4.dequantize(nf4.quantize(jnp.asarray(w)), w.shape))
   err = deq - w
-  rmse = float(np.sqrt(np.mean(err ** 2)))
+  rmse = float(np.sqrt(np.mean(err**2)))
   # reference: symmetric uniform 4-bit absmax quantisation (15 levels), same blocks of 64
   b = w.reshape(-1, 64)
   s = np.abs(b).max(1, keepdims=True) / 7
   uni = (np.round(b / s) * s).reshape(w.shape)
   rmse_uni = float(np.sqrt(np.mean((uni - w) ** 2)))
-  assert abs(float(np.mean(err))) < 2e-3          # unbiased
+  assert abs(float(np.mean(err))) < 2e-3  # unbiased
   assert rmse < 0.95 * rmse_uni, (rmse, rmse_uni)  # NF4 suits gaussians better
   assert 0.05 < rmse < 0.12, rmse
 
 
 def test_nf4_linear_forward_and_not_trainable():
-  base = Linear(64, 96, axes=("embed", "mlp"), dtype=jnp.float32, param_dtype=jnp.float32,
-                rngs=nnx.Rngs(0))
+  base = Linear(
+    64, 96, axes=("embed", "mlp"), dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0)
+  )
   q = nf4.NF4Linear(base.kernel[...], axes=("embed", "mlp"), dtype=jnp.float32)
   x = jax.random.normal(jax.random.key(1), (3, 5, 64))
   want = x @ np.asarray(q.weight()).T

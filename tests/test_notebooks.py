@@ -1,4 +1,5 @@
 """Every notebook in colab/ runs top to bottom on CPU with its SMALL switch on (as CI runs them)."""
+
 import glob
 import os
 
@@ -19,9 +20,14 @@ def test_there_are_notebooks():
 REAL_MODEL = {"quickstart.ipynb", "finetune.ipynb"}
 
 
-@pytest.mark.parametrize("path", [
+@pytest.mark.parametrize(
+  "path",
+  [
     pytest.param(p, marks=pytest.mark.slow) if os.path.basename(p) in REAL_MODEL else p
-    for p in NOTEBOOKS], ids=os.path.basename)
+    for p in NOTEBOOKS
+  ],
+  ids=os.path.basename,
+)
 def test_notebook_runs(path, monkeypatch, tmp_path):
   if not os.path.isfile(os.path.join(ROOT, "checkpoints", "gemmax-tiny", "model.safetensors")):
     pytest.fail("checkpoints/gemmax-tiny/model.safetensors is missing")
@@ -35,5 +41,6 @@ def test_notebook_runs(path, monkeypatch, tmp_path):
   # runs/ there, so a stale store or workdir from an earlier run of the checkout cannot interfere.
   for name in ("checkpoints", "data"):
     os.symlink(os.path.join(ROOT, name), tmp_path / name)
-  NotebookClient(nb, timeout=600, kernel_name="python3",
-                 resources={"metadata": {"path": str(tmp_path)}}).execute()
+  NotebookClient(
+    nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+  ).execute()

@@ -1,11 +1,17 @@
 """AdamW recipe: schedule shape, decay mask, clipping, against hand-computed facts."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from gemmax.train.optimizer import OptimizerConfig, decay_mask, learning_rate_schedule, make_optimizer
+from gemmax.train.optimizer import (
+  OptimizerConfig,
+  decay_mask,
+  learning_rate_schedule,
+  make_optimizer,
+)
 
 
 def test_schedule_warmup_then_cosine():
@@ -20,8 +26,9 @@ def test_schedule_warmup_then_cosine():
 
 
 def test_weight_decay_only_on_matrices_and_defaults():
-  cfg = OptimizerConfig(learning_rate=0.1, warmup_steps=0, steps=10, weight_decay=0.5,
-                        clip_norm=None)
+  cfg = OptimizerConfig(
+    learning_rate=0.1, warmup_steps=0, steps=10, weight_decay=0.5, clip_norm=None
+  )
   assert (cfg.b1, cfg.b2) == (0.9, 0.95)
   params = {"kernel": jnp.ones((3, 2)), "scale": jnp.ones((3,))}
   assert decay_mask(params) == {"kernel": True, "scale": False}
@@ -39,8 +46,10 @@ def test_global_norm_clipping():
   kw = dict(learning_rate=1.0, warmup_steps=0, steps=10, eps=1.0)
   params = {"a": jnp.zeros((2,)), "b": jnp.zeros((2,))}
   grads = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([0.0, 4.0])}  # global norm 5
-  clip, plain = make_optimizer(OptimizerConfig(clip_norm=1.0, **kw)), make_optimizer(
-      OptimizerConfig(clip_norm=None, **kw))
+  clip, plain = (
+    make_optimizer(OptimizerConfig(clip_norm=1.0, **kw)),
+    make_optimizer(OptimizerConfig(clip_norm=None, **kw)),
+  )
   u1, _ = clip.update(grads, clip.init(params), params)
   u2, _ = plain.update(jax.tree.map(lambda g: g / 5.0, grads), plain.init(params), params)
   u3, _ = plain.update(grads, plain.init(params), params)
@@ -49,7 +58,9 @@ def test_global_norm_clipping():
   assert not np.allclose(u1["a"], u3["a"])
 
 
-@pytest.mark.parametrize("field,value", [("learning_rate", 0.0), ("steps", 0), ("warmup_steps", -1)])
+@pytest.mark.parametrize(
+  "field,value", [("learning_rate", 0.0), ("steps", 0), ("warmup_steps", -1)]
+)
 def test_invalid_values(field, value):
   with pytest.raises(ValueError, match=field):
     make_optimizer(OptimizerConfig(**{field: value}))

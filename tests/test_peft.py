@@ -1,4 +1,5 @@
 """LoRA/DoRA against HF peft on tiny random HF models: adapters both ways, logits and gradients."""
+
 import copy
 import json
 import os
@@ -35,6 +36,7 @@ def bases(tmp_path_factory):
       save_hf_model(hf, path)
       cache[family] = (hf, path)
     return cache[family]
+
   return get
 
 
@@ -52,19 +54,23 @@ def randomize(model, seed=0):
       m.lora_a.set_value(jax.random.normal(ka, m.lora_a.shape) * 0.2)
       m.lora_b.set_value(jax.random.normal(kb, m.lora_b.shape) * 0.2)
       if m.use_dora:
-        m.magnitude.set_value(m.magnitude[...] * jax.random.uniform(km, m.magnitude.shape,
-                                                                     minval=0.5, maxval=1.5))
+        m.magnitude.set_value(
+          m.magnitude[...] * jax.random.uniform(km, m.magnitude.shape, minval=0.5, maxval=1.5)
+        )
   return model
 
 
-@pytest.mark.parametrize("family,method,targets,rslora", [
+@pytest.mark.parametrize(
+  "family,method,targets,rslora",
+  [
     ("llama", "lora", "all-linear", False),
     ("llama", "dora", ["q_proj", "v_proj", "down_proj"], False),
     ("llama", "lora", r".*layers\.1\..*_proj", True),
     ("gemma2", "lora", "all-linear", False),
     pytest.param("gemma2", "dora", ["q_proj", "v_proj", "down_proj"], False, marks=SLOW),
     pytest.param("gemma2", "lora", r".*layers\.1\..*_proj", True, marks=SLOW),
-])
+  ],
+)
 def test_gemmax_adapter_loads_in_peft(bases, tmp_path, family, method, targets, rslora):
   hf, path = bases(family)
   model = load_hf(path)
@@ -80,15 +86,29 @@ def test_gemmax_adapter_loads_in_peft(bases, tmp_path, family, method, targets, 
   np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family,dora,rslora", [
-    ("llama", False, False), ("llama", True, False), ("llama", False, True),
-    ("llama", True, True), ("gemma2", True, False),
-    pytest.param("gemma2", False, True, marks=SLOW)])
+@pytest.mark.parametrize(
+  "family,dora,rslora",
+  [
+    ("llama", False, False),
+    ("llama", True, False),
+    ("llama", False, True),
+    ("llama", True, True),
+    ("gemma2", True, False),
+    pytest.param("gemma2", False, True, marks=SLOW),
+  ],
+)
 def test_peft_adapter_loads_here(bases, tmp_path, family, dora, rslora):
   hf, path = bases(family)
   torch.manual_seed(3)
-  lcfg = peft.LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", use_dora=dora,
-                         use_rslora=rslora, init_lora_weights=False, task_type="CAUSAL_LM")
+  lcfg = peft.LoraConfig(
+    r=4,
+    lora_alpha=16,
+    target_modules="all-linear",
+    use_dora=dora,
+    use_rslora=rslora,
+    init_lora_weights=False,
+    task_type="CAUSAL_LM",
+  )
   pm = peft.get_peft_model(copy.deepcopy(hf), lcfg).eval()
   if dora:
     with torch.no_grad():
@@ -100,8 +120,7 @@ def test_peft_adapter_loads_here(bases, tmp_path, family, dora, rslora):
   q = model.layers[0].self_attn.q_proj
   assert isinstance(q, gp.LoRALinear) and q.use_dora == dora and q.rslora == rslora
   assert np.abs(hf_logits(pm) - hf_logits(hf)).max() > 1e-2  # the adapter changes the output
-  np.testing.assert_allclose(np.asarray(model(jnp.asarray(IDS))), hf_logits(pm), atol=1e-4,
-                             rtol=0)
+  np.testing.assert_allclose(np.asarray(model(jnp.asarray(IDS))), hf_logits(pm), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("family", ["llama", pytest.param("gemma2", marks=SLOW)])
@@ -109,27 +128,41 @@ def test_dora_gradients_match_peft(bases, tmp_path, family):
   """Same loss, same adapter: gradients of A, B and the magnitude agree with peft's (the
   weight norm is detached in both)."""
   hf, path = bases(family)
-  model = randomize(gp.apply(load_hf(path), method="dora", rank=4, alpha=8,
-                             targets=["q_proj", "up_proj"]), seed=5)
+  model = randomize(
+    gp.apply(load_hf(path), method="dora", rank=4, alpha=8, targets=["q_proj", "up_proj"]), seed=5
+  )
   gp.save_adapter(model, str(tmp_path / "a"))
-  pm = peft.PeftModel.from_pretrained(copy.deepcopy(hf), str(tmp_path / "a"),
-                                      is_trainable=True).eval()
+  pm = peft.PeftModel.from_pretrained(
+    copy.deepcopy(hf), str(tmp_path / "a"), is_trainable=True
+  ).eval()
   w = np.random.default_rng(1).standard_normal((2, 12, 256)).astype(np.float32)
   (pm(torch.tensor(IDS)).logits * torch.tensor(w)).sum().backward()
   torch_grads = {n: p.grad.numpy() for n, p in pm.named_parameters() if p.grad is not None}
 
   def loss(m):
     return jnp.sum(m(jnp.asarray(IDS)) * w)
+
   grads = nnx.jit(nnx.grad(loss, argnums=nnx.DiffState(0, gp.trainable_filter(model))))(model)
   layer = grads["layers"][0]["mlp"]["up_proj"]
   pre = "base_model.model.model.layers.0.mlp.up_proj."
-  np.testing.assert_allclose(np.asarray(layer["lora_a"][...]).T,
-                             torch_grads[pre + "lora_A.default.weight"], rtol=1e-3, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(layer["lora_b"][...]).T,
-                             torch_grads[pre + "lora_B.default.weight"], rtol=1e-3, atol=1e-5)
-  np.testing.assert_allclose(np.asarray(layer["magnitude"][...]),
-                             torch_grads[pre + "lora_magnitude_vector.default.weight"],
-                             rtol=1e-3, atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(layer["lora_a"][...]).T,
+    torch_grads[pre + "lora_A.default.weight"],
+    rtol=1e-3,
+    atol=1e-5,
+  )
+  np.testing.assert_allclose(
+    np.asarray(layer["lora_b"][...]).T,
+    torch_grads[pre + "lora_B.default.weight"],
+    rtol=1e-3,
+    atol=1e-5,
+  )
+  np.testing.assert_allclose(
+    np.asarray(layer["magnitude"][...]),
+    torch_grads[pre + "lora_magnitude_vector.default.weight"],
+    rtol=1e-3,
+    atol=1e-5,
+  )
 
 
 @pytest.mark.parametrize("method", ["dora", pytest.param("lora", marks=SLOW)])
@@ -141,5 +174,6 @@ def test_nf4_base_adapter_round_trip(bases, tmp_path, method):
   b = gp.apply(load_hf(path), method=method, rank=4, quantize="nf4", rngs=nnx.Rngs(7))
   gp.load_adapter(b, str(tmp_path / method))
   np.testing.assert_allclose(b(jnp.asarray(IDS)), a(jnp.asarray(IDS)), atol=1e-5)
-  assert json.load(open(os.path.join(tmp_path / method, "adapter_config.json")))[
-      "gemmax"]["quantized_base"]
+  assert json.load(open(os.path.join(tmp_path / method, "adapter_config.json")))["gemmax"][
+    "quantized_base"
+  ]

@@ -1,4 +1,5 @@
 """LoRA/DoRA semantics on gemmax models alone: init, targets, dropout, gradients, merge, I/O."""
+
 import json
 import math
 import re
@@ -54,7 +55,8 @@ def test_targets():
   m = gp.apply(tiny(), targets="all-linear")
   assert len(adapters(m)) == 14 and isinstance(m.lm_head, Linear)  # lm_head excluded
   assert names(gp.apply(tiny(), targets=["q_proj", "v_proj"])) == [
-      ("layers", i, "self_attn", p) for i in (0, 1) for p in ("q_proj", "v_proj")]
+    ("layers", i, "self_attn", p) for i in (0, 1) for p in ("q_proj", "v_proj")
+  ]
   assert len(adapters(gp.apply(tiny(), targets=r".*layers\.1\.mlp\..*"))) == 3
   assert len(adapters(gp.apply(tiny(), targets=r"model\.layers\.0\.self_attn\.o_proj"))) == 1
   assert isinstance(gp.apply(tiny(), targets=["lm_head"], rank=4).lm_head, gp.LoRALinear)
@@ -79,8 +81,9 @@ def test_dora_magnitude_is_column_norm():
   assert m.magnitude.get_metadata()["axes"] == ("kv_heads",)
 
 
-@pytest.mark.parametrize("method,quantize", [("lora", None), ("dora", None), ("lora", "nf4"),
-                                             ("dora", "nf4")])
+@pytest.mark.parametrize(
+  "method,quantize", [("lora", None), ("dora", None), ("lora", "nf4"), ("dora", "nf4")]
+)
 def test_merge_equals_unmerged(method, quantize):
   model = randomize(gp.apply(tiny(), method=method, rank=4, quantize=quantize))
   if method == "dora":
@@ -93,8 +96,9 @@ def test_merge_equals_unmerged(method, quantize):
 
 
 def test_dropout_only_on_adapter_branch():
-  lin = Linear(8, 8, axes=("embed", "mlp"), dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs=nnx.Rngs(0))
+  lin = Linear(
+    8, 8, axes=("embed", "mlp"), dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0)
+  )
   m = gp.LoRALinear(lin, rank=8, alpha=8, dropout=0.5, rngs=nnx.Rngs(1))
   m.lora_a.set_value(jnp.eye(8))
   m.lora_b.set_value(jnp.eye(8))  # adapter branch = dropout(x) exactly
@@ -113,8 +117,7 @@ def test_gradients_only_reach_lora_params():
   model = randomize(gp.apply(tiny(), method="dora", rank=4))
   filt = gp.trainable_filter(model)
   assert filt is gp.LoRAParam and gp.trainable_filter(tiny()) is nnx.Param
-  grads = nnx.jit(nnx.grad(lambda m: jnp.mean(m(IDS) ** 2),
-                           argnums=nnx.DiffState(0, filt)))(model)
+  grads = nnx.jit(nnx.grad(lambda m: jnp.mean(m(IDS) ** 2), argnums=nnx.DiffState(0, filt)))(model)
   leaves = jax.tree.leaves(grads, is_leaf=lambda v: isinstance(v, nnx.Variable))
   assert leaves and all(isinstance(v, gp.LoRAParam) for v in leaves)
   assert len(leaves) == 14 * 3 and all(float(jnp.abs(v[...]).max()) > 0 for v in leaves)
@@ -163,10 +166,12 @@ def _bent_adapter(tmp_path, name, cfg_edit=None, tensor_edit=None):
   import shutil
 
   from gemmax.convert.safetensors_io import SafetensorsFile, save_file
+
   src = tmp_path / "good"
   if not src.exists():
-    gp.save_adapter(randomize(gp.apply(tiny(), method="dora", rank=4, targets=["q_proj"])),
-                    str(src))
+    gp.save_adapter(
+      randomize(gp.apply(tiny(), method="dora", rank=4, targets=["q_proj"])), str(src)
+    )
   d = tmp_path / name
   shutil.copytree(src, d)
   if cfg_edit is not None:
@@ -186,7 +191,9 @@ def _nan_first_b(t):
   t[key][0, 0] = np.nan
 
 
-@pytest.mark.parametrize("name,cfg_edit,tensor_edit,needle", [
+@pytest.mark.parametrize(
+  "name,cfg_edit,tensor_edit,needle",
+  [
     ("no_r", lambda c: {k: v for k, v in c.items() if k != "r"}, None, "r (the LoRA rank)"),
     ("r_zero", lambda c: {**c, "r": 0}, None, "r (the LoRA rank)"),
     ("r_string", lambda c: {**c, "r": "4"}, None, "r (the LoRA rank)"),
@@ -195,9 +202,11 @@ def _nan_first_b(t):
     ("dora_string", lambda c: {**c, "use_dora": "yes"}, None, "use_dora"),
     ("a_list", lambda c: [c], None, "not an object"),
     ("nan_weight", None, _nan_first_b, "non-finite"),
-])
-def test_bad_adapter_files_are_refused_leaving_the_model_as_it_was(tmp_path, name, cfg_edit,
-                                                                  tensor_edit, needle):
+  ],
+)
+def test_bad_adapter_files_are_refused_leaving_the_model_as_it_was(
+  tmp_path, name, cfg_edit, tensor_edit, needle
+):
   d = _bent_adapter(tmp_path, name, cfg_edit, tensor_edit)
   model = gp.apply(tiny(), method="dora", rank=4, targets=["q_proj"])
   before = jax.tree.map(np.asarray, nnx.state(model))

@@ -1,6 +1,7 @@
 """Corrupt safetensors files and indexes are refused on open, naming file and tensor: a file cut
 short, offsets past the end, overlapping or gapped spans, a dtype rewritten in the header, a
 header that is not an object or claims more bytes than the file. Nothing corrupt ever loads."""
+
 import json
 import os
 import struct
@@ -20,12 +21,13 @@ def _write(path, header, data: bytes):
 
 def _good(tmp_path):
   path = str(tmp_path / "w.safetensors")
-  save_file({"a": np.arange(6, dtype=np.float32).reshape(2, 3),
-             "b": np.ones((4,), np.float16)}, path)
+  save_file(
+    {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones((4,), np.float16)}, path
+  )
   with open(path, "rb") as f:
     raw = f.read()
   (n,) = struct.unpack("<Q", raw[:8])
-  return path, json.loads(raw[8:8 + n]), raw[8 + n:]
+  return path, json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def _refused(path, *needles):
@@ -83,7 +85,9 @@ def test_dtype_rewritten_to_another_width(tmp_path, dtype, shape):
   _refused(path, "tensor a", "bytes")
 
 
-@pytest.mark.parametrize("mutate,needle", [
+@pytest.mark.parametrize(
+  "mutate,needle",
+  [
     (lambda h: h["a"].update(dtype="Q4"), "unsupported dtype"),
     (lambda h: h["a"].pop("data_offsets"), "data_offsets"),
     (lambda h: h["a"].update(shape=[2, -3]), "shape"),
@@ -92,7 +96,8 @@ def test_dtype_rewritten_to_another_width(tmp_path, dtype, shape):
     (lambda h: h["a"].update(data_offsets=[0, 24, 48]), "data_offsets"),
     (lambda h: h.update(__metadata__={"format": 1}), "__metadata__"),
     (lambda h: h.update(a=[1, 2]), "tensor a"),
-])
+  ],
+)
 def test_malformed_entries(tmp_path, mutate, needle):
   path, header, data = _good(tmp_path)
   mutate(header)
@@ -127,6 +132,7 @@ def sharded_dir(tmp_path_factory):
 
   from gemmax.models.config import ModelConfig
   from gemmax.models.transformer import Transformer
+
   cfg = ModelConfig.preset("llama3-tiny")
   d = str(tmp_path_factory.mktemp("ckpt"))
   save_hf(Transformer(cfg, rngs=nnx.Rngs(0)), d, max_shard_bytes=1 << 16)
@@ -136,6 +142,7 @@ def sharded_dir(tmp_path_factory):
 
 def _copy(src, dst):
   import shutil
+
   shutil.copytree(src, dst)
   return str(dst)
 
@@ -157,16 +164,22 @@ def _move(index: dict, name: str) -> dict:
   return {**index, "weight_map": wm}
 
 
-@pytest.mark.parametrize("edit,needle", [
+@pytest.mark.parametrize(
+  "edit,needle",
+  [
     (lambda d: [], "weight_map"),
     (lambda d: {"metadata": {}}, "weight_map"),
-    (lambda d: {**d, "weight_map": {k: "../x.safetensors" for k in d["weight_map"]}},
-     "checkpoint directory"),
-    (lambda d: {**d, "weight_map": {k: "gone.safetensors" for k in d["weight_map"]}},
-     "does not exist"),
-    (lambda d: _move(d, "model.norm.weight"),
-     "does not hold it"),
-])
+    (
+      lambda d: {**d, "weight_map": {k: "../x.safetensors" for k in d["weight_map"]}},
+      "checkpoint directory",
+    ),
+    (
+      lambda d: {**d, "weight_map": {k: "gone.safetensors" for k in d["weight_map"]}},
+      "does not exist",
+    ),
+    (lambda d: _move(d, "model.norm.weight"), "does not hold it"),
+  ],
+)
 def test_bad_index(sharded_dir, tmp_path, edit, needle):
   d = _copy(sharded_dir, tmp_path / "c")
   index = _edit_index(d, edit)
@@ -185,10 +198,10 @@ def test_integer_weights_are_refused(sharded_dir, tmp_path):
   with open(path, "rb") as f:
     raw = f.read()
   (n,) = struct.unpack("<Q", raw[:8])
-  header = json.loads(raw[8:8 + n])
+  header = json.loads(raw[8 : 8 + n])
   assert header["model.norm.weight"]["dtype"] == "F32"
   header["model.norm.weight"]["dtype"] = "I32"
-  _write(path, header, raw[8 + n:])
+  _write(path, header, raw[8 + n :])
   with pytest.raises(ValueError, match="model.norm.weight is stored as I32"):
     load_hf(d, dtype="float32")
 

@@ -1,4 +1,5 @@
 """Sampler fidelity against HF transformers' greedy `generate` on tiny random models."""
+
 import numpy as np
 import pytest
 import torch
@@ -10,10 +11,16 @@ from hf_models import gemma2_config, llama_config, make_hf_model, save_hf_model
 
 def _hf_greedy(model, prompt, n):
   """HF greedy continuation of one unpadded prompt: (new ids, logprobs of the chosen ids)."""
-  out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                       max_new_tokens=n, do_sample=False, output_logits=True,
-                       return_dict_in_generate=True, pad_token_id=0)
-  new = out.sequences[0, len(prompt):].tolist()
+  out = model.generate(
+    torch.tensor([prompt]),
+    attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+    max_new_tokens=n,
+    do_sample=False,
+    output_logits=True,
+    return_dict_in_generate=True,
+    pad_token_id=0,
+  )
+  new = out.sequences[0, len(prompt) :].tolist()
   logits = torch.stack(out.logits, 1)[0].float()
   lp = torch.log_softmax(logits, -1)[torch.arange(len(new)), torch.tensor(new)].numpy()
   return new, lp
@@ -28,7 +35,8 @@ def gemma(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory):
-  hf = make_hf_model(llama_config(eos_token_id=255), seed=2)
+  # 512 positions: room for the 300-slot cache of test_llama_long_cache_matches_hf
+  hf = make_hf_model(llama_config(eos_token_id=255, max_position_embeddings=512), seed=2)
   path = save_hf_model(hf, str(tmp_path_factory.mktemp("llama")))
   return hf, load_hf(path)
 
@@ -74,7 +82,6 @@ def test_gemma2_batched_and_streamed_agree(gemma):
   assert a.tokens == b.tokens
   np.testing.assert_allclose(np.stack(a.logprobs), np.stack(b.logprobs), atol=1e-5)
   assert [s[0] for s in seen] == a.tokens[0]
-
 
 
 def test_llama_long_cache_matches_hf(llama):

@@ -1,4 +1,5 @@
 """The sampler's [out, in] decode layout: same products, same generations, user's model untouched."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,8 +36,9 @@ def _model(preset, **kw):
   return m
 
 
-@pytest.mark.parametrize("preset,kw", [("gemma2-tiny", {}),
-                                       ("llama3-tiny", dict(tie_word_embeddings=False))])
+@pytest.mark.parametrize(
+  "preset,kw", [("gemma2-tiny", {}), ("llama3-tiny", dict(tie_word_embeddings=False))]
+)
 def test_out_in_kernels_give_the_same_generations(preset, kw):
   m = _model(preset, **kw)
   before = {id(x): np.asarray(x.kernel[...]) for x in decode_linears(m)}
@@ -65,6 +67,7 @@ def test_out_in_is_chosen_for_batches_on_cpu():
 
 def test_out_in_copy_is_reused_until_the_model_changes(monkeypatch):
   from gemmax.sampling import sampler as sampler_mod
+
   m = _model("llama3-tiny", tie_word_embeddings=False)
   made = []
   real = sampler_mod.to_out_in
@@ -103,6 +106,7 @@ def test_decode_copy_packs_projections_of_one_input():
   """The decode copy holds q/k/v and gate/up as one stacked [out, in] kernel each (plain Linears
   only), every other plain Linear as [out, in]; adapted projections keep their modules."""
   from gemmax.sampling.layout import OutInLinear, PackedProjection, to_out_in
+
   m = _model("llama3-tiny", tie_word_embeddings=False)  # DoRA on every q_proj and down_proj
   copy = nnx.merge(*to_out_in(m))
   attn0, mlp0 = copy.layers[0].self_attn, copy.layers[0].mlp
@@ -116,8 +120,10 @@ def test_decode_copy_packs_projections_of_one_input():
   c = plain.config
   kv = c.num_key_value_heads * c.head_dim
   assert attn.q_proj.packed.shape == (c.num_attention_heads * c.head_dim + 2 * kv, c.hidden_size)
-  np.testing.assert_array_equal(attn.k_proj.packed[...][attn.k_proj.start:attn.k_proj.stop],
-                                plain.layers[1].self_attn.k_proj.kernel[...].T)
+  np.testing.assert_array_equal(
+    attn.k_proj.packed[...][attn.k_proj.start : attn.k_proj.stop],
+    plain.layers[1].self_attn.k_proj.kernel[...].T,
+  )
   prompts = [[1, 5, 9, 3], [1, 7]]
   want = Sampler(plain, out_in_kernels=False).generate(prompts, 8)
   got = Sampler(plain, out_in_kernels=True).generate(prompts, 8)

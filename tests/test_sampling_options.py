@@ -1,4 +1,5 @@
 """Sampler options: sampling controls, stop ids/strings, cache-full reporting, text prompts."""
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -9,6 +10,7 @@ from gemmax.sampling import Sampler
 
 class CharTokenizer:
   """ids 3.. are bytes + 3; 1 = bos, 2 = eos (eos_id -1 here so the random model never stops)."""
+
   bos_id, eos_id, pad_id = 1, -1, 0
 
   def encode(self, text, add_bos=True):
@@ -45,7 +47,7 @@ def test_stop_id_and_cache_full(model):
   stop = greedy[0][2]
   r = s.generate(PROMPTS, 8, stop=[stop])
   first = greedy[0].index(stop)
-  assert r.tokens[0] == greedy[0][:first + 1] and r.finish[0] == "stop"
+  assert r.tokens[0] == greedy[0][: first + 1] and r.finish[0] == "stop"
   assert len(r.logprobs[0]) == len(r.tokens[0])
   with pytest.warns(UserWarning, match="cache length"):
     r = Sampler(model, max_len=10).generate(PROMPTS, 8)
@@ -60,8 +62,10 @@ def test_text_prompts_stream_and_stop_strings(model):
   assert full.text[1] == tok.decode(full.tokens[1])
   cut = full.text[0][3:5]
   pieces = []
-  r = s.generate(["hi", "hello there"], 10, stop=[cut], stream=lambda ids, text: pieces.append(text))
-  assert r.text[0] == full.text[0][:full.text[0].find(cut)] and r.finish[0] == "stop"
+  r = s.generate(
+    ["hi", "hello there"], 10, stop=[cut], stream=lambda ids, text: pieces.append(text)
+  )
+  assert r.text[0] == full.text[0][: full.text[0].find(cut)] and r.finish[0] == "stop"
   assert r.tokens[1] == full.tokens[1] and r.text[1] == full.text[1]
   assert "".join(p[1] for p in pieces) == full.text[1]
   single = s.generate("hi", 10)

@@ -1,4 +1,5 @@
 """The sampler runs models carrying LoRA/DoRA adapters (merged or not) and NF4 bases."""
+
 import numpy as np
 import pytest
 from flax import nnx

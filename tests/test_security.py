@@ -9,6 +9,7 @@
 Writes staying inside the workdir are checked on a real run: tests/test_crash_resume.py
 (test_writes_stay_inside_the_workdir).
 """
+
 import ast
 import json
 import os
@@ -19,11 +20,36 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCANNED = ("gemmax", "experiments")
-BANNED_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "marshal",
-                  "shelve", "jsonpickle", "pickletools"}
-BANNED_CALLS = {"torch.load", "torch.jit.load", "pd.read_pickle", "pandas.read_pickle",
-                "read_pickle", "yaml.load", "yaml.unsafe_load", "yaml.full_load", "np.load",
-                "numpy.load", "eval", "exec", "compile", "__import__", "os.system", "os.popen"}
+BANNED_MODULES = {
+  "pickle",
+  "cPickle",
+  "_pickle",
+  "dill",
+  "cloudpickle",
+  "joblib",
+  "marshal",
+  "shelve",
+  "jsonpickle",
+  "pickletools",
+}
+BANNED_CALLS = {
+  "torch.load",
+  "torch.jit.load",
+  "pd.read_pickle",
+  "pandas.read_pickle",
+  "read_pickle",
+  "yaml.load",
+  "yaml.unsafe_load",
+  "yaml.full_load",
+  "np.load",
+  "numpy.load",
+  "eval",
+  "exec",
+  "compile",
+  "__import__",
+  "os.system",
+  "os.popen",
+}
 BANNED_KEYWORDS = {("allow_pickle", True), ("trust_remote_code", True), ("shell", True)}
 
 
@@ -73,9 +99,11 @@ def test_package_never_unpickles_or_evaluates():
 
 def test_scan_catches_what_it_bans(tmp_path):
   bad = tmp_path / "bad.py"
-  bad.write_text("import pickle\nfrom dill import loads\nimport torch\ntorch.load('x')\n"
-                 "import numpy as np\nnp.load('a.npy', allow_pickle=True)\neval('1')\n"
-                 "f(trust_remote_code=True)\n")
+  bad.write_text(
+    "import pickle\nfrom dill import loads\nimport torch\ntorch.load('x')\n"
+    "import numpy as np\nnp.load('a.npy', allow_pickle=True)\neval('1')\n"
+    "f(trust_remote_code=True)\n"
+  )
   found = list(_problems(str(bad)))
   assert len(found) == 7, found
 
@@ -94,6 +122,7 @@ class _Payload:
 def hostile(tmp_path_factory):
   """A checkpoint dir and data files that carry code, and the marker files that code would make."""
   from finetune_assets import make_assets
+
   d = make_assets(str(tmp_path_factory.mktemp("hostile")))
   model = os.path.join(d, "model")
   markers = {k: os.path.join(d, f"ran_{k}") for k in ("pickle", "remote", "template", "data")}
@@ -109,8 +138,9 @@ def hostile(tmp_path_factory):
   with open(os.path.join(model, "tokenizer_config.json")) as f:
     tcfg = json.load(f)
   tcfg["auto_map"] = {"AutoTokenizer": ["modeling_evil.EvilTokenizer", None]}
-  tcfg["chat_template"] = ("{{ cycler.__init__.__globals__.os.open("
-                           f"{markers['template']!r}, 65) }}")
+  tcfg["chat_template"] = (
+    f"{{{{ cycler.__init__.__globals__.os.open({markers['template']!r}, 65) }}"
+  )
   with open(os.path.join(model, "tokenizer_config.json"), "w") as f:
     json.dump(tcfg, f)
   code = f"__import__('os').open({markers['data']!r}, 65)"
@@ -125,15 +155,20 @@ def hostile(tmp_path_factory):
 def test_checkpoint_and_data_code_never_runs(hostile):
   from gemmax import data, peft
   from gemmax.convert import load_hf
+
   d, markers = hostile
   model = load_hf(os.path.join(d, "model"))
   peft.apply(model, rank=2)
   tok = data.load_tokenizer(os.path.join(d, "model"))
-  text = data.render_chat([{"role": "user", "content": "hi"},
-                           {"role": "assistant", "content": "yo"}], "gemma")
+  text = data.render_chat(
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "gemma"
+  )
   assert tok.encode(text)
-  it = data.make_pipeline(data.SourceSpec(os.path.join(d, "evil.jsonl")), tok,
-                          data.DataConfig(seq_len=512, batch_size=2, prefetch=0))
+  it = data.make_pipeline(
+    data.SourceSpec(os.path.join(d, "evil.jsonl")),
+    tok,
+    data.DataConfig(seq_len=512, batch_size=2, prefetch=0),
+  )
   assert next(it)["loss_mask"].any()  # the "code" is just text to train on
   with pytest.raises(ValueError, match="evil.pkl"):  # no reader for pickles at all
     data.load_records(data.SourceSpec(os.path.join(d, "evil.pkl")))

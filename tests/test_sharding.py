@@ -1,4 +1,5 @@
 """gemmax.sharding: rules and errors in-process; 8 simulated devices in a subprocess."""
+
 import json
 import os
 import subprocess
@@ -16,11 +17,12 @@ MESH = {"data": 2, "fsdp": 2, "tensor": 2}
 
 def run_worker(*args, timeout=400):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, WORKER, *args], capture_output=True, text=True,
-                        timeout=timeout, env=env)
+  proc = subprocess.run(
+    [sys.executable, WORKER, *args], capture_output=True, text=True, timeout=timeout, env=env
+  )
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   assert proc.returncode == 0 and lines, proc.stderr[-3000:]
-  return json.loads(lines[-1][len("RESULT "):])
+  return json.loads(lines[-1][len("RESULT ") :])
 
 
 def test_rules_map_logical_axes():
@@ -30,10 +32,12 @@ def test_rules_map_logical_axes():
   assert S.partition_spec(None, (3,), MESH) == P()
   # LoRA B (None, out_axis); a mesh axis of size 1 is dropped; each mesh axis used once.
   assert S.partition_spec((None, "mlp"), (4, 128), MESH) == P(None, "tensor")
-  assert S.partition_spec(("embed", "mlp"), (64, 128), {"data": 8, "fsdp": 1, "tensor": 1}) \
-      == P(None, None)
-  assert S.partition_spec(("batch", "seq", "embed"), (8, 5, 64), MESH,
-                          S.ACTIVATION_RULES) == P(("data", "fsdp"), None, None)
+  assert S.partition_spec(("embed", "mlp"), (64, 128), {"data": 8, "fsdp": 1, "tensor": 1}) == P(
+    None, None
+  )
+  assert S.partition_spec(("batch", "seq", "embed"), (8, 5, 64), MESH, S.ACTIVATION_RULES) == P(
+    ("data", "fsdp"), None, None
+  )
 
 
 def test_indivisible_dim_is_a_clear_error():
@@ -45,8 +49,11 @@ def test_indivisible_dim_is_a_clear_error():
 
 
 def test_make_mesh_errors_name_shape_and_devices():
-  with pytest.raises(ValueError, match=r"mesh \(data=3, fsdp=1, tensor=1\) needs 3 devices, "
-                                       r"but there are 1"):
+  with pytest.raises(
+    ValueError,
+    match=r"mesh \(data=3, fsdp=1, tensor=1\) needs 3 devices, "
+    r"but there are 1",
+  ):
     S.make_mesh(3, 1, 1)
   mesh = S.make_mesh()
   assert mesh.axis_names == ("data", "fsdp", "tensor") and dict(mesh.shape)["data"] == 1

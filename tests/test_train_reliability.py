@@ -3,6 +3,7 @@ never holding NaN/Inf, SIGTERM finishing the step and checkpointing, restores fa
 broken checkpoint, batches with no scored token refused, torn metrics lines dropped on resume.
 All trainers share one compiled step (same model structure, optimizer and batch shapes).
 """
+
 import json
 import os
 import shutil
@@ -46,9 +47,13 @@ class Data:
       mask[:] = 0
     if self.i in self.on_fetch:
       self.on_fetch[self.i]()
-    return dict(input_ids=ids[:, :-1], targets=ids[:, 1:], loss_mask=mask,
-                positions=np.tile(np.arange(16, dtype=np.int32), (2, 1)),
-                segment_ids=np.ones((2, 16), np.int32))
+    return dict(
+      input_ids=ids[:, :-1],
+      targets=ids[:, 1:],
+      loss_mask=mask,
+      positions=np.tile(np.arange(16, dtype=np.int32), (2, 1)),
+      segment_ids=np.ones((2, 16), np.int32),
+    )
 
   def get_state(self):
     return {"i": self.i}
@@ -60,8 +65,15 @@ class Data:
 def _trainer(workdir, data, **config):
   model = Transformer(ModelConfig.preset("gemma2-tiny", num_hidden_layers=1), rngs=nnx.Rngs(0))
   opt = OptimizerConfig(learning_rate=1e-2, warmup_steps=1, steps=STEPS)
-  cfg = dict(workdir=str(workdir), steps=STEPS, log_every=1, checkpoint_every=1,
-             keep_checkpoints=STEPS, progress=False, async_checkpointing=False)
+  cfg = dict(
+    workdir=str(workdir),
+    steps=STEPS,
+    log_every=1,
+    checkpoint_every=1,
+    keep_checkpoints=STEPS,
+    progress=False,
+    async_checkpointing=False,
+  )
   trainer = Trainer(model, opt, TrainerConfig(**{**cfg, **config}), train_data=data)
   if "step" in _STEP:
     trainer.train_step = _STEP["step"]
@@ -71,6 +83,7 @@ def _trainer(workdir, data, **config):
 
 def _checkpoint(workdir, step):
   import orbax.checkpoint as ocp
+
   path = os.path.join(workdir, "checkpoints", str(step), "params")
   return jax.tree.leaves(ocp.StandardCheckpointer().restore(path))
 
@@ -97,8 +110,9 @@ def test_nonfinite_updates_are_skipped_and_counted(straight):
   for step in range(1, STEPS + 1):  # every checkpoint is finite
     assert all(np.isfinite(np.asarray(x)).all() for x in _checkpoint(workdir, step))
   # The poisoned steps changed nothing: checkpoint 2 == checkpoint 1, 4 == 3; others moved.
-  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(_checkpoint(workdir, a),
-                                                                _checkpoint(workdir, b)))
+  same = lambda a, b: all(
+    np.array_equal(x, y) for x, y in zip(_checkpoint(workdir, a), _checkpoint(workdir, b))
+  )
   assert same(1, 2) and same(3, 4) and not same(2, 3)
 
 

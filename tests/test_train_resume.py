@@ -1,4 +1,5 @@
 """Trainer: 6 steps straight == 3 steps + resume + 3 steps, bit for bit (CPU); run outputs exist."""
+
 import json
 import os
 
@@ -25,9 +26,13 @@ class SyntheticData:
     ids = rng.integers(3, self.vocab, (self.batch, self.seq + 1)).astype(np.int32)
     mask = np.ones((self.batch, self.seq), np.int32)
     mask[:, : self.seq // 4] = 0  # a "prompt" that is not scored
-    return dict(input_ids=ids[:, :-1], targets=ids[:, 1:], loss_mask=mask,
-                positions=np.tile(np.arange(self.seq, dtype=np.int32), (self.batch, 1)),
-                segment_ids=np.ones((self.batch, self.seq), np.int32))
+    return dict(
+      input_ids=ids[:, :-1],
+      targets=ids[:, 1:],
+      loss_mask=mask,
+      positions=np.tile(np.arange(self.seq, dtype=np.int32), (self.batch, 1)),
+      segment_ids=np.ones((self.batch, self.seq), np.int32),
+    )
 
   def get_state(self):
     return {"i": self.i}
@@ -43,11 +48,20 @@ def _model():
 
 def _run(workdir, steps, total=6):
   opt = OptimizerConfig(learning_rate=3e-3, warmup_steps=2, steps=total, weight_decay=0.1)
-  cfg = TrainerConfig(workdir=str(workdir), steps=steps, log_every=1, checkpoint_every=3,
-                      eval_every=3, eval_batches=1, progress=False, async_checkpointing=True)
+  cfg = TrainerConfig(
+    workdir=str(workdir),
+    steps=steps,
+    log_every=1,
+    checkpoint_every=3,
+    eval_every=3,
+    eval_batches=1,
+    progress=False,
+    async_checkpointing=True,
+  )
   model = _model()
-  trainer = Trainer(model, opt, cfg, train_data=SyntheticData(),
-                    eval_data=lambda: SyntheticData(seed=99))
+  trainer = Trainer(
+    model, opt, cfg, train_data=SyntheticData(), eval_data=lambda: SyntheticData(seed=99)
+  )
   summary = trainer.run()
   return model, summary
 
@@ -62,7 +76,9 @@ def test_resume_is_bit_exact(tmp_path):
   for x, y in zip(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   # The weights did move, and the logs cover each step exactly once.
-  assert not np.array_equal(np.asarray(a[0]), np.asarray(jax.tree.leaves(nnx.state(_model(), nnx.Param))[0]))
+  assert not np.array_equal(
+    np.asarray(a[0]), np.asarray(jax.tree.leaves(nnx.state(_model(), nnx.Param))[0])
+  )
   la = read_jsonl(tmp_path / "a" / "metrics.jsonl")
   lb = read_jsonl(tmp_path / "b" / "metrics.jsonl")
   assert [l["step"] for l in lb] == [1, 2, 3, 4, 5, 6] == [l["step"] for l in la]

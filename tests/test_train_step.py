@@ -1,4 +1,5 @@
 """The pure train step: only trainable params get grads/opt state; accumulation == big batch."""
+
 import jax
 import numpy as np
 import optax
@@ -14,9 +15,13 @@ def _batch(b=4, t=12, vocab=256, seed=0):
   rng = np.random.default_rng(seed)
   ids = rng.integers(0, vocab, (b, t + 1)).astype(np.int32)
   mask = (rng.random((b, t)) > 0.4).astype(np.int32)
-  return dict(input_ids=ids[:, :-1], targets=ids[:, 1:], loss_mask=mask,
-              positions=np.tile(np.arange(t, dtype=np.int32), (b, 1)),
-              segment_ids=np.ones((b, t), np.int32))
+  return dict(
+    input_ids=ids[:, :-1],
+    targets=ids[:, 1:],
+    loss_mask=mask,
+    positions=np.tile(np.arange(t, dtype=np.int32), (b, 1)),
+    segment_ids=np.ones((b, t), np.int32),
+  )
 
 
 def _model(lora=True):

@@ -10,6 +10,7 @@ confusion matrix and the fine-tuned model's generated answers are printed and ke
 summary.json. experiments/configs/demo_tiny.py is the same job on the bundled Gemma 2
 architecture model checkpoints/gemmax-tiny.
 """
+
 import os
 import sys
 
@@ -20,24 +21,24 @@ from finetune_lora import get_config as _base  # noqa: E402
 def get_config():
   c = _base()
   c.model.path = "smollm2-135m-instruct"
-  c.model.dtype = "bfloat16"                # compute; the frozen base is stored in bf16 too
+  c.model.dtype = "bfloat16"  # compute; the frozen base is stored in bf16 too
   c.model.param_dtype = "bfloat16"
   c.data.train = "data/trec6/train.jsonl"
-  c.data.validation = ""                    # the 538 held-out test questions are the measure;
-                                            # a validation pass would cost a compile (~20 s)
+  c.data.validation = ""  # the 538 held-out test questions are the measure;
+  # a validation pass would cost a compile (~20 s)
   c.data.format = "alpaca"
-  c.data.template = "model"                 # the checkpoint's own chat template (ChatML)
-  c.data.seq_len = 256                      # ~3 packed questions of ~75 tokens per row
+  c.data.template = "model"  # the checkpoint's own chat template (ChatML)
+  c.data.seq_len = 256  # ~3 packed questions of ~75 tokens per row
   c.data.batch_size = 8
   c.data.eval_batch_size = 16
   c.classify.file = "data/trec6/test.jsonl"
-  c.classify.reduction = "sum"              # log P(label + end of turn | prompt)
+  c.classify.reduction = "sum"  # log P(label + end of turn | prompt)
   c.classify.generate = True
   c.method = "lora"
   c.lora.rank = 16
   c.lora.alpha = 32.0
   c.lora.dropout = 0.0
-  c.optimizer.learning_rate = 2e-3          # 1e-3: 90.7% after 100 steps; 2e-3: 92.4%
+  c.optimizer.learning_rate = 2e-3  # 1e-3: 90.7% after 100 steps; 2e-3: 92.4%
   c.optimizer.warmup_steps = 10
   c.steps = 100
   c.log_every = 10

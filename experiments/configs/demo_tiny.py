@@ -6,6 +6,7 @@ path on a tiny model, for fast checks.
 
 Small enough for a laptop CPU (float32 compute: most laptop CPUs have no bf16 matmul instructions).
 """
+
 import os
 import sys
 
@@ -20,16 +21,16 @@ def get_config():
   c.data.train = "data/trec6/train.jsonl"
   c.data.validation = "data/trec6/validation.jsonl"
   c.data.format = "alpaca"
-  c.data.seq_len = 160                      # all but one train row fit (the longest is 169)
+  c.data.seq_len = 160  # all but one train row fit (the longest is 169)
   c.data.batch_size = 8
   c.data.eval_batch_size = 8
   c.classify.file = "data/trec6/test.jsonl"
-  c.classify.reduction = "sum"              # log P(label | prompt): labels are 2-4 pieces
+  c.classify.reduction = "sum"  # log P(label | prompt): labels are 2-4 pieces
   c.method = "lora"
   c.lora.rank = 16
   c.lora.alpha = 32.0
   c.lora.dropout = 0.0
-  c.optimizer.learning_rate = 2e-3          # 6e-3 falls back to guessing the majority class
+  c.optimizer.learning_rate = 2e-3  # 6e-3 falls back to guessing the majority class
   c.optimizer.warmup_steps = 20
   c.steps = 600
   c.log_every = 10

@@ -7,6 +7,7 @@ meaning, is in experiments/schemas.py (DISTILL); other distill recipes start fro
 The stages are described in experiments/distill.py. The offline pair (teacher, then student)
 reads the same config: the teacher stage writes store.dir, the student stage trains from it.
 """
+
 import os
 import sys
 

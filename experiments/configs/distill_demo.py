@@ -13,12 +13,14 @@ token; its top 32 tokens hold 65% of the mass): a k = 32 store keeps the other 3
 tail bucket, so the student learns little about it. `--config.compare.mode=offline` runs the
 store variant (teacher stage + top-k/tail loss); use kd_ratio ~0.5 there so CE shapes the tail.
 """
+
 import importlib.util
 import os
 
 # By path: a plain `import distill` could find experiments/distill.py (the script) instead.
 _spec = importlib.util.spec_from_file_location(
-    "_distill_base_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "distill.py"))
+  "_distill_base_config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "distill.py")
+)
 _module = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_module)
 _base = _module.get_config
@@ -35,7 +37,7 @@ def get_config():
   c.data.eval_batch_size = 16
   c.distill.kd_ratio = 1.0
   c.distill.divergence = "forward_kl"
-  c.store.dir = ""                            # offline mode: workdir/store
+  c.store.dir = ""  # offline mode: workdir/store
   c.store.k = 32
   c.compare.train_chunks = 1200
   c.compare.heldout_chunks = 48

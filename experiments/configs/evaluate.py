@@ -4,6 +4,7 @@ with its type and range, is in experiments/schemas.py (EVALUATE).
     python experiments/evaluate.py --config experiments/configs/evaluate.py \
         --config.model.path=runs/demo      # a finetune workdir: its base model and its adapter
 """
+
 import os
 import sys
 

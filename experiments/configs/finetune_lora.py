@@ -4,6 +4,7 @@ meaning, is in experiments/schemas.py (FINETUNE); other recipes start from this 
     python experiments/finetune.py --config experiments/configs/finetune_lora.py \
         --config.model.path=/path/to/hf_checkpoint --config.data.train=train.jsonl
 """
+
 import os
 import sys
 

@@ -4,6 +4,7 @@ with its type and range, is in experiments/schemas.py (GENERATE).
     python experiments/generate.py --config experiments/configs/generate.py
     python experiments/generate.py --config experiments/configs/generate.py --config.prompt="Hi!"
 """
+
 import os
 import sys
 

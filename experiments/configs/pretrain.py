@@ -6,6 +6,7 @@ Sized for 2 CPU cores and ~30 minutes (~1 epoch of the corpus): float32, seq 256
 corpus is rebuilt by `python experiments/prepare_data.py` (see data/README.md for its sources and
 licences). Every key, with its type and range, is in experiments/schemas.py (PRETRAIN).
 """
+
 import os
 import sys
 

@@ -6,6 +6,7 @@ llama.cpp's converter changes three things that loading undoes and saving redoes
   * Gemma norm weights are stored as 1 + w.
 Tensor arrays are HF's layout ([out, in] projections), so gemmax kernels are their transposes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,13 +22,18 @@ from gemmax.models.sizing import abstract_model
 from gemmax.quant.gguf_file import GGUFFile
 
 log = logging.getLogger(__name__)
-_BIG_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type",
-               "tokenizer.ggml.merges")
+_BIG_ARRAYS = (
+  "tokenizer.ggml.tokens",
+  "tokenizer.ggml.scores",
+  "tokenizer.ggml.token_type",
+  "tokenizer.ggml.merges",
+)
 SAVE_TYPES = ("f32", "f16", "bf16", "q8_0")
 
 
 def _name_map(arch: str, layers: int):
   import gguf
+
   arch_id = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
   return gguf.get_tensor_name_map(arch_id, layers)
 
@@ -35,7 +41,7 @@ def _name_map(arch: str, layers: int):
 def gguf_name(path: tuple, names) -> tuple[str, bool]:
   """gemmax parameter path -> (GGUF tensor name, whether it is the kernel's transpose)."""
   name, transpose = hf_name(path)
-  module = name[:-len(".weight")]
+  module = name[: -len(".weight")]
   mapped = names.get_name(module)
   if mapped is None:
     raise GemmaxError(f"no GGUF tensor name for {module}")
@@ -62,18 +68,19 @@ def config_from_gguf(source, **overrides) -> ModelConfig:
   shapes = {n: f.shape(n) for n in f.tensors}
   bias = sorted(n for n in shapes if n.endswith(".bias"))
   if bias:
-    raise GemmaxError(f"{f.path}: tensor {bias[0]} is a bias; gemmax's Llama and Gemma layers have "
-                      "none")
+    raise GemmaxError(
+      f"{f.path}: tensor {bias[0]} is a bias; gemmax's Llama and Gemma layers have none"
+    )
   try:
     meta = {k: v for k, (v, _, _) in f.fields.items()}
     return ModelConfig.from_gguf(meta, shapes, factors, source=f.path, **overrides)
   except (TypeError, ValueError) as e:  # a field of the wrong type or value in the metadata
-    raise GemmaxError(f"{f.path}: {' '.join(str(e).split())}" if f.path not in str(e) else str(e)) \
-        from None
+    raise GemmaxError(
+      f"{f.path}: {' '.join(str(e).split())}" if f.path not in str(e) else str(e)
+    ) from None
 
 
-def load_gguf(path: str | os.PathLike, dtype=None, *, compute_dtype=None, mesh=None,
-              **overrides):
+def load_gguf(path: str | os.PathLike, dtype=None, *, compute_dtype=None, mesh=None, **overrides):
   """Reads a GGUF file into a Transformer, dequantizing one tensor at a time.
 
   dtype: storage dtype of the weights (default float32: GGUF blocks dequantize to it exactly);
@@ -94,8 +101,9 @@ def load_gguf(path: str | os.PathLike, dtype=None, *, compute_dtype=None, mesh=N
       raise MissingTensorError(f"{f.path}: GGUF file is missing tensor {name}")
     want = shape[::-1] if transpose else shape
     if f.shape(name) != tuple(want):
-      raise GemmaxError(f"{f.path}: tensor {name} has shape {f.shape(name)}, the config "
-                        f"expects {tuple(want)}")
+      raise GemmaxError(
+        f"{f.path}: tensor {name} has shape {f.shape(name)}, the config expects {tuple(want)}"
+      )
     used.add(name)
     kind = name.split(".")[-2]
     gemma_norm = config.family == "gemma2" and p[-1] == "scale"
@@ -127,6 +135,7 @@ def _module(model, path: tuple):
 def effective_weight(model, path: tuple) -> np.ndarray:
   """The plain value of base parameter `path`: adapters merged, NF4 dequantized, float32."""
   import jax
+
   *mod_path, leaf = path
   mod = _module(model, mod_path)
   if leaf == "kernel" and not hasattr(mod, "kernel"):
@@ -135,8 +144,10 @@ def effective_weight(model, path: tuple) -> np.ndarray:
     elif hasattr(mod, "kernel_value"):  # NF4 base without an adapter
       value = mod.kernel_value()
     else:
-      raise GemmaxError(f"save_gguf: cannot read the weight of {'/'.join(map(str, mod_path))} "
-                        f"({type(mod).__name__})")
+      raise GemmaxError(
+        f"save_gguf: cannot read the weight of {'/'.join(map(str, mod_path))} "
+        f"({type(mod).__name__})"
+      )
   else:
     value = getattr(mod, leaf)[...]
   return np.asarray(jax.device_get(value), np.float32)
@@ -144,6 +155,7 @@ def effective_weight(model, path: tuple) -> np.ndarray:
 
 def _tensor_type(kind: str, shape: tuple):
   import gguf
+
   q = gguf.GGMLQuantizationType
   if len(shape) == 1 or kind == "f32":
     return q.F32
@@ -152,8 +164,9 @@ def _tensor_type(kind: str, shape: tuple):
   return {"f16": q.F16, "bf16": q.BF16}[kind]
 
 
-def save_gguf(model, path: str | os.PathLike, *, tokenizer, dtype: str = "f16",
-              name: str | None = None) -> str:
+def save_gguf(
+  model, path: str | os.PathLike, *, tokenizer, dtype: str = "f16", name: str | None = None
+) -> str:
   """Writes `model` (adapters merged, NF4 dequantized) with its tokenizer and chat template as a
   GGUF file that llama.cpp, Ollama and transformers load.
 
@@ -187,8 +200,9 @@ def save_gguf(model, path: str | os.PathLike, *, tokenizer, dtype: str = "f16",
     specs.append((tname, shape, _tensor_type(dtype, shape), make))
   factors = config.rope_factors()
   if factors is not None:
-    specs.append(("rope_freqs.weight", factors.shape, gguf.GGMLQuantizationType.F32,
-                  lambda: factors))
+    specs.append(
+      ("rope_freqs.weight", factors.shape, gguf.GGMLQuantizationType.F32, lambda: factors)
+    )
 
   path = os.fspath(path)
   parent = os.path.dirname(os.path.abspath(path))
@@ -198,9 +212,14 @@ def save_gguf(model, path: str | os.PathLike, *, tokenizer, dtype: str = "f16",
   try:
     writer = gguf.GGUFWriter(None, arch)
     writer.add_name(name or f"gemmax {arch} {config.hidden_size}x{config.num_hidden_layers}")
-    writer.add_file_type({"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                          "bf16": gguf.LlamaFileType.MOSTLY_BF16,
-                          "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype])
+    writer.add_file_type(
+      {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "bf16": gguf.LlamaFileType.MOSTLY_BF16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+      }[dtype]
+    )
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for key, value in kv.items():
       full = f"{arch}.{key}"
@@ -232,4 +251,5 @@ def save_gguf(model, path: str | os.PathLike, *, tokenizer, dtype: str = "f16",
 def _plain_params(config: ModelConfig):
   """(path, abstract Variable) of every base parameter of a plain model with this config."""
   from gemmax.convert.hf import iter_params
+
   return list(iter_params(abstract_model(config)))

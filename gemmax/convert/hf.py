@@ -1,4 +1,5 @@
 """HF transformers checkpoints <-> gemmax: config.json + (sharded) model.safetensors."""
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,13 @@ FLOAT_CODES = ("F32", "F16", "BF16", "F64")  # the safetensors dtypes a weight m
 
 def check_dtype(dtype) -> str:
   name = jnp.dtype(dtype).name if not isinstance(dtype, str) else dtype
-  name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(name, name)
+  name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}.get(
+    name, name
+  )
   if name not in DTYPES:
-    raise GemmaxError(f"dtype {dtype!r} cannot be honoured for model weights; "
-                     f"choose one of {', '.join(DTYPES)}")
+    raise GemmaxError(
+      f"dtype {dtype!r} cannot be honoured for model weights; choose one of {', '.join(DTYPES)}"
+    )
   return name
 
 
@@ -60,10 +64,16 @@ def read_index(index: str) -> dict:
   if not isinstance(weight_map, dict) or not weight_map:
     raise GemmaxError(f"{index}: needs a non-empty \"weight_map\" object of tensor name -> file")
   for name, fn in weight_map.items():
-    if (not isinstance(fn, str) or os.path.basename(fn) != fn or fn in ("", ".", "..")
-        or not fn.endswith(".safetensors")):
-      raise GemmaxError(f"{index}: weight_map[{name!r}] = {fn!r} is not a .safetensors file name "
-                       "in the checkpoint directory")
+    if (
+      not isinstance(fn, str)
+      or os.path.basename(fn) != fn
+      or fn in ("", ".", "..")
+      or not fn.endswith(".safetensors")
+    ):
+      raise GemmaxError(
+        f"{index}: weight_map[{name!r}] = {fn!r} is not a .safetensors file name "
+        "in the checkpoint directory"
+      )
     if not os.path.isfile(os.path.join(os.path.dirname(index), fn)):
       raise GemmaxError(f"{index}: weight_map[{name!r}] names {fn}, which does not exist")
   return weight_map
@@ -79,14 +89,17 @@ class Checkpoint:
       files = {fn: SafetensorsFile(os.path.join(directory, fn)) for fn in set(weight_map.values())}
       for name, fn in weight_map.items():
         if name not in files[fn].header:
-          raise GemmaxError(f"{index}: weight_map puts tensor {name} in {fn}, which does not "
-                           "hold it")
+          raise GemmaxError(
+            f"{index}: weight_map puts tensor {name} in {fn}, which does not hold it"
+          )
       self.where = {name: files[fn] for name, fn in weight_map.items()}
     else:
       names = sorted(fn for fn in os.listdir(directory) if fn.endswith(".safetensors"))
       if not names:
-        raise FileNotFoundError(f"{directory}: no model.safetensors or index found "
-                                "(gemmax loads only safetensors; convert .bin/.pth files first)")
+        raise FileNotFoundError(
+          f"{directory}: no model.safetensors or index found "
+          "(gemmax loads only safetensors; convert .bin/.pth files first)"
+        )
       self.where = {}
       for fn in names:
         st = SafetensorsFile(os.path.join(directory, fn))
@@ -107,6 +120,7 @@ def place(array: np.ndarray, var: nnx.Variable, mesh=None) -> jax.Array:
   if mesh is None:
     return jax.device_put(array)
   from gemmax.sharding import sharding_for_axes
+
   return jax.device_put(array, sharding_for_axes(var.get_metadata().get("axes"), array.shape, mesh))
 
 
@@ -115,8 +129,10 @@ def fill(model, source: str, get_tensor, mesh=None, dtype="float32"):
   for path, var in iter_params(model):
     array = get_tensor(path, tuple(var.shape))
     if tuple(array.shape) != tuple(var.shape):
-      raise GemmaxError(f"{source}: tensor for {'/'.join(map(str, path))} has shape "
-                       f"{tuple(array.shape)}, the config expects {tuple(var.shape)}")
+      raise GemmaxError(
+        f"{source}: tensor for {'/'.join(map(str, path))} has shape "
+        f"{tuple(array.shape)}, the config expects {tuple(var.shape)}"
+      )
     # One copy at most: transpose and cast together (the source buffer is freed right after).
     array = np.ascontiguousarray(array, dtype=DTYPES[dtype])
     var.set_value(place(array, var, mesh))
@@ -144,12 +160,15 @@ def load_hf(path: str, dtype=None, *, compute_dtype=None, mesh=None, **overrides
       raise MissingTensorError(f"{path}: checkpoint is missing tensor {name}")
     want = shape[::-1] if transpose else shape
     if ckpt.shape(name) != want:
-      raise GemmaxError(f"{path}: tensor {name} has shape {ckpt.shape(name)}, "
-                       f"the config expects {want}")
+      raise GemmaxError(
+        f"{path}: tensor {name} has shape {ckpt.shape(name)}, the config expects {want}"
+      )
     stored = ckpt.where[name].dtype(name)
     if stored not in FLOAT_CODES:
-      raise GemmaxError(f"{path}: tensor {name} is stored as {stored}; model weights are "
-                       f"floating point ({', '.join(FLOAT_CODES)})")
+      raise GemmaxError(
+        f"{path}: tensor {name} is stored as {stored}; model weights are "
+        f"floating point ({', '.join(FLOAT_CODES)})"
+      )
     used.add(name)
     a = ckpt.get(name)
     if not np.isfinite(a).all():  # a corrupt or diverged checkpoint: never train on it
@@ -163,7 +182,9 @@ def load_hf(path: str, dtype=None, *, compute_dtype=None, mesh=None, **overrides
   return model
 
 
-def save_hf(model: Transformer, path: str, dtype=None, *, max_shard_bytes: int = _SHARD_BYTES) -> None:
+def save_hf(
+  model: Transformer, path: str, dtype=None, *, max_shard_bytes: int = _SHARD_BYTES
+) -> None:
   """Writes config.json + model.safetensors (sharded with an index past `max_shard_bytes`) that
   `transformers.AutoModelForCausalLM.from_pretrained` loads. Written to a temp dir, then moved.
   """
@@ -173,11 +194,13 @@ def save_hf(model: Transformer, path: str, dtype=None, *, max_shard_bytes: int =
   specs = []
   for p, var in iter_params(model):
     if p[-1] not in ("kernel", "embedding", "scale"):
-      raise GemmaxError(f"save_hf: parameter {'/'.join(map(str, p))} is not a base weight; "
-                       "merge adapters first (gemmax.peft.merge)")
+      raise GemmaxError(
+        f"save_hf: parameter {'/'.join(map(str, p))} is not a base weight; "
+        "merge adapters first (gemmax.peft.merge)"
+      )
     name, transpose = hf_name(p)
     shape = tuple(var.shape)[::-1] if transpose else tuple(var.shape)
-    make = (lambda v=var, t=transpose: np.asarray(jax.device_get(v[...].T if t else v[...])))
+    make = lambda v=var, t=transpose: np.asarray(jax.device_get(v[...].T if t else v[...]))
     specs.append((name, shape, np_dt, make))
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)

@@ -4,6 +4,7 @@ Einsum layouts: q_einsum [N, D, H], kv_einsum [2, K, D, H], attn_vec_einsum [N, 
 gating_einsum [2, F, D] or [2, D, F], linear [F, D], embedder [vocab_padded, D] (256128 rows
 for the real models, sliced to the config's vocab).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,12 @@ from gemmax.errors import MissingTensorError
 from gemmax.models.config import ModelConfig
 from gemmax.models.sizing import abstract_model
 
-_NORMS = {"input_layernorm": "pre_attention_norm", "post_attention_layernorm": "post_attention_norm",
-          "pre_feedforward_layernorm": "pre_ffw_norm", "post_feedforward_layernorm": "post_ffw_norm"}
+_NORMS = {
+  "input_layernorm": "pre_attention_norm",
+  "post_attention_layernorm": "post_attention_norm",
+  "pre_feedforward_layernorm": "pre_ffw_norm",
+  "post_feedforward_layernorm": "post_ffw_norm",
+}
 
 
 def flatten_params(tree, prefix="") -> dict[str, np.ndarray]:
@@ -31,13 +36,18 @@ def flatten_params(tree, prefix="") -> dict[str, np.ndarray]:
 
 def kaggle_tensor(flat: dict, p: tuple, config: ModelConfig, source: str) -> np.ndarray:
   """The gemmax-layout array for parameter path `p` from flat Kaggle params."""
+
   def get(name):
     if name not in flat:
       raise MissingTensorError(f"{source}: checkpoint is missing tensor {name}")
     return np.asarray(flat[name])
 
-  d, n, k, h = (config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
-                config.head_dim)
+  d, n, k, h = (
+    config.hidden_size,
+    config.num_attention_heads,
+    config.num_key_value_heads,
+    config.head_dim,
+  )
   if p[0] == "embed_tokens":
     return get("transformer/embedder/input_embedding")[: config.vocab_size]
   if p[0] == "norm":
@@ -70,12 +80,18 @@ def load_kaggle(params_or_path, config: ModelConfig, dtype="float32", *, mesh=No
   source = "params"
   if not isinstance(params_or_path, dict):
     import orbax.checkpoint as ocp
+
     source = str(params_or_path)
     params_or_path = ocp.PyTreeCheckpointer().restore(source)
   flat = flatten_params(params_or_path)
-  flat = {k[:-len("/w")] + "/w" if k.endswith("/w") else k: v for k, v in flat.items()}
-  flat = {k[len("params/"):] if k.startswith("params/") else k: v for k, v in flat.items()}
+  flat = {k[: -len("/w")] + "/w" if k.endswith("/w") else k: v for k, v in flat.items()}
+  flat = {k[len("params/") :] if k.startswith("params/") else k: v for k, v in flat.items()}
   dt = check_dtype(dtype)
   config = config.replace(param_dtype=dt, dtype=dt)
-  return fill(abstract_model(config), source,
-              lambda p, shape: kaggle_tensor(flat, p, config, source), mesh, dt)
+  return fill(
+    abstract_model(config),
+    source,
+    lambda p, shape: kaggle_tensor(flat, p, config, source),
+    mesh,
+    dt,
+  )

@@ -1,4 +1,5 @@
 """One entry point for any model source: an HF directory, a `.gguf` file or a registry name."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,10 @@ def model_file(source) -> tuple[str, str]:
     ggufs = sorted(f for f in os.listdir(path) if f.endswith(".gguf"))
     if len(ggufs) == 1:
       return "gguf", os.path.join(path, ggufs[0])
-    raise GemmaxError(f"{path}: neither an HF checkpoint (config.json) nor a directory with one "
-                      f".gguf file ({len(ggufs)} found)")
+    raise GemmaxError(
+      f"{path}: neither an HF checkpoint (config.json) nor a directory with one "
+      f".gguf file ({len(ggufs)} found)"
+    )
   if os.path.isfile(path):
     with open(path, "rb") as f:
       if f.read(4) == b"GGUF":
@@ -38,6 +41,8 @@ def load(source, dtype=None, *, compute_dtype=None, mesh=None, **overrides):
   kind, path = model_file(source)
   if kind == "hf":
     from gemmax.convert.hf import load_hf
+
     return load_hf(path, dtype, compute_dtype=compute_dtype, mesh=mesh, **overrides)
   from gemmax.convert.gguf_io import load_gguf
+
   return load_gguf(path, dtype, compute_dtype=compute_dtype, mesh=mesh, **overrides)

@@ -3,6 +3,7 @@
 Meta's q/k rows pair dimensions (2i, 2i+1) per head; gemmax (like HF) pairs (i, i + d/2).
 gemmax never unpickles: convert consolidated.*.pth to safetensors outside gemmax first.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,17 @@ from gemmax.errors import MissingTensorError
 from gemmax.models.config import ModelConfig
 from gemmax.models.sizing import abstract_model
 
-_NAMES = {"q_proj": "attention.wq", "k_proj": "attention.wk", "v_proj": "attention.wv",
-          "o_proj": "attention.wo", "gate_proj": "feed_forward.w1",
-          "down_proj": "feed_forward.w2", "up_proj": "feed_forward.w3",
-          "input_layernorm": "attention_norm", "post_attention_layernorm": "ffn_norm"}
+_NAMES = {
+  "q_proj": "attention.wq",
+  "k_proj": "attention.wk",
+  "v_proj": "attention.wv",
+  "o_proj": "attention.wo",
+  "gate_proj": "feed_forward.w1",
+  "down_proj": "feed_forward.w2",
+  "up_proj": "feed_forward.w3",
+  "input_layernorm": "attention_norm",
+  "post_attention_layernorm": "ffn_norm",
+}
 
 
 def meta_config(params: dict, vocab_size: int, rope_factor=None) -> ModelConfig:
@@ -31,15 +39,27 @@ def meta_config(params: dict, vocab_size: int, rope_factor=None) -> ModelConfig:
   scaling = None
   if params.get("use_scaled_rope"):
     factor = rope_factor or params.get("rope_scaling_factor") or 8.0
-    scaling = dict(rope_type="llama3", factor=float(factor), low_freq_factor=1.0,
-                   high_freq_factor=4.0, original_max_position_embeddings=8192)
-  return ModelConfig(family="llama", vocab_size=vocab_size, hidden_size=dim,
-                     intermediate_size=hidden, num_hidden_layers=params["n_layers"],
-                     num_attention_heads=heads,
-                     num_key_value_heads=params.get("n_kv_heads") or heads,
-                     head_dim=dim // heads, rope_theta=float(params.get("rope_theta", 10000.0)),
-                     rope_scaling=scaling, rms_norm_eps=params.get("norm_eps", 1e-5),
-                     tie_word_embeddings=False)
+    scaling = dict(
+      rope_type="llama3",
+      factor=float(factor),
+      low_freq_factor=1.0,
+      high_freq_factor=4.0,
+      original_max_position_embeddings=8192,
+    )
+  return ModelConfig(
+    family="llama",
+    vocab_size=vocab_size,
+    hidden_size=dim,
+    intermediate_size=hidden,
+    num_hidden_layers=params["n_layers"],
+    num_attention_heads=heads,
+    num_key_value_heads=params.get("n_kv_heads") or heads,
+    head_dim=dim // heads,
+    rope_theta=float(params.get("rope_theta", 10000.0)),
+    rope_scaling=scaling,
+    rms_norm_eps=params.get("norm_eps", 1e-5),
+    tie_word_embeddings=False,
+  )
 
 
 def interleaved_to_half_split(w: np.ndarray, heads: int) -> np.ndarray:

@@ -3,6 +3,7 @@
 Format: 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}},
 then the raw little-endian tensor bytes.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,16 @@ import numpy as np
 from gemmax.errors import GemmaxError
 
 DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_,
+  "F64": np.float64,
+  "F32": np.float32,
+  "F16": np.float16,
+  "BF16": ml_dtypes.bfloat16,
+  "I64": np.int64,
+  "I32": np.int32,
+  "I16": np.int16,
+  "I8": np.int8,
+  "U8": np.uint8,
+  "BOOL": np.bool_,
 }
 _CODES = {np.dtype(v): k for k, v in DTYPES.items()}
 
@@ -36,7 +44,9 @@ def check_header(header, path: str, data_bytes: int) -> dict:
   here, naming the file and tensor, before any tensor is read.
   """
   if not isinstance(header, dict):
-    raise GemmaxError(f"{path}: safetensors header is a JSON {type(header).__name__}, not an object")
+    raise GemmaxError(
+      f"{path}: safetensors header is a JSON {type(header).__name__}, not an object"
+    )
   meta = header.get("__metadata__", {}) or {}
   if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
     raise GemmaxError(f"{path}: safetensors __metadata__ must map names to strings")
@@ -46,21 +56,29 @@ def check_header(header, path: str, data_bytes: int) -> dict:
     where = f"{path}: tensor {name}"
     if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
       keys = sorted(info) if isinstance(info, dict) else type(info).__name__
-      raise GemmaxError(f"{where}: header entry must have exactly dtype, shape and data_offsets "
-                       f"(has {keys})")
+      raise GemmaxError(
+        f"{where}: header entry must have exactly dtype, shape and data_offsets (has {keys})"
+      )
     dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
     if dtype not in DTYPES:
       raise GemmaxError(f"{where}: unsupported dtype {dtype!r} (known: {', '.join(DTYPES)})")
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
       raise GemmaxError(f"{where}: shape {shape!r} is not a list of non-negative integers")
-    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets))
-        or offsets[0] > offsets[1]):
-      raise GemmaxError(f"{where}: data_offsets {offsets!r} are not [begin, end] with "
-                       "0 <= begin <= end")
+    if (
+      not isinstance(offsets, list)
+      or len(offsets) != 2
+      or not all(map(_is_count, offsets))
+      or offsets[0] > offsets[1]
+    ):
+      raise GemmaxError(
+        f"{where}: data_offsets {offsets!r} are not [begin, end] with 0 <= begin <= end"
+      )
     nbytes = int(np.prod(shape, dtype=object)) * np.dtype(DTYPES[dtype]).itemsize
     if offsets[1] - offsets[0] != nbytes:
-      raise GemmaxError(f"{where}: {dtype} {tuple(shape)} needs {nbytes} bytes but its "
-                       f"data_offsets span {offsets[1] - offsets[0]}")
+      raise GemmaxError(
+        f"{where}: {dtype} {tuple(shape)} needs {nbytes} bytes but its "
+        f"data_offsets span {offsets[1] - offsets[0]}"
+      )
     spans.append((offsets[0], offsets[1], name))
   at = 0
   for begin, end, name in sorted(spans):
@@ -71,9 +89,10 @@ def check_header(header, path: str, data_bytes: int) -> dict:
   if at != data_bytes:
     last = max(spans)[2] if spans else None
     raise GemmaxError(
-        f"{path}: the header's tensors end at byte {at} of the data section but the file holds "
-        f"{data_bytes} data bytes ({'truncated' if at > data_bytes else 'trailing bytes'}"
-        f"{f', last tensor {last}' if last else ''})")
+      f"{path}: the header's tensors end at byte {at} of the data section but the file holds "
+      f"{data_bytes} data bytes ({'truncated' if at > data_bytes else 'trailing bytes'}"
+      f"{f', last tensor {last}' if last else ''})"
+    )
   return entries
 
 
@@ -97,8 +116,10 @@ class SafetensorsFile:
           raise GemmaxError(f"{size} bytes, shorter than the 8-byte header length")
         (n,) = struct.unpack("<Q", head)
         if n > min(MAX_HEADER_BYTES, size - 8):
-          raise GemmaxError(f"header length {n} exceeds the file ({size} bytes) or the "
-                           f"format's {MAX_HEADER_BYTES}-byte limit")
+          raise GemmaxError(
+            f"header length {n} exceeds the file ({size} bytes) or the "
+            f"format's {MAX_HEADER_BYTES}-byte limit"
+          )
         header = json.loads(f.read(n).decode("utf-8"))
     except (OSError, ValueError) as e:  # (JSON and UTF-8 errors are ValueErrors)
       raise GemmaxError(f"{path}: not a readable safetensors file ({e})") from None
@@ -124,8 +145,10 @@ class SafetensorsFile:
       f.seek(self._data_start + begin)
       got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
     if got != end - begin:
-      raise GemmaxError(f"{self.path}: tensor {name}: read {got} of its {end - begin} bytes "
-                       "(the file changed or was cut short after it was opened)")
+      raise GemmaxError(
+        f"{self.path}: tensor {name}: read {got} of its {end - begin} bytes "
+        "(the file changed or was cut short after it was opened)"
+      )
     return out
 
 
@@ -147,8 +170,11 @@ def save_lazy(specs, path: str, metadata=None) -> None:
     if dt not in _CODES:
       raise GemmaxError(f"tensor {name}: dtype {dt} cannot be stored in safetensors")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    header[name] = {"dtype": _CODES[dt], "shape": list(shape),
-                    "data_offsets": [offset, offset + nbytes]}
+    header[name] = {
+      "dtype": _CODES[dt],
+      "shape": list(shape),
+      "data_offsets": [offset, offset + nbytes],
+    }
     offset += nbytes
   header["__metadata__"] = {"format": "pt", **(metadata or {})}
   blob = json.dumps(header, separators=(",", ":")).encode()

@@ -12,18 +12,54 @@ sum(loss_mask).
 """
 
 from gemmax.data.chat import TEMPLATES, chat_segments, end_of_turn_ids, render_chat
-from gemmax.data.formats import (ALPACA_PROMPT, ALPACA_PROMPT_NO_INPUT, alpaca_messages, alpaca_prompt,
-                                 classification_to_alpaca, example_segments, tokenize_example, tokenize_segments)
+from gemmax.data.formats import (
+  ALPACA_PROMPT,
+  ALPACA_PROMPT_NO_INPUT,
+  alpaca_messages,
+  alpaca_prompt,
+  classification_to_alpaca,
+  example_segments,
+  tokenize_example,
+  tokenize_segments,
+)
 from gemmax.data.gguf_tokenizer import GGUFTokenizer, load_gguf_tokenizer
 from gemmax.data.gguf_tokenizer_write import write_tokenizer
 from gemmax.data.pipeline import DataConfig, make_dataset, make_eval_pipeline, make_pipeline
 from gemmax.data.sources import BadRows, SourceSpec, load_records
-from gemmax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, Tokenizer, check_vocab, load_tokenizer
+from gemmax.data.tokenizer import (
+  HFTokenizer,
+  SentencePieceTokenizer,
+  Tokenizer,
+  check_vocab,
+  load_tokenizer,
+)
 
 __all__ = [
-    "ALPACA_PROMPT", "ALPACA_PROMPT_NO_INPUT", "BadRows", "DataConfig", "GGUFTokenizer", "HFTokenizer",
-    "SentencePieceTokenizer", "SourceSpec", "TEMPLATES", "Tokenizer", "alpaca_messages", "alpaca_prompt",
-    "chat_segments", "check_vocab", "end_of_turn_ids", "classification_to_alpaca", "example_segments", "load_gguf_tokenizer",
-    "load_records", "load_tokenizer", "make_dataset", "make_eval_pipeline", "make_pipeline", "render_chat",
-    "tokenize_example", "tokenize_segments", "write_tokenizer",
+  "ALPACA_PROMPT",
+  "ALPACA_PROMPT_NO_INPUT",
+  "BadRows",
+  "DataConfig",
+  "GGUFTokenizer",
+  "HFTokenizer",
+  "SentencePieceTokenizer",
+  "SourceSpec",
+  "TEMPLATES",
+  "Tokenizer",
+  "alpaca_messages",
+  "alpaca_prompt",
+  "chat_segments",
+  "check_vocab",
+  "end_of_turn_ids",
+  "classification_to_alpaca",
+  "example_segments",
+  "load_gguf_tokenizer",
+  "load_records",
+  "load_tokenizer",
+  "make_dataset",
+  "make_eval_pipeline",
+  "make_pipeline",
+  "render_chat",
+  "tokenize_example",
+  "tokenize_segments",
+  "write_tokenizer",
 ]

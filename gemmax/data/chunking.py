@@ -3,6 +3,7 @@
 The split experiments/pretrain.py uses for the bundled model (chunk_chars=800, every 100th
 chunk held out), so other experiments can train and evaluate on the same held-out text.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Iterator
@@ -37,8 +38,9 @@ def holdout_split(chunks: list[str], every: int) -> tuple[list[str], list[str]]:
   return train, held
 
 
-def corpus_split(path: str, chunk_chars: int = 800,
-                 every: int = 100) -> tuple[list[str], list[str]]:
+def corpus_split(
+  path: str, chunk_chars: int = 800, every: int = 100
+) -> tuple[list[str], list[str]]:
   """A text file -> (train chunks, held-out chunks), blank chunks dropped."""
   with open(path, encoding="utf-8") as f:
     chunks = [ch for ch in chunk_lines(f, chunk_chars) if ch.strip()]

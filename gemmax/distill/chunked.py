@@ -10,6 +10,7 @@ Per scored token (loss_mask = 1), with kd_ratio a and temperature t:
 KD is `topk_distill_loss` against stored teacher top-k (offline) or a divergence against the
 teacher's logits (online). t^2 keeps the KD gradient's scale independent of t (Hinton et al.).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,6 +32,7 @@ class DistillSums(NamedTuple):
   the vocabulary online, over the k stored ids + tail bucket offline, a lower bound of the full
   KL); ce: ground-truth next-token CE; correct: argmax hits.
   """
+
   loss_sum: jax.Array
   correct: jax.Array
   count: jax.Array
@@ -42,10 +44,11 @@ class DistillSums(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class DistillLoss:
   """The recipe: kd_ratio a mixes a*KD + (1-a)*CE; divergence/beta are for the online teacher."""
+
   kd_ratio: float = 1.0
   temperature: float = 1.0
-  divergence: str = "forward_kl"   # forward_kl | reverse_kl | jsd (online only)
-  beta: float = 0.5                # JSD(beta) mixture weight of the teacher
+  divergence: str = "forward_kl"  # forward_kl | reverse_kl | jsd (online only)
+  beta: float = 0.5  # JSD(beta) mixture weight of the teacher
 
   def validate(self):
     if not 0.0 <= self.kd_ratio <= 1.0:
@@ -71,9 +74,19 @@ def _chunked(x, n_chunks, chunk, fill=0):
   return flat.reshape(n_chunks, chunk, *flat.shape[1:])
 
 
-def distill_sums(hidden, weight, targets, loss_mask, *, loss: DistillLoss = DistillLoss(),
-                 softcap: Optional[float] = None, topk=None, teacher=None,
-                 chunk: Optional[int] = None, vocab_major: bool = False) -> DistillSums:
+def distill_sums(
+  hidden,
+  weight,
+  targets,
+  loss_mask,
+  *,
+  loss: DistillLoss = DistillLoss(),
+  softcap: Optional[float] = None,
+  topk=None,
+  teacher=None,
+  chunk: Optional[int] = None,
+  vocab_major: bool = False,
+) -> DistillSums:
   """Masked sums of the mixed loss, chunked over tokens.
 
   hidden [B, T, D], weight [D, V] ([V, D] with `vocab_major`): the student's final hidden states
@@ -96,16 +109,23 @@ def distill_sums(hidden, weight, targets, loss_mask, *, loss: DistillLoss = Dist
   # two [chunk, V] float32 arrays live at once (the teacher's logits or the top-k id mask)
   chunk = chunk or chunk_tokens_for(v, n, DEFAULT_LOGIT_BUDGET // 2)
   n_chunks = -(-n // chunk)
-  xs = {"h": _chunked(hidden, n_chunks, chunk),
-        "y": _chunked(targets.astype(jnp.int32), n_chunks, chunk),
-        "m": _chunked(loss_mask.astype(jnp.float32), n_chunks, chunk)}
+  xs = {
+    "h": _chunked(hidden, n_chunks, chunk),
+    "y": _chunked(targets.astype(jnp.int32), n_chunks, chunk),
+    "m": _chunked(loss_mask.astype(jnp.float32), n_chunks, chunk),
+  }
   if topk is not None:
     ids, probs, tail = topk
     if ids.shape[:2] != (b, t) or probs.shape != ids.shape or tail.shape != (b, t):
-      raise GemmaxError(f"top-k arrays {ids.shape}, {probs.shape}, {tail.shape} do not match "
-                       f"[{b}, {t}, k], [{b}, {t}, k], [{b}, {t}]")
-    xs.update(ids=_chunked(ids.astype(jnp.int32), n_chunks, chunk),
-              p=_chunked(probs, n_chunks, chunk), tail=_chunked(tail, n_chunks, chunk))
+      raise GemmaxError(
+        f"top-k arrays {ids.shape}, {probs.shape}, {tail.shape} do not match "
+        f"[{b}, {t}, k], [{b}, {t}, k], [{b}, {t}]"
+      )
+    xs.update(
+      ids=_chunked(ids.astype(jnp.int32), n_chunks, chunk),
+      p=_chunked(probs, n_chunks, chunk),
+      tail=_chunked(tail, n_chunks, chunk),
+    )
   t_w, t_cap = None, None
   if teacher is not None:
     t_h, t_w, t_cap = teacher
@@ -117,8 +137,9 @@ def distill_sums(hidden, weight, targets, loss_mask, *, loss: DistillLoss = Dist
   temp = float(loss.temperature)
 
   def chunk_sums(w, t_w, x):
-    logits = _softcap(dot2d(x["h"], w, w_t=vocab_major, preferred_element_type=jnp.float32),
-                      softcap)  # [c, V]
+    logits = _softcap(
+      dot2d(x["h"], w, w_t=vocab_major, preferred_element_type=jnp.float32), softcap
+    )  # [c, V]
     m = x["m"]
     lse = jax.nn.logsumexp(logits, axis=-1)
     ce = lse - jnp.take_along_axis(logits, x["y"][:, None], axis=-1)[:, 0]
@@ -131,8 +152,9 @@ def distill_sums(hidden, weight, targets, loss_mask, *, loss: DistillLoss = Dist
       kd = losses.topk_distill_loss(student, x["ids"], x["p"], x["tail"], temp)
       kl = kd - losses.topk_teacher_entropy(x["p"], x["tail"])
     elif "th" in x:
-      t_logits = _softcap(dot2d(x["th"], t_w.astype(x["th"].dtype),
-                                preferred_element_type=jnp.float32), t_cap)
+      t_logits = _softcap(
+        dot2d(x["th"], t_w.astype(x["th"].dtype), preferred_element_type=jnp.float32), t_cap
+      )
       kd = losses.divergence(loss.divergence, t_logits, student, beta=loss.beta, temperature=temp)
       kl = kd if loss.divergence == "forward_kl" else losses.forward_kl(t_logits, student, temp)
     if a == 0.0:

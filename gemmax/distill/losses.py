@@ -13,6 +13,7 @@ Q the student throughout.
                    teacher's (k + 1)-bucket distribution (k stored ids plus one bucket holding the
                    rest of the mass), which equals the dense soft-target CE when k = V.
 """
+
 from __future__ import annotations
 
 import jax
@@ -60,8 +61,9 @@ def generalized_jsd(teacher_logits, student_logits, beta: float = 0.5, temperatu
   return beta * _kl(logp, logm) + (1.0 - beta) * _kl(logq, logm)
 
 
-def divergence(name: str, teacher_logits, student_logits, *, beta: float = 0.5,
-               temperature: float = 1.0):
+def divergence(
+  name: str, teacher_logits, student_logits, *, beta: float = 0.5, temperature: float = 1.0
+):
   """Dispatch by name: "forward_kl" | "reverse_kl" | "jsd" (with `beta`)."""
   if name == "forward_kl":
     return forward_kl(teacher_logits, student_logits, temperature)

@@ -12,6 +12,7 @@ generated tokens become the scored targets and the teacher scores them in the on
 other batches pass through unchanged. Rows must hold one example each (packing=False).
 The coin flips and sampling keys derive from (seed, batch number): resuming replays them.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,17 +31,28 @@ def _example(batch, r):
     raise GemmaxError("on-policy batches need one example per row (data.packing = False)")
   ids = np.asarray(batch["input_ids"][r][:n])
   return np.append(ids, batch["targets"][r][n - 1]).astype(np.int32), np.asarray(
-      batch["loss_mask"][r][:n])
+    batch["loss_mask"][r][:n]
+  )
 
 
-def onpolicy_batch(batch: dict, student, *, max_new_tokens: int, temperature: float = 1.0,
-                   top_k=None, top_p=None, min_prompt: int = 1, seed: int = 0,
-                   tokenizer=None) -> dict:
+def onpolicy_batch(
+  batch: dict,
+  student,
+  *,
+  max_new_tokens: int,
+  temperature: float = 1.0,
+  top_k=None,
+  top_p=None,
+  min_prompt: int = 1,
+  seed: int = 0,
+  tokenizer=None,
+) -> dict:
   """The batch with every row's response replaced by a sample from `student` (see module doc).
 
   Returns a new batch dict of the same shapes; loss_mask is 1 exactly on the sampled tokens.
   """
   from gemmax.sampling import Sampler
+
   b, t = np.shape(batch["input_ids"])
   rows, prompts = [], []
   for r in range(b):
@@ -56,16 +68,16 @@ def onpolicy_batch(batch: dict, student, *, max_new_tokens: int, temperature: fl
   if not rows:
     return out
   steps = max(1, min(max_new_tokens, t + 1 - min(len(p) for p in prompts)))
-  result = Sampler(student, tokenizer).generate(prompts, max_new_tokens=steps,
-                                                temperature=temperature, top_k=top_k,
-                                                top_p=top_p, seed=seed)
+  result = Sampler(student, tokenizer).generate(
+    prompts, max_new_tokens=steps, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
+  )
   for r, prompt, gen in zip(rows, prompts, result.tokens):
-    seq = np.asarray(prompt + list(gen), np.int32)[:t + 1]
+    seq = np.asarray(prompt + list(gen), np.int32)[: t + 1]
     n = len(seq) - 1
     for key in ("input_ids", "targets", "loss_mask", "positions", "segment_ids"):
       out[key][r] = 0
     out["input_ids"][r, :n], out["targets"][r, :n] = seq[:-1], seq[1:]
-    out["loss_mask"][r, len(prompt) - 1:n] = 1  # targets from the first generated token on
+    out["loss_mask"][r, len(prompt) - 1 : n] = 1  # targets from the first generated token on
     out["positions"][r, :n], out["segment_ids"][r, :n] = np.arange(n), 1
   return out
 
@@ -73,17 +85,33 @@ def onpolicy_batch(batch: dict, student, *, max_new_tokens: int, temperature: fl
 class OnPolicyBatches:
   """Iterator wrapper mixing dataset batches with student-sampled ones (module docstring)."""
 
-  def __init__(self, data, *, fraction: float, max_new_tokens: int, temperature: float = 1.0,
-               top_k=None, top_p=None, min_prompt: int = 1, seed: int = 0, tokenizer=None):
+  def __init__(
+    self,
+    data,
+    *,
+    fraction: float,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k=None,
+    top_p=None,
+    min_prompt: int = 1,
+    seed: int = 0,
+    tokenizer=None,
+  ):
     if not 0.0 <= fraction <= 1.0:
       raise GemmaxError(f"on-policy fraction must be in [0, 1], got {fraction}")
     if max_new_tokens < 1:
       raise GemmaxError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     self.data, self.fraction, self.seed, self.tokenizer = data, fraction, seed, tokenizer
-    self.sample_kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                          top_p=top_p, min_prompt=min_prompt)
-    self.count = 0          # batches drawn so far
-    self.sampled = 0        # of which on-policy
+    self.sample_kw = dict(
+      max_new_tokens=max_new_tokens,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+      min_prompt=min_prompt,
+    )
+    self.count = 0  # batches drawn so far
+    self.sampled = 0  # of which on-policy
     self._student = None
 
   def bind(self, student):
@@ -94,10 +122,12 @@ class OnPolicyBatches:
       def current():
         model = nnx.merge(trainer.split.eval_def, trainer.params, trainer.rest)
         return getattr(model, "student", model)
+
       self._student = current
     else:
-      self._student = student if callable(student) and not isinstance(student, nnx.Module) else (
-          lambda: student)
+      self._student = (
+        student if callable(student) and not isinstance(student, nnx.Module) else (lambda: student)
+      )
     return self
 
   def __iter__(self):
@@ -111,8 +141,13 @@ class OnPolicyBatches:
       if self._student is None:
         raise RuntimeError("OnPolicyBatches: call bind(trainer or student) before iterating")
       self.sampled += 1
-      batch = onpolicy_batch(batch, self._student(), seed=int(rng.integers(2 ** 31)),
-                             tokenizer=self.tokenizer, **self.sample_kw)
+      batch = onpolicy_batch(
+        batch,
+        self._student(),
+        seed=int(rng.integers(2**31)),
+        tokenizer=self.tokenizer,
+        **self.sample_kw,
+      )
     return batch
 
   def get_state(self) -> dict:

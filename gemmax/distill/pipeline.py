@@ -8,6 +8,7 @@ Same order of operations as gemmax.data.make_dataset (shard by process -> seeded
 repeat -> decode + truncate -> first-fit packing or padding -> batch -> prefetch), and the same
 resumable iterator (get_state / set_state).
 """
+
 from __future__ import annotations
 
 import grain
@@ -30,7 +31,7 @@ class _Decode:
 
   def __call__(self, data: bytes) -> dict:
     ex = decode_record(data, self.k)
-    return {name: ex[name][:self.seq_len] for name in FEATURES}
+    return {name: ex[name][: self.seq_len] for name in FEATURES}
 
 
 class _Pad:
@@ -64,6 +65,7 @@ def store_pipeline(store: TopKStore, config: DataConfig) -> DataIterator:
   pidx, pcount = config.process_index, config.process_count
   if pidx is None or pcount is None:
     import jax
+
     pidx, pcount = jax.process_index(), jax.process_count()
   ds = grain.MapDataset.source(store.source())
   if pcount > 1:
@@ -73,21 +75,28 @@ def store_pipeline(store: TopKStore, config: DataConfig) -> DataIterator:
   if config.shuffle:
     ds = ds.shuffle(seed=config.seed)
   ds = ds.repeat(config.num_epochs).map(_Decode(store.k, config.seq_len))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.read_threads,
-                                            prefetch_buffer_size=64))
+  it = ds.to_iter_dataset(
+    grain.ReadOptions(num_threads=config.read_threads, prefetch_buffer_size=64)
+  )
   if config.packing:
     t = config.seq_len
     it = grain.experimental.FirstFitPackIterDataset(
-        it, length_struct={name: t for name in FEATURES},
-        num_packing_bins=config.num_packing_bins or config.batch_size, shuffle_bins=False)
+      it,
+      length_struct={name: t for name in FEATURES},
+      num_packing_bins=config.num_packing_bins or config.batch_size,
+      shuffle_bins=False,
+    )
     it = it.map(_rename_packed)
   else:
     it = it.map(_Pad(config.seq_len))
   it = it.batch(config.batch_size, drop_remainder=True)
   if config.worker_count > 0:
     _ensure_absl_flags()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=config.worker_count, per_worker_buffer_size=max(1, config.prefetch)))
+    it = it.mp_prefetch(
+      grain.MultiprocessingOptions(
+        num_workers=config.worker_count, per_worker_buffer_size=max(1, config.prefetch)
+      )
+    )
   elif config.prefetch > 0:
     it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=config.prefetch)
   return DataIterator(it, BadRows())

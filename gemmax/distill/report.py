@@ -1,4 +1,5 @@
 """Measuring a distilled student: held-out KL to the teacher and perplexity, and their curves."""
+
 from __future__ import annotations
 
 import math
@@ -35,17 +36,23 @@ def heldout_metrics(model, batches, *, temperature: float = 1.0, mesh=None) -> d
     raise GemmaxError("heldout_metrics: no batches")
   t = jax.tree.map(float, jax.device_get(totals))
   n = max(t.count, 1.0)
-  return {"ce": t.ce_sum / n, "perplexity": math.exp(t.ce_sum / n), "kl": t.kl_sum / n,
-          "tokens": int(t.count)}
+  return {
+    "ce": t.ce_sum / n,
+    "perplexity": math.exp(t.ce_sum / n),
+    "kl": t.kl_sum / n,
+    "tokens": int(t.count),
+  }
 
 
-def plot_comparison(histories: dict, path: str, *, teacher_perplexity: float | None = None,
-                    title: str = "") -> str:
+def plot_comparison(
+  histories: dict, path: str, *, teacher_perplexity: float | None = None, title: str = ""
+) -> str:
   """Held-out KL to the teacher and perplexity against step, one line per run, as one PNG.
 
   histories: {run name: metrics.jsonl lines with eval_kl / eval_ce}.
   """
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 

@@ -9,6 +9,7 @@ no gradient, no optimizer state and is never checkpointed; its arrays keep whate
 was loaded with (load_hf(mesh=...)). With stored top-k batches the model can be the student
 alone (no teacher in memory).
 """
+
 from __future__ import annotations
 
 from flax import nnx
@@ -29,8 +30,10 @@ class TeacherStudent(nnx.Module):
 
   def __init__(self, student, teacher):
     if student.config.vocab_size != teacher.config.vocab_size:
-      raise GemmaxError(f"student vocabulary {student.config.vocab_size} != teacher vocabulary "
-                       f"{teacher.config.vocab_size}: distillation needs the same tokenizer")
+      raise GemmaxError(
+        f"student vocabulary {student.config.vocab_size} != teacher vocabulary "
+        f"{teacher.config.vocab_size}: distillation needs the same tokenizer"
+      )
     self.student, self.teacher = student, teacher
     self.deterministic = False
 
@@ -38,6 +41,7 @@ class TeacherStudent(nnx.Module):
 def student_filter(model):
   """The trainable filter: the student's adapters if it has any, else all its nnx.Params."""
   from gemmax.train.step import trainable_filter
+
   if isinstance(model, TeacherStudent):
     return nnx.All(nnx.PathContains("student"), trainable_filter(model.student))
   return trainable_filter(model)
@@ -65,9 +69,18 @@ def model_distill_sums(model, batch: dict, loss: DistillLoss, *, chunk=None) -> 
     t = model.teacher
     teacher = (t.hidden_states(batch["input_ids"], **kw), t.output_weight(), _softcap_of(t))
   w, vocab_major = student.output_projection()
-  return distill_sums(h, w, batch["targets"], batch["loss_mask"], loss=loss,
-                      softcap=_softcap_of(student), topk=topk, teacher=teacher, chunk=chunk,
-                      vocab_major=vocab_major)
+  return distill_sums(
+    h,
+    w,
+    batch["targets"],
+    batch["loss_mask"],
+    loss=loss,
+    softcap=_softcap_of(student),
+    topk=topk,
+    teacher=teacher,
+    chunk=chunk,
+    vocab_major=vocab_major,
+  )
 
 
 def distill_loss_fn(loss: DistillLoss):

@@ -14,6 +14,7 @@ position and 8 per record: <= 6k + 8 bytes per token for any example of >= 5 tok
 ArrayRecord's own compression, which only shrinks it). `tail` = 1 - sum(topk_probs), the
 teacher's mass outside the k ids, kept so the loss sees the full distribution's coarse shape.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,10 +47,16 @@ def encode_record(tokens, loss_mask, topk_ids, topk_probs, tail) -> bytes:
   n = len(mask)
   if len(tokens) != n + 1:
     raise GemmaxError(f"encode_record: {len(tokens)} tokens for {n} positions (need n + 1)")
-  return b"".join([np.uint32(n).tobytes(), tokens.tobytes(), np.packbits(mask).tobytes(),
-                   np.asarray(topk_ids, np.int32)[mask].tobytes(),
-                   np.asarray(topk_probs, np.float16)[mask].tobytes(),
-                   np.asarray(tail, np.float16)[mask].tobytes()])
+  return b"".join(
+    [
+      np.uint32(n).tobytes(),
+      tokens.tobytes(),
+      np.packbits(mask).tobytes(),
+      np.asarray(topk_ids, np.int32)[mask].tobytes(),
+      np.asarray(topk_probs, np.float16)[mask].tobytes(),
+      np.asarray(tail, np.float16)[mask].tobytes(),
+    ]
+  )
 
 
 def decode_record(data: bytes, k: int) -> dict:
@@ -58,25 +65,30 @@ def decode_record(data: bytes, k: int) -> dict:
   buf = memoryview(data)
   n = int(np.frombuffer(buf[:4], np.uint32)[0])
   off = 4
-  take = lambda count, dt: np.frombuffer(buf[off:off + count * np.dtype(dt).itemsize], dt)
+  take = lambda count, dt: np.frombuffer(buf[off : off + count * np.dtype(dt).itemsize], dt)
   tokens = take(n + 1, np.int32)
   off += (n + 1) * 4
   nbits = (n + 7) // 8
-  mask = np.unpackbits(np.frombuffer(buf[off:off + nbits], np.uint8), count=n).astype(bool)
+  mask = np.unpackbits(np.frombuffer(buf[off : off + nbits], np.uint8), count=n).astype(bool)
   off += nbits
   s = int(mask.sum())
   if len(data) != off + s * (6 * k + 2):
-    raise StoreError(f"record of {len(data)} bytes does not parse with k={k} (expected "
-                     f"{off + s * (6 * k + 2)})")
+    raise StoreError(
+      f"record of {len(data)} bytes does not parse with k={k} (expected {off + s * (6 * k + 2)})"
+    )
   ids = take(s * k, np.int32).reshape(s, k)
   off += s * k * 4
   probs = take(s * k, np.float16).reshape(s, k)
   off += s * k * 2
   tail = take(s, np.float16)
-  out = {"input_ids": tokens[:-1].copy(), "targets": tokens[1:].copy(),
-         "loss_mask": mask.astype(np.int32),
-         "topk_ids": np.zeros((n, k), np.int32), "topk_probs": np.zeros((n, k), np.float16),
-         "topk_tail": np.zeros((n,), np.float16)}
+  out = {
+    "input_ids": tokens[:-1].copy(),
+    "targets": tokens[1:].copy(),
+    "loss_mask": mask.astype(np.int32),
+    "topk_ids": np.zeros((n, k), np.int32),
+    "topk_probs": np.zeros((n, k), np.float16),
+    "topk_tail": np.zeros((n,), np.float16),
+  }
   out["topk_ids"][mask], out["topk_probs"][mask], out["topk_tail"][mask] = ids, probs, tail
   return out
 
@@ -111,11 +123,22 @@ def source_files(path) -> list[str]:
 def dataset_fingerprint(sources) -> str:
   """sha256 of the data files' bytes and how they are read (kind, template, fields)."""
   from gemmax.data import SourceSpec
+
   specs = [sources] if isinstance(sources, SourceSpec) else list(sources)
   h = hashlib.sha256()
   for spec in specs:
-    h.update(json.dumps([spec.kind, spec.format, spec.template, sorted(spec.fields.items()),
-                         spec.instruction, repr(spec.label_words)]).encode())
+    h.update(
+      json.dumps(
+        [
+          spec.kind,
+          spec.format,
+          spec.template,
+          sorted(spec.fields.items()),
+          spec.instruction,
+          repr(spec.label_words),
+        ]
+      ).encode()
+    )
     for path in source_files(spec.path):
       _hash_file(h, path)
   return h.hexdigest()
@@ -124,7 +147,8 @@ def dataset_fingerprint(sources) -> str:
 def model_fingerprint(directory: str) -> str:
   """sha256 of an HF checkpoint directory's config.json and *.safetensors files."""
   files = [os.path.join(directory, "config.json")] + sorted(
-      glob.glob(os.path.join(directory, "*.safetensors")))
+    glob.glob(os.path.join(directory, "*.safetensors"))
+  )
   h = hashlib.sha256()
   for path in files:
     if os.path.isfile(path):
@@ -136,14 +160,15 @@ def model_fingerprint(directory: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class StoreSpec:
   """Everything that determines a store's contents; two runs with equal specs write equal bytes."""
-  teacher: str               # teacher fingerprint (model_fingerprint) or another stable id
-  tokenizer: str             # tokenizer fingerprint (sha256 of its file)
-  dataset: str               # dataset_fingerprint
+
+  teacher: str  # teacher fingerprint (model_fingerprint) or another stable id
+  tokenizer: str  # tokenizer fingerprint (sha256 of its file)
+  dataset: str  # dataset_fingerprint
   k: int
   temperature: float = 1.0
-  sampling: str = "topk"     # topk: the k most likely ids; gumbel: k ids sampled w/o replacement
-  seed: int = 0              # gumbel sampling key
-  seq_len: int = 512         # examples are cut to this many positions (right truncation)
+  sampling: str = "topk"  # topk: the k most likely ids; gumbel: k ids sampled w/o replacement
+  seed: int = 0  # gumbel sampling key
+  seq_len: int = 512  # examples are cut to this many positions (right truncation)
   num_shards: int = 1
 
   def validate(self):
@@ -154,8 +179,9 @@ class StoreSpec:
     if self.sampling not in SAMPLING:
       raise StoreError(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")
     if self.num_shards < 1 or self.seq_len < 2:
-      raise StoreError(f"need num_shards >= 1 and seq_len >= 2, got {self.num_shards}, "
-                       f"{self.seq_len}")
+      raise StoreError(
+        f"need num_shards >= 1 and seq_len >= 2, got {self.num_shards}, {self.seq_len}"
+      )
     return self
 
 
@@ -180,9 +206,17 @@ def read_manifest(directory: str) -> dict | None:
   fields = {f.name: f.type for f in dataclasses.fields(StoreSpec)}
   if not isinstance(spec, dict) or set(spec) != set(fields):
     raise StoreError(f"{path}: spec must be an object with exactly {', '.join(fields)}")
-  for name, kind in (("k", int), ("seed", int), ("seq_len", int), ("num_shards", int),
-                     ("temperature", (int, float)), ("teacher", str), ("tokenizer", str),
-                     ("dataset", str), ("sampling", str)):
+  for name, kind in (
+    ("k", int),
+    ("seed", int),
+    ("seq_len", int),
+    ("num_shards", int),
+    ("temperature", (int, float)),
+    ("teacher", str),
+    ("tokenizer", str),
+    ("dataset", str),
+    ("sampling", str),
+  ):
     if not isinstance(spec[name], kind) or isinstance(spec[name], bool):
       raise StoreError(f"{path}: spec.{name} {spec[name]!r} has the wrong type")
   try:
@@ -194,8 +228,11 @@ def read_manifest(directory: str) -> dict | None:
       raise StoreError(f"{path}: {key} must be an object")
   if manifest.get("complete"):
     stats = manifest.get("stats")
-    if (not isinstance(stats, dict) or not isinstance(stats.get("examples"), int)
-        or stats["examples"] < 1):
+    if (
+      not isinstance(stats, dict)
+      or not isinstance(stats.get("examples"), int)
+      or stats["examples"] < 1
+    ):
       raise StoreError(f"{path}: a complete store needs stats.examples >= 1")
   return manifest
 
@@ -213,6 +250,7 @@ def check_shards(directory: str, paths: Sequence[str], examples: int) -> None:
   of its sidecar, and as many records as the sidecar says, summing to the manifest's count. A
   shard cut short, grown, rewritten or swapped fails here, naming it, before any training."""
   from array_record.python.array_record_data_source import ArrayRecordDataSource
+
   total = 0
   for path in paths:
     side = path.replace(".array_record", ".json")
@@ -224,8 +262,9 @@ def check_shards(directory: str, paths: Sequence[str], examples: int) -> None:
       raise StoreError(f"{side}: shard record unreadable ({type(e).__name__}: {e})") from None
     size = os.path.getsize(path)
     if size != want_bytes:
-      raise StoreError(f"{path}: {size} bytes, its writer recorded {want_bytes} (truncated or "
-                       "changed)")
+      raise StoreError(
+        f"{path}: {size} bytes, its writer recorded {want_bytes} (truncated or changed)"
+      )
     if info.get("sha256") and shard_sha256(path) != info["sha256"]:
       raise StoreError(f"{path}: sha256 differs from the one its writer recorded (corrupt)")
     try:
@@ -249,8 +288,11 @@ def write_json(path: str, obj) -> None:
 
 
 def mismatches(stored: dict, wanted: dict, keys: Sequence[str]) -> list[str]:
-  return [f"{k}: store has {stored.get(k)!r}, this run has {wanted.get(k)!r}" for k in keys
-          if stored.get(k) != wanted.get(k)]
+  return [
+    f"{k}: store has {stored.get(k)!r}, this run has {wanted.get(k)!r}"
+    for k in keys
+    if stored.get(k) != wanted.get(k)
+  ]
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -264,13 +306,17 @@ class TopKStore:
       raise StoreError(f"{directory}: no {MANIFEST} (run the teacher stage first)")
     if not manifest.get("complete"):
       done = len(glob.glob(os.path.join(directory, "shard-*.json")))
-      raise StoreError(f"{directory}: the store is incomplete ({done} of "
-                       f"{manifest['spec']['num_shards']} shards written); rerun the teacher "
-                       f"stage to finish it")
+      raise StoreError(
+        f"{directory}: the store is incomplete ({done} of "
+        f"{manifest['spec']['num_shards']} shards written); rerun the teacher "
+        f"stage to finish it"
+      )
     self.manifest = manifest
     self.spec = StoreSpec(**manifest["spec"])
-    self.paths = [os.path.join(directory, shard_name(i, self.spec.num_shards))
-                  for i in range(self.spec.num_shards)]
+    self.paths = [
+      os.path.join(directory, shard_name(i, self.spec.num_shards))
+      for i in range(self.spec.num_shards)
+    ]
     missing = [p for p in self.paths if not os.path.isfile(p)]
     if missing:
       raise StoreError(f"{directory}: shard files missing: {', '.join(missing[:3])}")
@@ -294,25 +340,30 @@ class TopKStore:
       fp = getattr(tokenizer, "fingerprint", tokenizer)
       if fp != self.spec.tokenizer:
         raise StoreError(
-            f"{self.directory}: tokenizer mismatch: the teacher's top-k ids were written with "
-            f"tokenizer {self.manifest['tokenizer'].get('path')} (sha256 {self.spec.tokenizer[:12]}"
-            f"...), but the student uses {getattr(tokenizer, 'path', '')} (sha256 {fp[:12]}...); "
-            f"ids would mean different tokens")
+          f"{self.directory}: tokenizer mismatch: the teacher's top-k ids were written with "
+          f"tokenizer {self.manifest['tokenizer'].get('path')} (sha256 {self.spec.tokenizer[:12]}"
+          f"...), but the student uses {getattr(tokenizer, 'path', '')} (sha256 {fp[:12]}...); "
+          f"ids would mean different tokens"
+        )
     if dataset is not None and dataset != self.spec.dataset:
       raise StoreError(
-          f"{self.directory}: dataset mismatch: the store was written from "
-          f"{self.manifest['dataset'].get('sources')} (fingerprint {self.spec.dataset[:12]}...), "
-          f"but this run's data has fingerprint {dataset[:12]}...; rerun the teacher stage on "
-          f"this data or point data.train at the stored dataset")
+        f"{self.directory}: dataset mismatch: the store was written from "
+        f"{self.manifest['dataset'].get('sources')} (fingerprint {self.spec.dataset[:12]}...), "
+        f"but this run's data has fingerprint {dataset[:12]}...; rerun the teacher stage on "
+        f"this data or point data.train at the stored dataset"
+      )
     teacher_vocab = self.manifest["teacher"].get("vocab_size", 0)
     if vocab_size is not None and teacher_vocab > vocab_size:
-      raise StoreError(f"{self.directory}: teacher vocabulary {teacher_vocab} does not fit a "
-                       f"student with vocab_size {vocab_size}")
+      raise StoreError(
+        f"{self.directory}: teacher vocabulary {teacher_vocab} does not fit a "
+        f"student with vocab_size {vocab_size}"
+      )
     return self
 
   def source(self):
     """A grain random-access source over every record (bytes)."""
     import grain
+
     return grain.sources.ArrayRecordDataSource(self.paths)
 
   def example(self, i: int) -> dict:

@@ -14,6 +14,7 @@ rerun with the same settings skips finished shards (a different setting fails, n
 Gumbel keys derive from (seed, shard, batch), so a resumed store is bit-identical. Shard s is
 written by process s % process_count; process 0 completes the manifest once all shards exist.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -62,8 +63,9 @@ def _make_runner(graphdef, k, temperature, gumbel, chunk):
     w, vocab_major = model.output_projection()
     w = w.astype(h.dtype)
     cap = model.config.final_logit_softcapping if model.config.family == "gemma2" else None
-    c = chunk or chunk_tokens_for(w.shape[0 if vocab_major else 1], b * t,
-                                  DEFAULT_LOGIT_BUDGET // 2)
+    c = chunk or chunk_tokens_for(
+      w.shape[0 if vocab_major else 1], b * t, DEFAULT_LOGIT_BUDGET // 2
+    )
     n_chunks = -(-(b * t) // c)
     flat = jnp.pad(h.reshape(b * t, d), ((0, n_chunks * c - b * t), (0, 0)))
 
@@ -75,9 +77,10 @@ def _make_runner(graphdef, k, temperature, gumbel, chunk):
       ids, p, tail = select_topk(logits, k, temperature=temperature, rng=key)
       return None, (ids, p.astype(jnp.float16), tail.astype(jnp.float16))
 
-    _, (ids, p, tail) = jax.lax.scan(body, None, (jnp.arange(n_chunks),
-                                                  flat.reshape(n_chunks, c, d)))
-    cut = lambda x: x.reshape(n_chunks * c, *x.shape[2:])[:b * t].reshape(b, t, *x.shape[2:])
+    _, (ids, p, tail) = jax.lax.scan(
+      body, None, (jnp.arange(n_chunks), flat.reshape(n_chunks, c, d))
+    )
+    cut = lambda x: x.reshape(n_chunks * c, *x.shape[2:])[: b * t].reshape(b, t, *x.shape[2:])
     return cut(ids), cut(p), cut(tail)
 
   return run
@@ -87,10 +90,14 @@ def _examples(items, tokenizer, seq_len):
   """(kind, template, record) items -> list of (tokens [n + 1], loss_mask [n]); right-truncated,
   examples with no scored token dropped (as gemmax.data does)."""
   from gemmax.data import tokenize_example
+
   out = []
   for kind, template, record in items:
     ids, mask = tokenize_example(tokenizer, record, kind, template)
-    ids, mask = np.asarray(ids, np.int32)[:seq_len + 1], np.asarray(mask, np.int32)[1:seq_len + 1]
+    ids, mask = (
+      np.asarray(ids, np.int32)[: seq_len + 1],
+      np.asarray(mask, np.int32)[1 : seq_len + 1],
+    )
     if len(mask) and mask.any():
       out.append((ids, mask))
   return out
@@ -117,8 +124,8 @@ def _batch(examples, rows, batch_size, seq_len):
     for s, i in enumerate(row):
       toks, mask = examples[i]
       n = len(mask)
-      ids[r, start:start + n], pos[r, start:start + n] = toks[:-1], np.arange(n)
-      seg[r, start:start + n] = s + 1
+      ids[r, start : start + n], pos[r, start : start + n] = toks[:-1], np.arange(n)
+      seg[r, start : start + n] = s + 1
       where.append((i, r, start))
       start += n
   return ids, pos, seg, where
@@ -134,6 +141,7 @@ def params_fingerprint(model) -> str:
 
 def _load_items(sources, on_bad_rows):
   from gemmax.data import SourceSpec, load_records
+
   specs = [sources] if isinstance(sources, SourceSpec) else list(sources)
   items = []
   for spec in specs:
@@ -143,13 +151,28 @@ def _load_items(sources, on_bad_rows):
   return specs, items
 
 
-def write_teacher_store(teacher, tokenizer, sources, directory: str, *, k: int,
-                        temperature: float = 1.0, sampling: str = "topk", seed: int = 0,
-                        seq_len: int = 512, batch_size: int = 8, num_shards: int = 1,
-                        teacher_id: str | None = None, teacher_path: str = "", mesh=None,
-                        progress: bool = True, process_index: int | None = None,
-                        process_count: int | None = None, on_bad_rows: str = "skip",
-                        chunk: int | None = None) -> dict:
+def write_teacher_store(
+  teacher,
+  tokenizer,
+  sources,
+  directory: str,
+  *,
+  k: int,
+  temperature: float = 1.0,
+  sampling: str = "topk",
+  seed: int = 0,
+  seq_len: int = 512,
+  batch_size: int = 8,
+  num_shards: int = 1,
+  teacher_id: str | None = None,
+  teacher_path: str = "",
+  mesh=None,
+  progress: bool = True,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  on_bad_rows: str = "skip",
+  chunk: int | None = None,
+) -> dict:
   """Writes (or finishes) the store in `directory`; returns its manifest (see module docstring).
 
   sources: gemmax.data.SourceSpec(s); teacher_id: a stable id of the teacher (default: a hash of
@@ -157,15 +180,23 @@ def write_teacher_store(teacher, tokenizer, sources, directory: str, *, k: int,
   the (already sharded) teacher under jax.set_mesh(mesh).
   """
   from gemmax.data import check_vocab
+
   cfg = teacher.config
   check_vocab(tokenizer, cfg.vocab_size)
   if k > cfg.vocab_size:
     raise st.StoreError(f"k = {k} exceeds the teacher's vocabulary ({cfg.vocab_size})")
   specs, items = _load_items(sources, on_bad_rows)
-  spec = st.StoreSpec(teacher=teacher_id or params_fingerprint(teacher),
-                      tokenizer=tokenizer.fingerprint, dataset=st.dataset_fingerprint(specs), k=k,
-                      temperature=float(temperature), sampling=sampling, seed=seed,
-                      seq_len=seq_len, num_shards=num_shards).validate()
+  spec = st.StoreSpec(
+    teacher=teacher_id or params_fingerprint(teacher),
+    tokenizer=tokenizer.fingerprint,
+    dataset=st.dataset_fingerprint(specs),
+    k=k,
+    temperature=float(temperature),
+    sampling=sampling,
+    seed=seed,
+    seq_len=seq_len,
+    num_shards=num_shards,
+  ).validate()
   pidx = jax.process_index() if process_index is None else process_index
   pcount = jax.process_count() if process_count is None else process_count
   os.makedirs(directory, exist_ok=True)
@@ -173,24 +204,37 @@ def write_teacher_store(teacher, tokenizer, sources, directory: str, *, k: int,
   if manifest is not None:
     diff = st.mismatches(manifest["spec"], dataclasses.asdict(spec), list(manifest["spec"]))
     if diff:
-      raise st.StoreError(f"{directory} holds a store written with other settings ("
-                          f"{'; '.join(diff)}); use another directory or delete this one")
+      raise st.StoreError(
+        f"{directory} holds a store written with other settings ("
+        f"{'; '.join(diff)}); use another directory or delete this one"
+      )
     if manifest.get("complete"):
       return manifest
   else:
-    manifest = {"format": st.FORMAT, "complete": False, "spec": dataclasses.asdict(spec),
-                "teacher": {"path": teacher_path, "vocab_size": cfg.vocab_size,
-                            "family": cfg.family, "hidden_size": cfg.hidden_size,
-                            "num_hidden_layers": cfg.num_hidden_layers},
-                "tokenizer": {"path": tokenizer.path, "vocab_size": tokenizer.vocab_size},
-                "dataset": {"sources": [dict(path=str(s.path), kind=s.kind, template=s.template)
-                                        for s in specs], "records": len(items)},
-                "record": {"ids": "int32", "probs": "float16", "tail": "float16"}}
+    manifest = {
+      "format": st.FORMAT,
+      "complete": False,
+      "spec": dataclasses.asdict(spec),
+      "teacher": {
+        "path": teacher_path,
+        "vocab_size": cfg.vocab_size,
+        "family": cfg.family,
+        "hidden_size": cfg.hidden_size,
+        "num_hidden_layers": cfg.num_hidden_layers,
+      },
+      "tokenizer": {"path": tokenizer.path, "vocab_size": tokenizer.vocab_size},
+      "dataset": {
+        "sources": [dict(path=str(s.path), kind=s.kind, template=s.template) for s in specs],
+        "records": len(items),
+      },
+      "record": {"ids": "int32", "probs": "float16", "tail": "float16"},
+    }
     if pidx == 0:
       st.write_json(os.path.join(directory, st.MANIFEST), manifest)
   bounds = np.linspace(0, len(items), num_shards + 1).astype(int)
-  todo = [s for s in range(num_shards) if s % pcount == pidx and not _shard_done(directory, s,
-                                                                                 num_shards)]
+  todo = [
+    s for s in range(num_shards) if s % pcount == pidx and not _shard_done(directory, s, num_shards)
+  ]
   if todo:
     teacher.eval()
     graphdef, state = nnx.split(teacher)
@@ -198,11 +242,27 @@ def write_teacher_store(teacher, tokenizer, sources, directory: str, *, k: int,
     bar = None
     if progress:
       from tqdm.auto import tqdm
-      bar = tqdm(total=int(sum(bounds[s + 1] - bounds[s] for s in todo)), desc="teacher",
-                 unit="ex", dynamic_ncols=True)
+
+      bar = tqdm(
+        total=int(sum(bounds[s + 1] - bounds[s] for s in todo)),
+        desc="teacher",
+        unit="ex",
+        dynamic_ncols=True,
+      )
     for s in todo:
-      _write_shard(directory, s, num_shards, items[bounds[s]:bounds[s + 1]], tokenizer, spec,
-                   run, state, batch_size, mesh, bar)
+      _write_shard(
+        directory,
+        s,
+        num_shards,
+        items[bounds[s] : bounds[s + 1]],
+        tokenizer,
+        spec,
+        run,
+        state,
+        batch_size,
+        mesh,
+        bar,
+      )
     if bar is not None:
       bar.close()
   if pidx == 0 and all(_shard_done(directory, s, num_shards) for s in range(num_shards)):
@@ -224,6 +284,7 @@ def _shard_done(directory, s, n) -> bool:
 
 def _write_shard(directory, s, n, items, tokenizer, spec, run, state, batch_size, mesh, bar):
   from array_record.python.array_record_module import ArrayRecordWriter
+
   examples = _examples(items, tokenizer, spec.seq_len)
   rows = _rows(examples, spec.seq_len)
   path = os.path.join(directory, st.shard_name(s, n))
@@ -234,7 +295,7 @@ def _write_shard(directory, s, n, items, tokenizer, spec, run, state, batch_size
   t0 = time.perf_counter()
   ctx = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
   for b in range(0, len(rows), batch_size):
-    ids, pos, seg, where = _batch(examples, rows[b:b + batch_size], batch_size, spec.seq_len)
+    ids, pos, seg, where = _batch(examples, rows[b : b + batch_size], batch_size, spec.seq_len)
     with ctx:
       out = run(state, ids, pos, seg, jax.random.fold_in(key, b))
     top_ids, probs, tail = (np.asarray(x) for x in jax.device_get(out))
@@ -253,10 +314,18 @@ def _write_shard(directory, s, n, items, tokenizer, spec, run, state, batch_size
   if bar is not None:  # examples dropped (nothing scored) count as done too
     bar.update(len(items) - len(examples))
   os.replace(tmp, path)
-  st.write_json(_sidecar(directory, s, n), {
-      "shard": st.shard_name(s, n), "examples": len(examples), "tokens": tokens,
-      "scored_tokens": scored, "record_bytes": record_bytes, "bytes": os.path.getsize(path),
-      "sha256": st.shard_sha256(path)})
+  st.write_json(
+    _sidecar(directory, s, n),
+    {
+      "shard": st.shard_name(s, n),
+      "examples": len(examples),
+      "tokens": tokens,
+      "scored_tokens": scored,
+      "record_bytes": record_bytes,
+      "bytes": os.path.getsize(path),
+      "sha256": st.shard_sha256(path),
+    },
+  )
 
 
 def _complete(directory, manifest, n) -> dict:
@@ -267,14 +336,17 @@ def _complete(directory, manifest, n) -> dict:
     for key in stats:
       stats[key] += side[key]
   if not stats["examples"]:
-    raise st.StoreError(f"{directory}: no example has a scored token within seq_len; nothing "
-                        f"to distil (raise data.seq_len?)")
+    raise st.StoreError(
+      f"{directory}: no example has a scored token within seq_len; nothing "
+      f"to distil (raise data.seq_len?)"
+    )
   # bytes: the shard files (zstd-compressed records + ~128 KiB of container per file);
   # record_bytes: the records before compression (the format's 6k + 8 bound)
   stats["bytes_per_token"] = stats["bytes"] / max(stats["tokens"], 1)
   stats["record_bytes_per_token"] = stats["record_bytes"] / max(stats["tokens"], 1)
   stats["bytes_per_scored_token"] = stats["bytes"] / max(stats["scored_tokens"], 1)
-  manifest = dict(manifest, complete=True, stats=stats,
-                  shards=[st.shard_name(s, n) for s in range(n)])
+  manifest = dict(
+    manifest, complete=True, stats=stats, shards=[st.shard_name(s, n) for s in range(n)]
+  )
   st.write_json(os.path.join(directory, st.MANIFEST), manifest)
   return manifest

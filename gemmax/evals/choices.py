@@ -7,6 +7,7 @@ only its own tokens after a copy of the prompt's cache (choices of one length to
 greedy answer continues from the same cache. For 538 TREC questions of ~72 tokens (55 shared) and
 six labels, that is ~17 tokens per prompt instead of 6 x 74.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -35,6 +36,7 @@ def _prompt_pass(model, prefix, ids, positions, segments, groups, stop, answer_s
   of choice arrays [C_g, L_g] -> (tuple of logprobs [B, C_g, L_g], greedy answers [B, S]).
   Answering stops early once every row has produced one of `stop` [K] (later tokens are 0)."""
   from gemmax.models.kv_cache import init_cache
+
   b, t = ids.shape
   p = prefix.shape[1]
   longest = max([g.shape[1] for g in groups] + [answer_steps])
@@ -60,12 +62,14 @@ def _prompt_pass(model, prefix, ids, positions, segments, groups, stop, answer_s
       toks = jnp.tile(choices[:, :-1], (b, 1))  # row i * C + j: choice j after prompt i
       pos = jnp.repeat(last[:, None], c, axis=0) + 1 + jnp.arange(l - 1, dtype=jnp.int32)
       hc, _ = model.hidden_states(toks, pos, jnp.ones_like(toks), _tile(cache, c))
-      rest = jnp.take_along_axis(_log_softmax(model, hc),
-                                 jnp.tile(choices[:, 1:], (b, 1))[..., None], axis=-1)
+      rest = jnp.take_along_axis(
+        _log_softmax(model, hc), jnp.tile(choices[:, 1:], (b, 1))[..., None], axis=-1
+      )
       out = jnp.concatenate([out, rest[..., 0].reshape(b, c, l - 1)], axis=-1)
     scores.append(out)
   answers = jnp.zeros((b, answer_steps), jnp.int32)
   if answer_steps:
+
     def more(carry):
       i, _, _, done = carry
       return (i < answer_steps) & ~jnp.all(done)
@@ -73,8 +77,7 @@ def _prompt_pass(model, prefix, ids, positions, segments, groups, stop, answer_s
     def step(carry):  # feeds token i - 1, writes token i
       i, cache, answers, done = carry
       prev = jax.lax.dynamic_slice_in_dim(answers, i - 1, 1, axis=1)
-      h, cache = model.hidden_states(prev, (last + i)[:, None], jnp.ones((b, 1), jnp.int32),
-                                     cache)
+      h, cache = model.hidden_states(prev, (last + i)[:, None], jnp.ones((b, 1), jnp.int32), cache)
       tok = jnp.argmax(model.logits(h[:, -1]), -1).astype(jnp.int32)
       return i + 1, cache, answers.at[:, i].set(tok), done | jnp.isin(tok, stop)
 
@@ -93,9 +96,18 @@ def shared_prefix(prompts: Sequence[Sequence[int]], minimum: int = 16) -> int:
   return n if n >= minimum else 0
 
 
-def score_and_answer(model, prompts: Sequence[Sequence[int]], choices: Sequence[Sequence[int]],
-                     *, answer_steps: int = 0, stop: Sequence[int] = (), batch_size: int = 16,
-                     pad_id: int = 0, progress: bool = True, desc: str = "scoring"):
+def score_and_answer(
+  model,
+  prompts: Sequence[Sequence[int]],
+  choices: Sequence[Sequence[int]],
+  *,
+  answer_steps: int = 0,
+  stop: Sequence[int] = (),
+  batch_size: int = 16,
+  pad_id: int = 0,
+  progress: bool = True,
+  desc: str = "scoring",
+):
   """(logprobs, answers): logprobs[i][j] the f32 logprobs of choice j's tokens after prompt i
   (equal to `continuation_logprobs` on each pair); answers[i] up to `answer_steps` greedy tokens
   after prompt i, through the first of `stop` ([] when answer_steps is 0).
@@ -118,9 +130,8 @@ def score_and_answer(model, prompts: Sequence[Sequence[int]], choices: Sequence[
   stop_ids = np.asarray(list(stop) or [-1], np.int32)
   order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # batches finish together
   scores, answers = [None] * len(prompts), [None] * len(prompts)
-  for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress,
-                    leave=False):
-    index = order[start:start + batch_size]
+  for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+    index = order[start : start + batch_size]
     rows = [list(prompts[i][p:]) for i in index]
     for i, q in zip(index, rows):
       if p + len(q) + longest > limit:
@@ -129,10 +140,11 @@ def score_and_answer(model, prompts: Sequence[Sequence[int]], choices: Sequence[
     seg = np.zeros((batch_size, t), np.int32)
     pos = np.zeros((batch_size, t), np.int32)
     for r, q in enumerate(rows):  # left padding: every prompt ends in the last column
-      ids[r, t - len(q):], seg[r, t - len(q):] = q, 1
-      pos[r, t - len(q):] = p + np.arange(len(q))
-    got, ans = _prompt_pass(model, prefix, ids, pos, seg, groups, stop_ids,
-                            answer_steps=answer_steps)
+      ids[r, t - len(q) :], seg[r, t - len(q) :] = q, 1
+      pos[r, t - len(q) :] = p + np.arange(len(q))
+    got, ans = _prompt_pass(
+      model, prefix, ids, pos, seg, groups, stop_ids, answer_steps=answer_steps
+    )
     got, ans = [np.asarray(g) for g in got], np.asarray(ans)
     for r, i in enumerate(index):
       row = [None] * len(choices)

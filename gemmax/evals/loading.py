@@ -1,6 +1,7 @@
 """Loading what an evaluation or chat runs on: a model source (HF dir, .gguf file or registry
 name), optionally with a fine-tuning workdir's adapter (HF PEFT format) on top, plus its
 tokenizer. A finetune workdir given as the model is its base plus its adapter."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ from gemmax.errors import GemmaxError
 
 def is_workdir(path: str) -> bool:
   """A finetune workdir: its run config.json and an adapter/ written at the end of the run."""
-  return (os.path.isfile(os.path.join(path, "config.json"))
-          and os.path.isfile(os.path.join(path, "adapter", "adapter_config.json")))
+  return os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(
+    os.path.join(path, "adapter", "adapter_config.json")
+  )
 
 
 def resolve_adapter(adapter: str) -> tuple[str, dict]:
@@ -26,13 +28,21 @@ def resolve_adapter(adapter: str) -> tuple[str, dict]:
         raise GemmaxError(f"{adapter}/config.json: not valid JSON ({e})") from None
     adapter = os.path.join(adapter, "adapter")
   if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
-    raise FileNotFoundError(f"{adapter}: no adapter_config.json (expected an HF PEFT adapter dir "
-                            f"or a finetune workdir with adapter/)")
+    raise FileNotFoundError(
+      f"{adapter}: no adapter_config.json (expected an HF PEFT adapter dir "
+      f"or a finetune workdir with adapter/)"
+    )
   return adapter, run_cfg
 
 
-def load_model(path: str = "", adapter: str = "", dtype: str = "float32", quantize: str = "",
-               merge: bool = False, with_config: bool = False):
+def load_model(
+  path: str = "",
+  adapter: str = "",
+  dtype: str = "float32",
+  quantize: str = "",
+  merge: bool = False,
+  with_config: bool = False,
+):
   """(model, base source[, run config]). `path` is an HF dir, a .gguf file, a registry name or a
   finetune workdir (its base + adapter); "" takes the base from the adapter workdir's config."""
   from gemmax import peft
@@ -61,6 +71,7 @@ def load_model(path: str = "", adapter: str = "", dtype: str = "float32", quanti
 
 def load_tokenizer_for(path: str, tokenizer: str = ""):
   from gemmax.data import load_tokenizer
+
   return load_tokenizer(tokenizer or path)
 
 
@@ -68,6 +79,7 @@ def read_records(path: str, limit: int = 0) -> list[dict]:
   """Alpaca rows {instruction, input, output} of a JSONL/CSV/Parquet file, checked as training
   checks them (a bad row fails naming file and row), outputs stripped; the first `limit` rows."""
   from gemmax.data import SourceSpec, load_records
+
   records, _ = load_records(SourceSpec(path, kind="alpaca"), on_bad_rows="fail")
   records = [{**r, "output": str(r["output"]).strip()} for r in records]
   return records[:limit] if limit else records
@@ -94,8 +106,9 @@ def read_labeled(path: str, fmt: str = "alpaca", limit: int = 0) -> list[tuple[s
       if missing:
         raise GemmaxError(f"{path}:{n}: row lacks field(s) {missing} for format {fmt!r}")
       if fmt == "alpaca":
-        pairs.append((alpaca_prompt(row["instruction"], row.get("input", "")),
-                      str(row["output"]).strip()))
+        pairs.append(
+          (alpaca_prompt(row["instruction"], row.get("input", "")), str(row["output"]).strip())
+        )
       else:
         pairs.append((str(row["text"]), str(row["label"])))
       if limit and len(pairs) >= limit:

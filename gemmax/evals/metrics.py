@@ -1,4 +1,5 @@
 """Classification metrics computed by hand: accuracy, confusion matrix, per-class P/R/F1."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -32,11 +33,21 @@ def classification_metrics(y_true, y_pred, class_names: Sequence[str]) -> dict:
   pc = per_class(cm)
   n = max(len(y_true), 1)
   return dict(
-      accuracy=float(np.trace(cm) / n), macro_f1=float(pc["f1"].mean()) if c else 0.0,
-      num_examples=len(y_true), classes=list(class_names), confusion_matrix=cm.tolist(),
-      per_class={name: dict(precision=float(pc["precision"][i]), recall=float(pc["recall"][i]),
-                            f1=float(pc["f1"][i]), support=int(pc["support"][i]))
-                 for i, name in enumerate(class_names)})
+    accuracy=float(np.trace(cm) / n),
+    macro_f1=float(pc["f1"].mean()) if c else 0.0,
+    num_examples=len(y_true),
+    classes=list(class_names),
+    confusion_matrix=cm.tolist(),
+    per_class={
+      name: dict(
+        precision=float(pc["precision"][i]),
+        recall=float(pc["recall"][i]),
+        f1=float(pc["f1"][i]),
+        support=int(pc["support"][i]),
+      )
+      for i, name in enumerate(class_names)
+    },
+  )
 
 
 def format_report(metrics: dict) -> str:
@@ -46,10 +57,13 @@ def format_report(metrics: dict) -> str:
   lines = [f"{'class':<{w}}  precision  recall     f1  support"]
   for n in names:
     r = metrics["per_class"][n]
-    lines.append(f"{n:<{w}}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['f1']:5.3f}  "
-                 f"{r['support']:7d}")
-  lines.append(f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
-               f"n={metrics['num_examples']}")
+    lines.append(
+      f"{n:<{w}}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['f1']:5.3f}  {r['support']:7d}"
+    )
+  lines.append(
+    f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
+    f"n={metrics['num_examples']}"
+  )
   lines.append("confusion matrix (rows = true, columns = predicted):")
   cw = max(6, max(len(str(x)) for row in metrics["confusion_matrix"] for x in row) + 1)
   lines.append(" " * w + "".join(f"{i:>{cw}d}" for i in range(len(names))))
@@ -61,8 +75,10 @@ def format_report(metrics: dict) -> str:
 def save_confusion_png(metrics: dict, path: str) -> str:
   """Writes the confusion matrix as a PNG heat map with counts; returns the path."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   cm = np.asarray(metrics["confusion_matrix"])
   names = metrics["classes"]
   size = 1.5 + 0.6 * len(names)
@@ -74,8 +90,14 @@ def save_confusion_png(metrics: dict, path: str) -> str:
   ax.set_ylabel("true")
   for i in range(cm.shape[0]):
     for j in range(cm.shape[1]):
-      ax.text(j, i, str(cm[i, j]), ha="center", va="center",
-              color="white" if cm[i, j] > cm.max() / 2 else "black")
+      ax.text(
+        j,
+        i,
+        str(cm[i, j]),
+        ha="center",
+        va="center",
+        color="white" if cm[i, j] > cm.max() / 2 else "black",
+      )
   fig.colorbar(im, ax=ax)
   ax.set_title(f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
   fig.tight_layout()

@@ -1,4 +1,5 @@
 """Log-likelihood of continuations given prefixes, batched: one forward per padded batch."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -31,10 +32,17 @@ def _score(model, ids, segments, index, targets, mask):
   return jnp.where(mask, tok, 0.0)
 
 
-def continuation_logprobs(model, prefixes: Sequence[Sequence[int]],
-                          continuations: Sequence[Sequence[int]], *, batch_size: int = 8,
-                          max_len: int | None = None, pad_id: int = 0, progress: bool = True,
-                          desc: str = "scoring") -> list[np.ndarray]:
+def continuation_logprobs(
+  model,
+  prefixes: Sequence[Sequence[int]],
+  continuations: Sequence[Sequence[int]],
+  *,
+  batch_size: int = 8,
+  max_len: int | None = None,
+  pad_id: int = 0,
+  progress: bool = True,
+  desc: str = "scoring",
+) -> list[np.ndarray]:
   """For each pair, the f32 logprobs [len(continuation)] of the continuation tokens given the
   prefix. Sequences are right-padded; padding gets segment id 0 so real tokens never see it.
   """
@@ -44,13 +52,15 @@ def continuation_logprobs(model, prefixes: Sequence[Sequence[int]],
     raise GemmaxError(f"batch_size must be an integer >= 1, got {batch_size!r}")
   context = model.config.max_position_embeddings
   if max_len is not None and not 1 <= max_len <= context:
-    raise GemmaxError(f"max_len {max_len} must be in [1, the model's max_position_embeddings "
-                     f"{context}]")
+    raise GemmaxError(
+      f"max_len {max_len} must be in [1, the model's max_position_embeddings {context}]"
+    )
   limit = max_len or context
   out = []
-  for start in tqdm(range(0, len(prefixes), batch_size), desc=desc, disable=not progress,
-                    leave=False):
-    pre, cont = prefixes[start:start + batch_size], continuations[start:start + batch_size]
+  for start in tqdm(
+    range(0, len(prefixes), batch_size), desc=desc, disable=not progress, leave=False
+  ):
+    pre, cont = prefixes[start : start + batch_size], continuations[start : start + batch_size]
     for i, (p, c) in enumerate(zip(pre, cont)):
       if not p or not c:
         raise GemmaxError(f"row {start + i}: prefix and continuation must both be non-empty")
@@ -66,9 +76,8 @@ def continuation_logprobs(model, prefixes: Sequence[Sequence[int]],
     for i, (p, c) in enumerate(zip(pre, cont)):
       n = len(p) + len(c)
       ids[i, :n], seg[i, :n] = list(p) + list(c), 1
-      index[i, :len(c)] = np.arange(len(p) - 1, n - 1)  # the state before each target token
-      targets[i, :len(c)], mask[i, :len(c)] = c, True
+      index[i, : len(c)] = np.arange(len(p) - 1, n - 1)  # the state before each target token
+      targets[i, : len(c)], mask[i, : len(c)] = c, True
     lp = np.asarray(_score(model, ids, seg, index, targets, mask))
-    out.extend(lp[i, :len(c)] for i, c in enumerate(cont))
+    out.extend(lp[i, : len(c)] for i, c in enumerate(cont))
   return out
-

@@ -1,4 +1,5 @@
 """Self-attention block: projections, RoPE, GQA, local/global window, softcap, optional KV cache."""
+
 from __future__ import annotations
 
 import jax
@@ -17,8 +18,12 @@ class Attention(nnx.Module):
   """
 
   def __init__(self, config, layer_idx: int, *, dtype, param_dtype, rngs: nnx.Rngs):
-    d, n, k, h = (config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
-                  config.head_dim)
+    d, n, k, h = (
+      config.hidden_size,
+      config.num_attention_heads,
+      config.num_key_value_heads,
+      config.head_dim,
+    )
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.q_proj = Linear(d, n * h, axes=("embed", "q_heads"), **kw)
     self.k_proj = Linear(d, k * h, axes=("embed", "kv_heads"), **kw)
@@ -47,15 +52,33 @@ class Attention(nnx.Module):
       first = cache.fresh
       kc, vc, extra, cache = cache.update(k, v, positions=positions, segment_ids=segment_ids)
       if t == 1:  # one token per row: visit only the written slots (cost O(tokens so far))
-        out = attention_decode(q, kc, vc, scale=self.scale, sliding_window=self.sliding_window,
-                               softcap=self.softcap, written=cache.written(), **extra)
+        out = attention_decode(
+          q,
+          kc,
+          vc,
+          scale=self.scale,
+          sliding_window=self.sliding_window,
+          softcap=self.softcap,
+          written=cache.written(),
+          **extra,
+        )
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim)), cache
       if first:  # every other slot is empty: the chunk attends to itself, uncached path and kernels
         extra = {}
       else:
         k, v, impl = kc, vc, "xla"
         segment_ids = extra.pop("segment_ids")
-    out = attention(q, k, v, scale=self.scale, causal=True, sliding_window=self.sliding_window,
-                    softcap=self.softcap, segment_ids=segment_ids, impl=impl, **extra)
+    out = attention(
+      q,
+      k,
+      v,
+      scale=self.scale,
+      causal=True,
+      sliding_window=self.sliding_window,
+      softcap=self.softcap,
+      segment_ids=segment_ids,
+      impl=impl,
+      **extra,
+    )
     out = self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
     return out if cache is None else (out, cache)

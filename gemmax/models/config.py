@@ -1,4 +1,5 @@
 """ModelConfig: one frozen dataclass for both families, field names as in HF config.json."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,7 @@ ROPE_TYPES = ("default", "linear", "llama3")
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
   """HF `rope_scaling`: linear (positions / factor) or llama3 (per-frequency smoothing)."""
+
   rope_type: str = "default"
   factor: float = 1.0
   low_freq_factor: float = 1.0
@@ -35,7 +37,9 @@ class RopeScaling:
     d = dict(d)
     kind = d.pop("rope_type", d.pop("type", "default"))
     if kind not in ROPE_TYPES:
-      raise GemmaxError(f"rope_scaling.rope_type {kind!r} is not supported (supported: {ROPE_TYPES})")
+      raise GemmaxError(
+        f"rope_scaling.rope_type {kind!r} is not supported (supported: {ROPE_TYPES})"
+      )
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(rope_type=kind, **{k: v for k, v in d.items() if k in known})
 
@@ -48,6 +52,7 @@ class RopeScaling:
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture of a Gemma 2 or Llama model plus how to run it (dtype, attention impl, remat)."""
+
   family: str
   vocab_size: int
   hidden_size: int
@@ -71,10 +76,10 @@ class ModelConfig:
   eos_token_id: Any = None
   pad_token_id: Optional[int] = None
   # How to run it (not part of HF config.json).
-  dtype: str = "float32"        # activation / compute dtype
+  dtype: str = "float32"  # activation / compute dtype
   param_dtype: str = "float32"  # storage dtype of the base weights
   attn_impl: str = "auto"
-  remat: str = "none"           # none | full | save_dots
+  remat: str = "none"  # none | full | save_dots
 
   def __post_init__(self):
     if self.family not in FAMILIES:
@@ -85,28 +90,43 @@ class ModelConfig:
       object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
     self._check_values()
     if self.num_attention_heads % self.num_key_value_heads:
-      raise GemmaxError(f"num_attention_heads {self.num_attention_heads} is not a multiple of "
-                       f"num_key_value_heads {self.num_key_value_heads}")
+      raise GemmaxError(
+        f"num_attention_heads {self.num_attention_heads} is not a multiple of "
+        f"num_key_value_heads {self.num_key_value_heads}"
+      )
     if self.remat not in ("none", "full", "save_dots"):
       raise GemmaxError(f"ModelConfig.remat {self.remat!r} is not one of none|full|save_dots")
 
   def _check_values(self) -> None:
     """Types and ranges of every field: a config.json with num_key_value_heads 0 or an
     eos_token_id written as a string fails here, naming the field, not deep inside a layer."""
+
     def bad(name, want):
       raise GemmaxError(f"ModelConfig.{name} must be {want}, got {getattr(self, name)!r}")
 
-    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                 "num_attention_heads", "num_key_value_heads", "head_dim",
-                 "max_position_embeddings"):
+    for name in (
+      "vocab_size",
+      "hidden_size",
+      "intermediate_size",
+      "num_hidden_layers",
+      "num_attention_heads",
+      "num_key_value_heads",
+      "head_dim",
+      "max_position_embeddings",
+    ):
       if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
         bad(name, "an integer >= 1")
-    if self.sliding_window is not None and (not _is_int(self.sliding_window)
-                                            or self.sliding_window < 1):
+    if self.sliding_window is not None and (
+      not _is_int(self.sliding_window) or self.sliding_window < 1
+    ):
       bad("sliding_window", "an integer >= 1 or None")
-    for name, optional in (("rope_theta", False), ("rms_norm_eps", False),
-                           ("query_pre_attn_scalar", True), ("attn_logit_softcapping", True),
-                           ("final_logit_softcapping", True)):
+    for name, optional in (
+      ("rope_theta", False),
+      ("rms_norm_eps", False),
+      ("query_pre_attn_scalar", True),
+      ("attn_logit_softcapping", True),
+      ("final_logit_softcapping", True),
+    ):
       v = getattr(self, name)
       if not (optional and v is None) and not (_is_number(v) and math.isfinite(v) and v > 0):
         bad(name, "a finite number > 0" + (" or None" if optional else ""))
@@ -115,8 +135,10 @@ class ModelConfig:
       if v is not None and (not _is_int(v) or v < 0):
         bad(name, "a token id (an integer >= 0) or None")
     eos = self.eos_token_id
-    if eos is not None and not ((_is_int(eos) and eos >= 0) or (
-        isinstance(eos, tuple) and all(_is_int(e) and e >= 0 for e in eos))):
+    if eos is not None and not (
+      (_is_int(eos) and eos >= 0)
+      or (isinstance(eos, tuple) and all(_is_int(e) and e >= 0 for e in eos))
+    ):
       bad("eos_token_id", "a token id, a list of token ids, or None")
     for name in ("tie_word_embeddings", "attention_bias"):
       if not isinstance(getattr(self, name), bool):
@@ -158,32 +180,47 @@ class ModelConfig:
     family = next((_HF_ARCH[a] for a in archs if a in _HF_ARCH), None)
     family = family or _HF_MODEL_TYPE.get(config.get("model_type", ""))
     if family is None:
-      raise GemmaxError(f"{source}: unsupported architecture {archs or config.get('model_type')!r}; "
-                       f"gemmax supports {sorted(_HF_ARCH)}")
+      raise GemmaxError(
+        f"{source}: unsupported architecture {archs or config.get('model_type')!r}; "
+        f"gemmax supports {sorted(_HF_ARCH)}"
+      )
     names = {f.name for f in dataclasses.fields(cls)}
     kw = {k: v for k, v in config.items() if k in names and k not in ("dtype",)}
     rope = config.get("rope_parameters")  # transformers >= 5 keeps theta and scaling together
     if isinstance(rope, dict):
       kw["rope_theta"] = rope.get("rope_theta", kw.get("rope_theta", 10000.0))
       kind = rope.get("rope_type", rope.get("type", "default"))
-      kw["rope_scaling"] = None if kind == "default" else {
-          k: v for k, v in rope.items() if k != "rope_theta"}
-    elif isinstance(kw.get("rope_scaling"), dict) and kw["rope_scaling"].get(
-        "rope_type", kw["rope_scaling"].get("type")) == "default":
+      kw["rope_scaling"] = (
+        None if kind == "default" else {k: v for k, v in rope.items() if k != "rope_theta"}
+      )
+    elif (
+      isinstance(kw.get("rope_scaling"), dict)
+      and kw["rope_scaling"].get("rope_type", kw["rope_scaling"].get("type")) == "default"
+    ):
       kw["rope_scaling"] = None
     kw["family"] = family
     if _is_int(kw.get("pad_token_id")) and kw["pad_token_id"] < 0:  # some configs write -1: none
       kw["pad_token_id"] = None
-    lacking = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                           "num_attention_heads") if k not in config]
+    lacking = [
+      k
+      for k in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+      )
+      if k not in config
+    ]
     if lacking:
       raise GemmaxError(f"{source}: lacks {', '.join(lacking)}")
     if kw.get("head_dim") is None:
       kw["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
     kw.setdefault("num_key_value_heads", config["num_attention_heads"])
     if family == "gemma2":
-      kw["hidden_activation"] = config.get("hidden_activation") or config.get("hidden_act",
-                                                                              "gelu_pytorch_tanh")
+      kw["hidden_activation"] = config.get("hidden_activation") or config.get(
+        "hidden_act", "gelu_pytorch_tanh"
+      )
       kw.setdefault("tie_word_embeddings", True)
     else:
       kw["hidden_activation"] = config.get("hidden_act", "silu")
@@ -197,15 +234,24 @@ class ModelConfig:
       raise GemmaxError(f"{source}: {e}") from None
 
   @classmethod
-  def from_gguf(cls, meta: Mapping[str, Any], tensor_shapes: Mapping[str, tuple],
-                rope_factors=None, *, source: str = "GGUF file", **overrides) -> "ModelConfig":
+  def from_gguf(
+    cls,
+    meta: Mapping[str, Any],
+    tensor_shapes: Mapping[str, tuple],
+    rope_factors=None,
+    *,
+    source: str = "GGUF file",
+    **overrides,
+  ) -> "ModelConfig":
     """From a GGUF file's metadata (llama.cpp key names), its tensors' numpy-order shapes and,
     when the file has one, its `rope_freqs` tensor (llama3 RoPE scaling as per-frequency
     divisors). Defaults are llama.cpp's where the file is silent."""
     arch = meta.get("general.architecture")
     if arch not in _GGUF_ARCH:
-      raise GemmaxError(f"{source}: GGUF architecture {arch!r} is not supported (supported: "
-                       f"{', '.join(_GGUF_ARCH)}; gemma3 lands with Gemma 3 support)")
+      raise GemmaxError(
+        f"{source}: GGUF architecture {arch!r} is not supported (supported: "
+        f"{', '.join(_GGUF_ARCH)}; gemma3 lands with Gemma 3 support)"
+      )
     family = _GGUF_ARCH[arch]
     key = lambda name, default=None: meta.get(f"{arch}.{name}", default)
     needed = ("embedding_length", "block_count", "feed_forward_length", "attention.head_count")
@@ -213,28 +259,41 @@ class ModelConfig:
     if lacking or "token_embd.weight" not in tensor_shapes:
       raise GemmaxError(f"{source}: lacks {', '.join(lacking or ['tensor token_embd.weight'])}")
     hidden, heads = int(key("embedding_length")), int(key("attention.head_count"))
-    head_dim = int(key("attention.key_length") or (key("rope.dimension_count") if family == "llama"
-                                                   else None) or hidden // heads)
+    head_dim = int(
+      key("attention.key_length")
+      or (key("rope.dimension_count") if family == "llama" else None)
+      or hidden // heads
+    )
     kw = dict(
-        family=family, vocab_size=int(tensor_shapes["token_embd.weight"][0]), hidden_size=hidden,
-        intermediate_size=int(key("feed_forward_length")), num_hidden_layers=int(key("block_count")),
-        num_attention_heads=heads, num_key_value_heads=int(key("attention.head_count_kv", heads)),
-        head_dim=head_dim, rope_theta=float(key("rope.freq_base", 10000.0)),
-        rms_norm_eps=_f32(key("attention.layer_norm_rms_epsilon", 1e-5 if family == "llama"
-                              else 1e-6)),
-        max_position_embeddings=int(key("context_length", 8192)),
-        tie_word_embeddings="output.weight" not in tensor_shapes,
-        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
-        eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
-        pad_token_id=meta.get("tokenizer.ggml.padding_token_id"))
+      family=family,
+      vocab_size=int(tensor_shapes["token_embd.weight"][0]),
+      hidden_size=hidden,
+      intermediate_size=int(key("feed_forward_length")),
+      num_hidden_layers=int(key("block_count")),
+      num_attention_heads=heads,
+      num_key_value_heads=int(key("attention.head_count_kv", heads)),
+      head_dim=head_dim,
+      rope_theta=float(key("rope.freq_base", 10000.0)),
+      rms_norm_eps=_f32(
+        key("attention.layer_norm_rms_epsilon", 1e-5 if family == "llama" else 1e-6)
+      ),
+      max_position_embeddings=int(key("context_length", 8192)),
+      tie_word_embeddings="output.weight" not in tensor_shapes,
+      bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+      eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
+      pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
+    )
     if family == "gemma2":
       # llama.cpp's Gemma 2 graph: the 27B (46 blocks) scales queries by hidden / heads, the
       # others by head_dim; the file does not store query_pre_attn_scalar.
       scalar = hidden // heads if kw["num_hidden_layers"] == 46 else head_dim
-      kw.update(hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=scalar,
-                sliding_window=key("attention.sliding_window", 4096),
-                attn_logit_softcapping=_f32(key("attn_logit_softcapping", 50.0)),
-                final_logit_softcapping=_f32(key("final_logit_softcapping", 30.0)))
+      kw.update(
+        hidden_activation="gelu_pytorch_tanh",
+        query_pre_attn_scalar=scalar,
+        sliding_window=key("attention.sliding_window", 4096),
+        attn_logit_softcapping=_f32(key("attn_logit_softcapping", 50.0)),
+        final_logit_softcapping=_f32(key("final_logit_softcapping", 30.0)),
+      )
     kw["rope_scaling"] = _gguf_rope_scaling(key, kw, rope_factors, source)
     try:
       return cls(**{**kw, **overrides})
@@ -245,23 +304,38 @@ class ModelConfig:
     """(architecture, {key: value}) of the model metadata llama.cpp reads; the llama3 RoPE factors
     go in a `rope_freqs` tensor (see `rope_factors`)."""
     arch = {v: k for k, v in _GGUF_ARCH.items()}[self.family]
-    out = {"context_length": self.max_position_embeddings, "embedding_length": self.hidden_size,
-           "block_count": self.num_hidden_layers, "feed_forward_length": self.intermediate_size,
-           "attention.head_count": self.num_attention_heads,
-           "attention.head_count_kv": self.num_key_value_heads,
-           "attention.layer_norm_rms_epsilon": self.rms_norm_eps, "rope.freq_base": self.rope_theta,
-           "attention.key_length": self.head_dim, "attention.value_length": self.head_dim}
+    out = {
+      "context_length": self.max_position_embeddings,
+      "embedding_length": self.hidden_size,
+      "block_count": self.num_hidden_layers,
+      "feed_forward_length": self.intermediate_size,
+      "attention.head_count": self.num_attention_heads,
+      "attention.head_count_kv": self.num_key_value_heads,
+      "attention.layer_norm_rms_epsilon": self.rms_norm_eps,
+      "rope.freq_base": self.rope_theta,
+      "attention.key_length": self.head_dim,
+      "attention.value_length": self.head_dim,
+    }
     if self.family == "llama":
       out.update({"vocab_size": self.vocab_size, "rope.dimension_count": self.head_dim})
     else:
-      scalar = self.hidden_size // self.num_attention_heads if self.num_hidden_layers == 46 else \
-          self.head_dim
+      scalar = (
+        self.hidden_size // self.num_attention_heads
+        if self.num_hidden_layers == 46
+        else self.head_dim
+      )
       if float(self.query_pre_attn_scalar or self.head_dim) != float(scalar):
-        raise GemmaxError(f"query_pre_attn_scalar {self.query_pre_attn_scalar} cannot be written to "
-                         f"GGUF: llama.cpp derives {scalar} for a Gemma 2 model of this shape")
-      out.update({"attention.sliding_window": self.sliding_window,
-                  "attn_logit_softcapping": self.attn_logit_softcapping,
-                  "final_logit_softcapping": self.final_logit_softcapping})
+        raise GemmaxError(
+          f"query_pre_attn_scalar {self.query_pre_attn_scalar} cannot be written to "
+          f"GGUF: llama.cpp derives {scalar} for a Gemma 2 model of this shape"
+        )
+      out.update(
+        {
+          "attention.sliding_window": self.sliding_window,
+          "attn_logit_softcapping": self.attn_logit_softcapping,
+          "final_logit_softcapping": self.final_logit_softcapping,
+        }
+      )
       out = {k: v for k, v in out.items() if v is not None}
     if self.rope_scaling is not None and self.rope_scaling.rope_type == "linear":
       out.update({"rope.scaling.type": "linear", "rope.scaling.factor": self.rope_scaling.factor})
@@ -273,29 +347,52 @@ class ModelConfig:
       return None
     import numpy as np
     from gemmax.models.rope import inverse_frequencies
+
     plain = inverse_frequencies(self.head_dim, self.rope_theta)
     return (plain / inverse_frequencies(self.head_dim, self.rope_theta, self.rope_scaling)).astype(
-        np.float32)
+      np.float32
+    )
 
   def to_hf(self) -> dict:
     """HF config.json contents that transformers loads as the same architecture."""
-    skip = {"family", "dtype", "param_dtype", "attn_impl", "remat", "hidden_activation",
-            "rope_scaling"}
+    skip = {
+      "family",
+      "dtype",
+      "param_dtype",
+      "attn_impl",
+      "remat",
+      "hidden_activation",
+      "rope_scaling",
+    }
     out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
     out["rope_scaling"] = self.rope_scaling.to_dict() if self.rope_scaling else None
-    out["rope_parameters"] = {"rope_theta": self.rope_theta,
-                              **(out["rope_scaling"] or {"rope_type": "default"})}
+    out["rope_parameters"] = {
+      "rope_theta": self.rope_theta,
+      **(out["rope_scaling"] or {"rope_type": "default"}),
+    }
     if isinstance(out["eos_token_id"], tuple):
       out["eos_token_id"] = list(out["eos_token_id"])
     out["torch_dtype"] = self.param_dtype
     if self.family == "gemma2":
-      out.update(architectures=["Gemma2ForCausalLM"], model_type="gemma2",
-                 hidden_activation=self.hidden_activation, hidden_act=self.hidden_activation)
+      out.update(
+        architectures=["Gemma2ForCausalLM"],
+        model_type="gemma2",
+        hidden_activation=self.hidden_activation,
+        hidden_act=self.hidden_activation,
+      )
     else:
-      out.update(architectures=["LlamaForCausalLM"], model_type="llama",
-                 hidden_act=self.hidden_activation, mlp_bias=False)
-      for k in ("sliding_window", "query_pre_attn_scalar", "attn_logit_softcapping",
-                "final_logit_softcapping"):
+      out.update(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        hidden_act=self.hidden_activation,
+        mlp_bias=False,
+      )
+      for k in (
+        "sliding_window",
+        "query_pre_attn_scalar",
+        "attn_logit_softcapping",
+        "final_logit_softcapping",
+      ):
         out.pop(k)
     return out
 
@@ -318,6 +415,7 @@ class ModelConfig:
 def _f32(x):
   """A GGUF float32 value as the decimal it was written from (1e-05, not 9.99999974738e-06)."""
   import numpy as np
+
   return None if x is None else float(np.format_float_scientific(np.float32(x), unique=True))
 
 
@@ -326,22 +424,27 @@ def _gguf_rope_scaling(key, kw, rope_factors, source):
   kind = key("rope.scaling.type", "none")
   if rope_factors is not None:
     import numpy as np
+
     factors = np.asarray(rope_factors, np.float32).reshape(-1)
     # llama.cpp's converter writes llama3 factors with low 1, high 4 and 8192 original positions.
     original = int(key("rope.scaling.original_context_length", 8192))
-    guess = RopeScaling("llama3", factor=float(factors.max()),
-                        original_max_position_embeddings=original)
+    guess = RopeScaling(
+      "llama3", factor=float(factors.max()), original_max_position_embeddings=original
+    )
     probe = ModelConfig(**{**kw, "rope_scaling": guess}).rope_factors()
     if probe.shape != factors.shape or not np.allclose(probe, factors, rtol=1e-5):
-      raise GemmaxError(f"{source}: rope_freqs tensor is not llama3 RoPE scaling as llama.cpp writes "
-                       "it; gemmax cannot represent it")
+      raise GemmaxError(
+        f"{source}: rope_freqs tensor is not llama3 RoPE scaling as llama.cpp writes "
+        "it; gemmax cannot represent it"
+      )
     return guess
   if kind in ("none", None):
     return None
   if kind == "linear":
     return RopeScaling("linear", factor=float(key("rope.scaling.factor", 1.0)))
-  raise GemmaxError(f"{source}: rope scaling type {kind!r} is not supported (supported: linear, "
-                   "llama3 factors)")
+  raise GemmaxError(
+    f"{source}: rope scaling type {kind!r} is not supported (supported: linear, llama3 factors)"
+  )
 
 
 def _is_int(x) -> bool:

@@ -5,6 +5,7 @@ The cache is a plain JAX pytree (flax.struct dataclasses), so it passes through 
 each slot remembers its own position and segment id, so padded and empty slots are masked by
 segment id (0 = empty or padding) and the window mask works on true positions.
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,6 +35,7 @@ class LayerCache:
     prefill-only call 518 -> 287 ms), and a long one gets the memory-bounded kernel (4096
     tokens, tiny Llama: 772 -> 20 MiB of temporaries).
   """
+
   k: jax.Array
   v: jax.Array
   positions: jax.Array
@@ -59,8 +61,7 @@ class LayerCache:
     over the updated ring for a single decode token.
     """
     b, t = k.shape[:2]
-    q_seg = (jnp.ones((b, t), jnp.int32) if segment_ids is None
-             else segment_ids.astype(jnp.int32))
+    q_seg = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
     positions = positions.astype(jnp.int32)
     k = jnp.swapaxes(k, 1, 2).astype(self.k.dtype)  # [B, K, T, H]
     v = jnp.swapaxes(v, 1, 2).astype(self.v.dtype)
@@ -79,27 +80,32 @@ class LayerCache:
   def _write_global(self, k, v, positions, seg):
     at = (0, 0, self.index, 0)
     return self.replace(
-        k=raw_slices.dynamic_update_slice(self.k, k, at),
-        v=raw_slices.dynamic_update_slice(self.v, v, at),
-        positions=jax.lax.dynamic_update_slice(self.positions, positions, (0, self.index)),
-        segments=jax.lax.dynamic_update_slice(self.segments, seg, (0, self.index)),
-        index=self.index + k.shape[2], fresh=False)
+      k=raw_slices.dynamic_update_slice(self.k, k, at),
+      v=raw_slices.dynamic_update_slice(self.v, v, at),
+      positions=jax.lax.dynamic_update_slice(self.positions, positions, (0, self.index)),
+      segments=jax.lax.dynamic_update_slice(self.segments, seg, (0, self.index)),
+      index=self.index + k.shape[2],
+      fresh=False,
+    )
 
   def _write_ring(self, k, v, positions, seg):
     t, w = k.shape[2], self.size
     n = min(t, w)  # only the last W tokens of a chunk can ever be needed again
     slots = (self.index + t - n + jnp.arange(n, dtype=jnp.int32)) % w
     return self.replace(
-        k=raw_slices.set_at(self.k, (slice(None), slice(None), slots), k[:, :, t - n:]),
-        v=raw_slices.set_at(self.v, (slice(None), slice(None), slots), v[:, :, t - n:]),
-        positions=self.positions.at[:, slots].set(positions[:, t - n:]),
-        segments=self.segments.at[:, slots].set(seg[:, t - n:]),
-        index=self.index + t, fresh=False)
+      k=raw_slices.set_at(self.k, (slice(None), slice(None), slots), k[:, :, t - n :]),
+      v=raw_slices.set_at(self.v, (slice(None), slice(None), slots), v[:, :, t - n :]),
+      positions=self.positions.at[:, slots].set(positions[:, t - n :]),
+      segments=self.segments.at[:, slots].set(seg[:, t - n :]),
+      index=self.index + t,
+      fresh=False,
+    )
 
 
 @struct.dataclass
 class KVCache:
   """The model-wide cache: `layers` holds one LayerCache per decoder layer."""
+
   layers: tuple
   max_len: int = struct.field(pytree_node=False, default=0)
 
@@ -126,11 +132,17 @@ def init_cache(config, batch: int, max_len: int, dtype=None) -> KVCache:
   for i in range(config.num_hidden_layers):
     window = config.layer_window(i)
     size = max_len if window is None else window
-    layers.append(LayerCache(
-        k=jnp.zeros((batch, kh, size, h), dtype), v=jnp.zeros((batch, kh, size, h), dtype),
+    layers.append(
+      LayerCache(
+        k=jnp.zeros((batch, kh, size, h), dtype),
+        v=jnp.zeros((batch, kh, size, h), dtype),
         positions=jnp.full((batch, size), EMPTY_POSITION, jnp.int32),
         segments=jnp.zeros((batch, size), jnp.int32),
-        index=jnp.zeros((), jnp.int32), window=window, fresh=True))
+        index=jnp.zeros((), jnp.int32),
+        window=window,
+        fresh=True,
+      )
+    )
   return KVCache(layers=tuple(layers), max_len=max_len)
 
 
@@ -138,11 +150,18 @@ def init_cache(config, batch: int, max_len: int, dtype=None) -> KVCache:
 def clear_cache(cache: KVCache) -> KVCache:
   """`cache` emptied in place (donated), as from `init_cache`: recycling a cache's buffers is cheaper
   than fresh memory, whose page faults cost ~6x the zero-fill (134 MB: 213 vs 36 ms here)."""
+
   def clear(layer):
     def zero(x, fill):  # an in-place overwrite, which XLA keeps in the donated buffer
       return jax.lax.dynamic_update_slice(x, jnp.full_like(x, fill), (0,) * x.ndim)
-    return layer.replace(k=zero(layer.k, 0), v=zero(layer.v, 0),
-                         positions=zero(layer.positions, EMPTY_POSITION),
-                         segments=zero(layer.segments, 0), index=jnp.zeros_like(layer.index),
-                         fresh=True)
+
+    return layer.replace(
+      k=zero(layer.k, 0),
+      v=zero(layer.v, 0),
+      positions=zero(layer.positions, EMPTY_POSITION),
+      segments=zero(layer.segments, 0),
+      index=jnp.zeros_like(layer.index),
+      fresh=True,
+    )
+
   return cache.replace_layers(clear(layer) for layer in cache.layers)

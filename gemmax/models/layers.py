@@ -1,4 +1,5 @@
 """Building blocks: Linear, Embed, RMSNorm (both families' variants) and the gated MLP."""
+
 from __future__ import annotations
 
 import functools
@@ -15,8 +16,9 @@ _init = nnx.initializers.normal(stddev=0.02)
 
 def _contract(x, w, x_dim: int, w_dim: int) -> jax.Array:
   """2-D product contracting x's dim `x_dim` with w's dim `w_dim`, float32 accumulation."""
-  return jax.lax.dot_general(x, w, (((x_dim,), (w_dim,)), ((), ())),
-                             preferred_element_type=jnp.float32)
+  return jax.lax.dot_general(
+    x, w, (((x_dim,), (w_dim,)), ((), ())), preferred_element_type=jnp.float32
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -51,8 +53,9 @@ def contract_tokens(a: jax.Array, b: jax.Array) -> jax.Array:
   n = a.shape[0]
   if is_low_precision(a, b) and n % 2 == 0 and n > 2:
     a, b = a.reshape(2, n // 2, a.shape[1]), b.reshape(2, n // 2, b.shape[1])
-    return jax.lax.dot_general(a, b, (((0, 1), (0, 1)), ((), ())),
-                               preferred_element_type=jnp.float32)
+    return jax.lax.dot_general(
+      a, b, (((0, 1), (0, 1)), ((), ())), preferred_element_type=jnp.float32
+    )
   return _contract(a, b, 0, 0)
 
 
@@ -67,8 +70,9 @@ def _dot_f32_acc_bwd(w_t, out_dtype, res, g):
 _dot_f32_acc.defvjp(_dot_f32_acc_fwd, _dot_f32_acc_bwd)
 
 
-def dot2d(x: jax.Array, w: jax.Array, *, w_t: bool = False,
-          preferred_element_type=None) -> jax.Array:
+def dot2d(
+  x: jax.Array, w: jax.Array, *, w_t: bool = False, preferred_element_type=None
+) -> jax.Array:
   """x [n, k] @ w [k, m] (or @ w.T for w [m, k] when `w_t`); bf16/f16 operands accumulate in
   float32 through `_dot_f32_acc`, float32 ones take XLA's dot as is."""
   if is_low_precision(x, w):
@@ -115,17 +119,27 @@ class Linear(nnx.Module):
 
   kernel_layout = "in_out"
 
-  def __init__(self, in_features: int, out_features: int, *, axes: tuple[str, str],
-               dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    in_features: int,
+    out_features: int,
+    *,
+    axes: tuple[str, str],
+    dtype,
+    param_dtype,
+    rngs: nnx.Rngs,
+  ):
     self.in_features, self.out_features = in_features, out_features
     self.dtype = dtype
-    self.kernel = nnx.Param(_init(rngs.params(), (in_features, out_features), param_dtype),
-                            axes=axes)
+    self.kernel = nnx.Param(
+      _init(rngs.params(), (in_features, out_features), param_dtype), axes=axes
+    )
 
   def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
     """`out_dtype` (default `dtype`): float32 hands an adapter the unrounded accumulator."""
-    return matmul(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                  preferred_element_type=out_dtype)
+    return matmul(
+      x.astype(self.dtype), self.kernel[...].astype(self.dtype), preferred_element_type=out_dtype
+    )
 
 
 def project_shared(mods, x: jax.Array) -> tuple:
@@ -143,8 +157,9 @@ class Embed(nnx.Module):
 
   def __init__(self, vocab_size: int, hidden_size: int, *, dtype, param_dtype, rngs: nnx.Rngs):
     self.dtype = dtype
-    self.embedding = nnx.Param(_init(rngs.params(), (vocab_size, hidden_size), param_dtype),
-                               axes=("vocab", "embed"))
+    self.embedding = nnx.Param(
+      _init(rngs.params(), (vocab_size, hidden_size), param_dtype), axes=("vocab", "embed")
+    )
 
   def __call__(self, ids: jax.Array) -> jax.Array:
     return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)

@@ -1,4 +1,5 @@
 """Rotary position embeddings, half-split (HF) layout, with linear and llama3 frequency scaling."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """The decoder-only Transformer for both families (Gemma 2 and Llama)."""
+
 from __future__ import annotations
 
 import jax
@@ -11,8 +12,8 @@ from gemmax.models.layers import MLP, Embed, Linear, RMSNorm, matmul_t
 from gemmax.sharding import HIDDEN, constrain
 
 _REMAT_POLICIES = {
-    "full": None,  # recompute everything in the backward pass
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "full": None,  # recompute everything in the backward pass
+  "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
@@ -25,8 +26,9 @@ class Block(nnx.Module):
 
   def __init__(self, config: ModelConfig, layer_idx: int, *, rngs: nnx.Rngs):
     dt, pdt = _dtype(config.dtype), _dtype(config.param_dtype)
-    norm = lambda: RMSNorm(config.hidden_size, eps=config.rms_norm_eps, family=config.family,
-                           param_dtype=pdt)
+    norm = lambda: RMSNorm(
+      config.hidden_size, eps=config.rms_norm_eps, family=config.family, param_dtype=pdt
+    )
     self.input_layernorm = norm()
     self.self_attn = Attention(config, layer_idx, dtype=dt, param_dtype=pdt, rngs=rngs)
     self.post_attention_layernorm = norm()
@@ -53,8 +55,10 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
   """Positions that restart at 0 where the segment id changes: [B, T] -> [B, T]."""
   t = segment_ids.shape[-1]
   idx = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), segment_ids.shape)
-  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], dtype=bool),
-                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  starts = jnp.concatenate(
+    [jnp.ones_like(segment_ids[:, :1], dtype=bool), segment_ids[:, 1:] != segment_ids[:, :-1]],
+    axis=1,
+  )
   return idx - jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
 
 
@@ -67,17 +71,26 @@ class Transformer(nnx.Module):
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
     dt, pdt = _dtype(config.dtype), _dtype(config.param_dtype)
-    self.embed_tokens = Embed(config.vocab_size, config.hidden_size, dtype=dt, param_dtype=pdt,
-                              rngs=rngs)
+    self.embed_tokens = Embed(
+      config.vocab_size, config.hidden_size, dtype=dt, param_dtype=pdt, rngs=rngs
+    )
     self.layers = nnx.List([Block(config, i, rngs=rngs) for i in range(config.num_hidden_layers)])
-    self.norm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps, family=config.family,
-                        param_dtype=pdt)
+    self.norm = RMSNorm(
+      config.hidden_size, eps=config.rms_norm_eps, family=config.family, param_dtype=pdt
+    )
     if not config.tie_word_embeddings:
-      self.lm_head = Linear(config.hidden_size, config.vocab_size, axes=("embed", "vocab"),
-                            dtype=dt, param_dtype=pdt, rngs=rngs)
+      self.lm_head = Linear(
+        config.hidden_size,
+        config.vocab_size,
+        axes=("embed", "vocab"),
+        dtype=dt,
+        param_dtype=pdt,
+        rngs=rngs,
+      )
 
-  def hidden_states(self, input_ids, positions=None, segment_ids=None, cache=None, *,
-                    inputs_embeds=None):
+  def hidden_states(
+    self, input_ids, positions=None, segment_ids=None, cache=None, *, inputs_embeds=None
+  ):
     """Final-normed hidden states [B, T, D] (and the new cache when one is given).
 
     `inputs_embeds` [B, T, D] replaces the (scaled, for Gemma 2) embedding lookup, as in
@@ -87,15 +100,17 @@ class Transformer(nnx.Module):
     if input_ids is None:
       input_ids = jnp.zeros(inputs_embeds.shape[:2], jnp.int32)
     if positions is None:
-      positions = (segment_positions(segment_ids) if segment_ids is not None else
-                   jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32),
-                                    input_ids.shape))
+      positions = (
+        segment_positions(segment_ids)
+        if segment_ids is not None
+        else jnp.broadcast_to(jnp.arange(input_ids.shape[1], dtype=jnp.int32), input_ids.shape)
+      )
     if inputs_embeds is not None:
       h = inputs_embeds
     else:
       h = self.embed_tokens(input_ids)
       if cfg.family == "gemma2":  # normalizer cast to the activation dtype first
-        h = h * jnp.asarray(cfg.hidden_size ** 0.5, dtype=h.dtype)
+        h = h * jnp.asarray(cfg.hidden_size**0.5, dtype=h.dtype)
     h = constrain(h, HIDDEN)  # block boundary: a no-op unless under jax.set_mesh(mesh)
     if cache is not None:
       new_layers = []
@@ -126,15 +141,18 @@ class Transformer(nnx.Module):
   def logits(self, h: jax.Array) -> jax.Array:
     """[..., D] hidden states -> float32 [..., vocab] logits, soft-capped for Gemma 2."""
     if self.config.tie_word_embeddings:  # the table is already [vocab, D]: matmul_t's layout
-      logits = matmul_t(h, self.embed_tokens.embedding[...].astype(h.dtype),
-                        preferred_element_type=jnp.float32)
+      logits = matmul_t(
+        h, self.embed_tokens.embedding[...].astype(h.dtype), preferred_element_type=jnp.float32
+      )
     else:
       logits = self.lm_head(h, out_dtype=jnp.float32)
-    return softcap(logits, self.config.final_logit_softcapping if self.config.family == "gemma2"
-                   else None)
+    return softcap(
+      logits, self.config.final_logit_softcapping if self.config.family == "gemma2" else None
+    )
 
-  def __call__(self, input_ids, positions=None, segment_ids=None, cache=None, *,
-               inputs_embeds=None):
+  def __call__(
+    self, input_ids, positions=None, segment_ids=None, cache=None, *, inputs_embeds=None
+  ):
     out = self.hidden_states(input_ids, positions, segment_ids, cache, inputs_embeds=inputs_embeds)
     if cache is not None:
       h, cache = out

@@ -1,4 +1,5 @@
 """`attention`: one entry point, several implementations chosen by `impl`."""
+
 from __future__ import annotations
 
 import jax
@@ -31,8 +32,20 @@ def choose_impl(q, k, *, softcap, segment_ids, backend=None) -> str:
   return "xla_blocks" if t == s and t >= CPU_BLOCKS_MIN_LEN else "xla"
 
 
-def attention(q, k, v, *, scale=None, causal=True, sliding_window=None, softcap=None,
-              segment_ids=None, impl="auto", q_positions=None, kv_positions=None):
+def attention(
+  q,
+  k,
+  v,
+  *,
+  scale=None,
+  causal=True,
+  sliding_window=None,
+  softcap=None,
+  segment_ids=None,
+  impl="auto",
+  q_positions=None,
+  kv_positions=None,
+):
   """Multi-head attention with GQA, sliding window and logit soft-capping.
 
   q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim], heads a multiple
@@ -45,15 +58,22 @@ def attention(q, k, v, *, scale=None, causal=True, sliding_window=None, softcap=
   if impl not in IMPLS + _INTERNAL:
     raise ValueError(f"attention impl {impl!r} is not one of {IMPLS}")
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-    raise ValueError(f"attention expects [batch, seq, heads, head_dim]; got q{q.shape} k{k.shape} v{v.shape}")
+    raise ValueError(
+      f"attention expects [batch, seq, heads, head_dim]; got q{q.shape} k{k.shape} v{v.shape}"
+    )
   if q.shape[2] % k.shape[2]:
     raise ValueError(f"query heads {q.shape[2]} are not a multiple of kv heads {k.shape[2]}")
   if sliding_window is not None and sliding_window < 1:
     raise ValueError(f"sliding_window must be >= 1 or None; got {sliding_window}")
   if scale is None:
     scale = q.shape[-1] ** -0.5
-  kw = dict(scale=scale, causal=causal, sliding_window=sliding_window, softcap=softcap,
-            segment_ids=segment_ids)
+  kw = dict(
+    scale=scale,
+    causal=causal,
+    sliding_window=sliding_window,
+    softcap=softcap,
+    segment_ids=segment_ids,
+  )
   if q_positions is not None or kv_positions is not None:
     # Decoding with a KV cache: arbitrary positions, q_len != kv_len; the reference handles it.
     return attention_xla(q, k, v, q_positions=q_positions, kv_positions=kv_positions, **kw)
@@ -65,15 +85,20 @@ def attention(q, k, v, *, scale=None, causal=True, sliding_window=None, softcap=
     if not causal or k.shape[1] != q.shape[1]:  # the blocks are for causal self-attention
       return attention_xla(q, k, v, **kw)
     from gemmax.ops.qblocks import attention_qblocks
+
     return attention_qblocks(q, k, v, **kw)
   if impl == "xla_chunked":
     from gemmax.ops.chunked import attention_xla_chunked
+
     return attention_xla_chunked(q, k, v, **kw)
   if impl == "pallas":
     from gemmax.ops.pallas import attention_pallas
+
     return attention_pallas(q, k, v, **kw)
   if impl == "splash":
     from gemmax.ops.splash import attention_splash
+
     return attention_splash(q, k, v, **kw)
   from gemmax.ops.cudnn import attention_cudnn
+
   return attention_cudnn(q, k, v, **kw)

@@ -6,6 +6,7 @@ online softmax. Live memory is one [block_q, block_k] logit tile per head plus t
 outputs, so it grows as O(seq) instead of O(seq^2). The backward pass is a custom_vjp that
 recomputes the tiles from the saved log-sum-exp, so it is memory-bounded as well.
 """
+
 from __future__ import annotations
 
 import functools
@@ -14,8 +15,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from gemmax.ops.common import (MASK_VALUE, block_mask, key_block_range, pad_axis, round_up,
-                               split_segments)
+from gemmax.ops.common import (
+  MASK_VALUE,
+  block_mask,
+  key_block_range,
+  pad_axis,
+  round_up,
+  split_segments,
+)
 
 
 def _tile_logits(q_blk, k_blk, scale, softcap):
@@ -36,17 +43,29 @@ def _tile_mask(cfg, i, j, segs):
   if segs is not None:
     q_seg = lax.dynamic_slice_in_dim(segs[0], i * bq, bq, axis=1)
     k_seg = lax.dynamic_slice_in_dim(segs[1], j * bk, bk, axis=1)
-  mask = block_mask(q_pos, k_pos, kv_len=cfg["kv_len"], causal=cfg["causal"],
-                    sliding_window=cfg["sliding_window"], q_seg=q_seg, k_seg=k_seg)
+  mask = block_mask(
+    q_pos,
+    k_pos,
+    kv_len=cfg["kv_len"],
+    causal=cfg["causal"],
+    sliding_window=cfg["sliding_window"],
+    q_seg=q_seg,
+    k_seg=k_seg,
+  )
   return mask[:, None, None] if mask.ndim == 3 else mask[None, None, None]
 
 
 def _key_range(cfg, i):
   bq = cfg["block_q"]
   q_lo = i * bq + cfg["offset"]
-  return key_block_range(q_lo, q_lo + bq - 1, block_k=cfg["block_k"],
-                         num_k_blocks=cfg["num_k_blocks"], causal=cfg["causal"],
-                         sliding_window=cfg["sliding_window"])
+  return key_block_range(
+    q_lo,
+    q_lo + bq - 1,
+    block_k=cfg["block_k"],
+    num_k_blocks=cfg["num_k_blocks"],
+    causal=cfg["causal"],
+    sliding_window=cfg["sliding_window"],
+  )
 
 
 def _forward(cfg, q, k, v, segs):
@@ -70,20 +89,24 @@ def _forward(cfg, q, k, v, segs):
       # where(): a fully masked tile row must add 0, not exp(MASK - MASK) = 1.
       p = jnp.where(mask, jnp.exp(s - m_new[..., None]), 0.0)
       l = alpha * l + p.sum(-1)
-      pv = jnp.einsum("BKGTS,BSKH->BKGTH", p.astype(v.dtype), v_blk,
-                      preferred_element_type=jnp.float32)
+      pv = jnp.einsum(
+        "BKGTS,BSKH->BKGTH", p.astype(v.dtype), v_blk, preferred_element_type=jnp.float32
+      )
       return m_new, l, alpha[..., None] * acc + pv
 
-    init = (jnp.full((b, kh, g, bq), MASK_VALUE, jnp.float32),
-            jnp.zeros((b, kh, g, bq), jnp.float32),
-            jnp.zeros((b, kh, g, bq, h), jnp.float32))
+    init = (
+      jnp.full((b, kh, g, bq), MASK_VALUE, jnp.float32),
+      jnp.zeros((b, kh, g, bq), jnp.float32),
+      jnp.zeros((b, kh, g, bq, h), jnp.float32),
+    )
     start, end = _key_range(cfg, i)
     m, l, acc = lax.fori_loop(start, end, k_block, init)
     # Queries that see no key at all get zeros (as the reference does).
     o_blk = acc / jnp.where(l > 0, l, 1.0)[..., None]
     lse_blk = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)), 0.0)
     out = lax.dynamic_update_slice_in_dim(
-        out, o_blk.transpose(0, 3, 1, 2, 4).astype(out.dtype), i * bq, axis=1)
+      out, o_blk.transpose(0, 3, 1, 2, 4).astype(out.dtype), i * bq, axis=1
+    )
     lse = lax.dynamic_update_slice_in_dim(lse, lse_blk, i * bq, axis=3)
     return out, lse
 
@@ -111,8 +134,9 @@ def _backward(cfg, q, k, v, segs, out, lse, do):
       s, c = _tile_logits(q_blk, k_blk, scale, softcap)
       mask = _tile_mask(cfg, i, j, segs)
       p = jnp.where(mask, jnp.exp(s - lse_blk[..., None]), 0.0)
-      dv_blk = jnp.einsum("BKGTS,BTKGH->BSKH", p.astype(do.dtype), do_blk,
-                          preferred_element_type=jnp.float32)
+      dv_blk = jnp.einsum(
+        "BKGTS,BTKGH->BSKH", p.astype(do.dtype), do_blk, preferred_element_type=jnp.float32
+      )
       dp = jnp.einsum("BTKGH,BSKH->BKGTS", do_blk, v_blk, preferred_element_type=jnp.float32)
       ds = p * (dp - delta_blk[..., None])
       if c is not None:
@@ -121,19 +145,25 @@ def _backward(cfg, q, k, v, segs, out, lse, do):
       dq_blk = dq_blk + jnp.einsum("BKGTS,BSKH->BTKGH", ds, k_blk.astype(jnp.float32))
       dk_blk = jnp.einsum("BKGTS,BTKGH->BSKH", ds, q_blk.astype(jnp.float32))
       dk = lax.dynamic_update_slice_in_dim(
-          dk, lax.dynamic_slice_in_dim(dk, j * bk, bk, axis=1) + dk_blk, j * bk, axis=1)
+        dk, lax.dynamic_slice_in_dim(dk, j * bk, bk, axis=1) + dk_blk, j * bk, axis=1
+      )
       dv = lax.dynamic_update_slice_in_dim(
-          dv, lax.dynamic_slice_in_dim(dv, j * bk, bk, axis=1) + dv_blk, j * bk, axis=1)
+        dv, lax.dynamic_slice_in_dim(dv, j * bk, bk, axis=1) + dv_blk, j * bk, axis=1
+      )
       return dq_blk, dk, dv
 
     start, end = _key_range(cfg, i)
-    dq_blk, dk, dv = lax.fori_loop(start, end, k_block,
-                                   (jnp.zeros(q_blk.shape, jnp.float32), dk, dv))
+    dq_blk, dk, dv = lax.fori_loop(
+      start, end, k_block, (jnp.zeros(q_blk.shape, jnp.float32), dk, dv)
+    )
     dq = lax.dynamic_update_slice_in_dim(dq, dq_blk, i * bq, axis=1)
     return dq, dk, dv
 
-  init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32),
-          jnp.zeros(v.shape, jnp.float32))
+  init = (
+    jnp.zeros(q.shape, jnp.float32),
+    jnp.zeros(k.shape, jnp.float32),
+    jnp.zeros(v.shape, jnp.float32),
+  )
   dq, dk, dv = lax.fori_loop(0, cfg["num_q_blocks"], q_block, init)
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
@@ -164,8 +194,9 @@ class _Cfg(dict):
     return hash(tuple(sorted(self.items())))
 
 
-def attention_xla_chunked(q, k, v, *, scale, causal, sliding_window, softcap, segment_ids,
-                          block_size=512):
+def attention_xla_chunked(
+  q, k, v, *, scale, causal, sliding_window, softcap, segment_ids, block_size=512
+):
   """q: [B, T, N, H]; k, v: [B, S, K, H], N = K * G, T <= S (queries are the last T keys).
 
   Returns [B, T, N, H] in q.dtype. `block_size` is the tile edge for both queries and keys.
@@ -177,15 +208,25 @@ def attention_xla_chunked(q, k, v, *, scale, causal, sliding_window, softcap, se
   bq = min(block_size, round_up(t, 8))
   bk = min(block_size, round_up(s, 8))
   tp, sp = round_up(t, bq), round_up(s, bk)
-  cfg = _Cfg(scale=float(scale), causal=bool(causal),
-             sliding_window=None if sliding_window is None else int(sliding_window),
-             softcap=None if softcap is None else float(softcap), offset=s - t, kv_len=s,
-             block_q=bq, block_k=bk, num_q_blocks=tp // bq, num_k_blocks=sp // bk)
+  cfg = _Cfg(
+    scale=float(scale),
+    causal=bool(causal),
+    sliding_window=None if sliding_window is None else int(sliding_window),
+    softcap=None if softcap is None else float(softcap),
+    offset=s - t,
+    kv_len=s,
+    block_q=bq,
+    block_k=bk,
+    num_q_blocks=tp // bq,
+    num_k_blocks=sp // bk,
+  )
   q_seg, k_seg = split_segments(segment_ids)
   segs = None
   if q_seg is not None:
-    segs = (pad_axis(jnp.asarray(q_seg, jnp.int32), 1, tp),
-            pad_axis(jnp.asarray(k_seg, jnp.int32), 1, sp))
+    segs = (
+      pad_axis(jnp.asarray(q_seg, jnp.int32), 1, tp),
+      pad_axis(jnp.asarray(k_seg, jnp.int32), 1, sp),
+    )
   qg = pad_axis(q, 1, tp).reshape(b, tp, kh, n // kh, h)
   out = _chunked(cfg, qg, pad_axis(k, 1, sp), pad_axis(v, 1, sp), segs)
   return out.reshape(b, tp, n, h)[:, :t]

@@ -1,5 +1,6 @@
 """Helpers shared by the blockwise attention implementations (chunked XLA and Pallas), and the
 iota-free one-hot (`index_equals`) the loss uses."""
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -14,8 +15,7 @@ def is_low_precision(*arrays) -> bool:
   """True when the arrays share one floating dtype narrower than float32 (bf16, f16, fp8): the
   operands XLA:CPU multiplies natively only in some forms (see gemmax.models.layers.dot2d)."""
   dt = arrays[0].dtype
-  return (all(a.dtype == dt for a in arrays) and jnp.issubdtype(dt, jnp.floating)
-          and dt.itemsize < 4)
+  return all(a.dtype == dt for a in arrays) and jnp.issubdtype(dt, jnp.floating) and dt.itemsize < 4
 
 
 # Any int32 works; XLA only must not see an arithmetic progression (see `index_equals`).
@@ -31,7 +31,8 @@ def index_equals(ids, n: int):
   one constant: a bijection on int32, so equality is unchanged.
   """
   return (np.arange(n, dtype=np.int32) ^ _SCRAMBLE) == (ids.astype(jnp.int32) ^ _SCRAMBLE)[
-      ..., None]
+    ..., None
+  ]
 
 
 def round_up(x: int, m: int) -> int:

@@ -3,6 +3,7 @@
 cuDNN has no logit soft-capping and no segment ids in this API, so those raise rather than being
 dropped. The window maps to `local_window_size=(W - 1, right)`: W keys including the query itself.
 """
+
 from __future__ import annotations
 
 import jax
@@ -13,12 +14,15 @@ def check_supported(q, k, *, softcap, segment_ids, backend=None):
   """Raises ValueError naming what the cudnn impl cannot honour."""
   backend = backend or jax.default_backend()
   if softcap is not None:
-    raise ValueError(f"attention impl 'cudnn' cannot apply softcap={softcap}; "
-                     "use impl='pallas' (GPU) or 'xla'")
+    raise ValueError(
+      f"attention impl 'cudnn' cannot apply softcap={softcap}; use impl='pallas' (GPU) or 'xla'"
+    )
   if segment_ids is not None:
     raise ValueError("attention impl 'cudnn' does not take segment_ids; use impl='pallas' or 'xla'")
   if q.shape[1] != k.shape[1]:
-    raise ValueError(f"attention impl 'cudnn' needs q_len == kv_len; got {q.shape[1]} and {k.shape[1]}")
+    raise ValueError(
+      f"attention impl 'cudnn' needs q_len == kv_len; got {q.shape[1]} and {k.shape[1]}"
+    )
   if backend != "gpu":
     raise ValueError(f"attention impl 'cudnn' needs a GPU; the backend is {backend!r}")
   if q.dtype not in (jnp.bfloat16, jnp.float16):
@@ -34,8 +38,9 @@ def dpa_kwargs(seq: int, *, scale, causal, sliding_window):
   return kw
 
 
-def attention_cudnn(q, k, v, *, scale, causal, sliding_window, softcap, segment_ids,
-                    implementation="cudnn"):
+def attention_cudnn(
+  q, k, v, *, scale, causal, sliding_window, softcap, segment_ids, implementation="cudnn"
+):
   """q: [B, T, N, H]; k, v: [B, T, K, H]. `implementation="xla"` only exists for testing the mask."""
   if implementation == "cudnn":
     check_supported(q, k, softcap=softcap, segment_ids=segment_ids)

@@ -7,6 +7,7 @@ written slots with an online softmax, so a step costs O(tokens so far). Same mas
 reference (segment ids, causal and window on explicit positions, softcap before the mask, a row
 with no visible key gives zeros).
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -20,8 +21,20 @@ BLOCK = 128
 ONE_PASS = 256
 
 
-def attention_decode(q, k, v, *, scale, sliding_window, softcap, segment_ids, q_positions,
-                     kv_positions, written, block=None):
+def attention_decode(
+  q,
+  k,
+  v,
+  *,
+  scale,
+  sliding_window,
+  softcap,
+  segment_ids,
+  q_positions,
+  kv_positions,
+  written,
+  block=None,
+):
   """q [B, 1, N, H]; k, v [B, S, K, H] (the cache's buffers); segment_ids (q [B, 1], kv [B, S]);
   positions q [B, 1], kv [B, S]; written: [] int32, slots [0, written) hold tokens; block: slots
   per step of the loop (default BLOCK, or all of a cache of at most ONE_PASS slots).
@@ -59,8 +72,11 @@ def attention_decode(q, k, v, *, scale, sliding_window, softcap, segment_ids, q_
     pv = jnp.einsum("BKGS,BKSH->BKGH", p.astype(v.dtype), vb, preferred_element_type=jnp.float32)
     return m_new, l * rescale + p.sum(-1), acc * rescale[..., None] + pv
 
-  init = (jnp.full((b, kh, g), -jnp.inf, jnp.float32), jnp.zeros((b, kh, g), jnp.float32),
-          jnp.zeros((b, kh, g, h), jnp.float32))
+  init = (
+    jnp.full((b, kh, g), -jnp.inf, jnp.float32),
+    jnp.zeros((b, kh, g), jnp.float32),
+    jnp.zeros((b, kh, g, h), jnp.float32),
+  )
   _, l, acc = lax.fori_loop(0, (written + block - 1) // block, body, init)
   out = jnp.where(l[..., None] > 0, acc / jnp.where(l > 0, l, 1.0)[..., None], 0.0)
   return out.reshape(b, t, n, h).astype(q.dtype)

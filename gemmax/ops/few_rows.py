@@ -13,6 +13,7 @@ form of the product reads them fastest depends on the dtype, measured here on th
 
 Zero rows add nothing to the real rows' sums, so every form gives the same values.
 """
+
 from __future__ import annotations
 
 import jax
@@ -29,7 +30,8 @@ PAD_ROWS = 4
 def _weight_left(dot, x, wt, preferred_element_type):
   """(wt @ x^T)^T; the barrier stops XLA from folding it back into x @ wt^T."""
   return jax.lax.optimization_barrier(
-      dot(wt, x, w_t=True, preferred_element_type=preferred_element_type)).T
+    dot(wt, x, w_t=True, preferred_element_type=preferred_element_type)
+  ).T
 
 
 def few_rows_product(dot, x: jax.Array, wt: jax.Array, preferred_element_type=None) -> jax.Array:
@@ -39,5 +41,6 @@ def few_rows_product(dot, x: jax.Array, wt: jax.Array, preferred_element_type=No
   if m >= PAD_ROWS or not is_low_precision(x, wt):
     return _weight_left(dot, x, wt, preferred_element_type)
   padded = jax.lax.optimization_barrier(
-      jnp.concatenate([x, jnp.zeros((PAD_ROWS - m, x.shape[1]), x.dtype)]))
+    jnp.concatenate([x, jnp.zeros((PAD_ROWS - m, x.shape[1]), x.dtype)])
+  )
   return _weight_left(dot, padded, wt, preferred_element_type)[:m]

@@ -5,6 +5,7 @@ never repeated. Sequences are padded internally to a multiple of the tile and th
 head_dim is zero-padded to a power of two (Triton tiles must be powers of two). On CPU the
 kernels run with interpret=True.
 """
+
 from __future__ import annotations
 
 import functools
@@ -35,10 +36,16 @@ def _seg_specs(cfg, q_tiled: bool, k_tiled: bool, has_seg: bool):
   if not has_seg:
     return [None, None]
   bq, bk, tp, sp = cfg["block_q"], cfg["block_k"], cfg["tp"], cfg["sp"]
-  q_spec = (pl.BlockSpec((None, bq), lambda b, n, i: (b, i)) if q_tiled
-            else pl.BlockSpec((None, tp), lambda b, n, i: (b, 0)))
-  k_spec = (pl.BlockSpec((None, bk), lambda b, n, j: (b, j)) if k_tiled
-            else pl.BlockSpec((None, sp), lambda b, n, j: (b, 0)))
+  q_spec = (
+    pl.BlockSpec((None, bq), lambda b, n, i: (b, i))
+    if q_tiled
+    else pl.BlockSpec((None, tp), lambda b, n, i: (b, 0))
+  )
+  k_spec = (
+    pl.BlockSpec((None, bk), lambda b, n, j: (b, j))
+    if k_tiled
+    else pl.BlockSpec((None, sp), lambda b, n, j: (b, 0))
+  )
   return [q_spec, k_spec]
 
 
@@ -50,15 +57,17 @@ def _forward(cfg, q, k, v, segs):
   kv_full = pl.BlockSpec((None, sp, None, h), lambda bi, ni, i: (bi, 0, lax.div(ni, g), 0))
   qs, ks = (None, None) if segs is None else segs
   return pl.pallas_call(
-      functools.partial(K.forward_kernel, cfg=cfg),
-      grid=(b, n, tp // bq),
-      in_specs=[q_tile, kv_full, kv_full] + _seg_specs(cfg, True, False, segs is not None),
-      out_specs=[q_tile, pl.BlockSpec((None, None, bq), lambda bi, ni, i: (bi, ni, i))],
-      out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-                 jax.ShapeDtypeStruct((b, n, tp), jnp.float32)],
-      compiler_params=_params(cfg, h),
-      interpret=cfg["interpret"],
-      name="gemmax_flash_fwd",
+    functools.partial(K.forward_kernel, cfg=cfg),
+    grid=(b, n, tp // bq),
+    in_specs=[q_tile, kv_full, kv_full] + _seg_specs(cfg, True, False, segs is not None),
+    out_specs=[q_tile, pl.BlockSpec((None, None, bq), lambda bi, ni, i: (bi, ni, i))],
+    out_shape=[
+      jax.ShapeDtypeStruct(q.shape, q.dtype),
+      jax.ShapeDtypeStruct((b, n, tp), jnp.float32),
+    ],
+    compiler_params=_params(cfg, h),
+    interpret=cfg["interpret"],
+    name="gemmax_flash_fwd",
   )(q, k, v, qs, ks)
 
 
@@ -74,15 +83,16 @@ def _backward(cfg, q, k, v, segs, out, lse, do):
   row_tile = pl.BlockSpec((None, None, bq), lambda bi, ni, i: (bi, ni, i))
   kv_full = pl.BlockSpec((None, sp, None, h), lambda bi, ni, i: (bi, 0, lax.div(ni, g), 0))
   dq = pl.pallas_call(
-      functools.partial(K.dq_kernel, cfg=cfg),
-      grid=(b, n, tp // bq),
-      in_specs=[q_tile, kv_full, kv_full] + _seg_specs(cfg, True, False, segs is not None)
-      + [q_tile, row_tile, row_tile],
-      out_specs=q_tile,
-      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      compiler_params=_params(cfg, h),
-      interpret=cfg["interpret"],
-      name="gemmax_flash_dq",
+    functools.partial(K.dq_kernel, cfg=cfg),
+    grid=(b, n, tp // bq),
+    in_specs=[q_tile, kv_full, kv_full]
+    + _seg_specs(cfg, True, False, segs is not None)
+    + [q_tile, row_tile, row_tile],
+    out_specs=q_tile,
+    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+    compiler_params=_params(cfg, h),
+    interpret=cfg["interpret"],
+    name="gemmax_flash_dq",
   )(q, k, v, qs, ks, do, lse, delta)
 
   q_full = pl.BlockSpec((None, tp, None, h), lambda bi, ni, j: (bi, 0, ni, 0))
@@ -91,15 +101,16 @@ def _backward(cfg, q, k, v, segs, out, lse, do):
   # One dk/dv slab per query head (f32), summed over the G heads of a group below.
   dkv_tile = pl.BlockSpec((None, bk, None, h), lambda bi, ni, j: (bi, j, ni, 0))
   dk, dv = pl.pallas_call(
-      functools.partial(K.dkdv_kernel, cfg=cfg),
-      grid=(b, n, sp // bk),
-      in_specs=[q_full, kv_tile, kv_tile] + _seg_specs(cfg, False, True, segs is not None)
-      + [q_full, row_full, row_full],
-      out_specs=[dkv_tile, dkv_tile],
-      out_shape=[jax.ShapeDtypeStruct((b, sp, n, h), jnp.float32)] * 2,
-      compiler_params=_params(cfg, h),
-      interpret=cfg["interpret"],
-      name="gemmax_flash_dkdv",
+    functools.partial(K.dkdv_kernel, cfg=cfg),
+    grid=(b, n, sp // bk),
+    in_specs=[q_full, kv_tile, kv_tile]
+    + _seg_specs(cfg, False, True, segs is not None)
+    + [q_full, row_full, row_full],
+    out_specs=[dkv_tile, dkv_tile],
+    out_shape=[jax.ShapeDtypeStruct((b, sp, n, h), jnp.float32)] * 2,
+    compiler_params=_params(cfg, h),
+    interpret=cfg["interpret"],
+    name="gemmax_flash_dkdv",
   )(q, k, v, qs, ks, do, lse, delta)
   dk = dk.reshape(b, sp, kh, g, h).sum(3).astype(k.dtype)
   dv = dv.reshape(b, sp, kh, g, h).sum(3).astype(v.dtype)
@@ -131,8 +142,20 @@ def default_blocks(head_dim: int, interpret: bool) -> tuple[int, int]:
   return (128, 64) if head_dim <= 128 else (64, 32)
 
 
-def attention_pallas(q, k, v, *, scale, causal, sliding_window, softcap, segment_ids,
-                     block_q=None, block_k=None, interpret=None):
+def attention_pallas(
+  q,
+  k,
+  v,
+  *,
+  scale,
+  causal,
+  sliding_window,
+  softcap,
+  segment_ids,
+  block_q=None,
+  block_k=None,
+  interpret=None,
+):
   """q: [B, T, N, H]; k, v: [B, S, K, H], N = K * G, T <= S (queries are the last T keys).
 
   Returns [B, T, N, H] in q.dtype. `interpret=None` interprets when the backend is CPU.
@@ -148,17 +171,30 @@ def attention_pallas(q, k, v, *, scale, causal, sliding_window, softcap, segment
   bk = min(block_k or dbk, max(16, pl.next_power_of_2(s)))
   tp, sp, hp = round_up(t, bq), round_up(s, bk), max(16, pl.next_power_of_2(h))
   f32 = q.dtype == jnp.float32
-  cfg = _Cfg(scale=float(scale), causal=bool(causal),
-             sliding_window=None if sliding_window is None else int(sliding_window),
-             softcap=None if softcap is None else float(softcap), offset=s - t, kv_len=s,
-             block_q=bq, block_k=bk, num_q_blocks=tp // bq, num_k_blocks=sp // bk, tp=tp, sp=sp,
-             groups=n // kh, interpret=bool(interpret),
-             precision=lax.Precision.HIGHEST if f32 else None)
+  cfg = _Cfg(
+    scale=float(scale),
+    causal=bool(causal),
+    sliding_window=None if sliding_window is None else int(sliding_window),
+    softcap=None if softcap is None else float(softcap),
+    offset=s - t,
+    kv_len=s,
+    block_q=bq,
+    block_k=bk,
+    num_q_blocks=tp // bq,
+    num_k_blocks=sp // bk,
+    tp=tp,
+    sp=sp,
+    groups=n // kh,
+    interpret=bool(interpret),
+    precision=lax.Precision.HIGHEST if f32 else None,
+  )
   q_seg, k_seg = split_segments(segment_ids)
   segs = None
   if q_seg is not None:
-    segs = (pad_axis(jnp.asarray(q_seg, jnp.int32), 1, tp),
-            pad_axis(jnp.asarray(k_seg, jnp.int32), 1, sp))
+    segs = (
+      pad_axis(jnp.asarray(q_seg, jnp.int32), 1, tp),
+      pad_axis(jnp.asarray(k_seg, jnp.int32), 1, sp),
+    )
   # Zero-padding head_dim leaves q.k unchanged and adds output columns that are sliced off.
   qp = pad_axis(pad_axis(q, 1, tp), 3, hp)
   kp = pad_axis(pad_axis(k, 1, sp), 3, hp)

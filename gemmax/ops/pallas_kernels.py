@@ -8,6 +8,7 @@ Tile shapes: q/do/o tiles [block_q, head_dim], k/v tiles [block_k, head_dim], lo
 [block_q, block_k]. Softcap: s = cap * tanh(x / cap) with x = scale * q.k, so
 ds/dx = 1 - tanh^2.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,15 +32,27 @@ def _logits(q, k, cfg):
 
 
 def _mask(cfg, q_pos, k_pos, q_seg, k_seg):
-  return block_mask(q_pos, k_pos, kv_len=cfg["kv_len"], causal=cfg["causal"],
-                    sliding_window=cfg["sliding_window"], q_seg=q_seg, k_seg=k_seg)
+  return block_mask(
+    q_pos,
+    k_pos,
+    kv_len=cfg["kv_len"],
+    causal=cfg["causal"],
+    sliding_window=cfg["sliding_window"],
+    q_seg=q_seg,
+    k_seg=k_seg,
+  )
 
 
 def _key_bounds(cfg, q_block_index):
   q_lo = q_block_index * cfg["block_q"] + cfg["offset"]
-  return key_block_range(q_lo, q_lo + cfg["block_q"] - 1, block_k=cfg["block_k"],
-                         num_k_blocks=cfg["num_k_blocks"], causal=cfg["causal"],
-                         sliding_window=cfg["sliding_window"])
+  return key_block_range(
+    q_lo,
+    q_lo + cfg["block_q"] - 1,
+    block_k=cfg["block_k"],
+    num_k_blocks=cfg["num_k_blocks"],
+    causal=cfg["causal"],
+    sliding_window=cfg["sliding_window"],
+  )
 
 
 def forward_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, o_ref, lse_ref, *, cfg):
@@ -67,8 +80,11 @@ def forward_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, o_ref, lse_ref, *, c
     acc = acc * alpha[:, None] + pl.dot(p.astype(v.dtype), v, precision=cfg["precision"])
     return m_new, l, acc
 
-  init = (jnp.full((bq,), MASK_VALUE, jnp.float32), jnp.zeros((bq,), jnp.float32),
-          jnp.zeros((bq, q.shape[-1]), jnp.float32))
+  init = (
+    jnp.full((bq,), MASK_VALUE, jnp.float32),
+    jnp.zeros((bq,), jnp.float32),
+    jnp.zeros((bq, q.shape[-1]), jnp.float32),
+  )
   start, end = _key_bounds(cfg, i)
   m, l, acc = lax.fori_loop(start, end, body, init)
   seen = l > 0.0  # a query with no visible key at all outputs zeros, like the reference
@@ -88,8 +104,7 @@ def _grad_tile(q, k, v, do, lse, delta, mask, cfg):
   return p, ds * cfg["scale"]
 
 
-def dq_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, do_ref, lse_ref, delta_ref, dq_ref, *,
-              cfg):
+def dq_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, do_ref, lse_ref, delta_ref, dq_ref, *, cfg):
   """Grid (batch, head, q_block): dq for one query tile, looping over its visible key tiles."""
   bq, bk = cfg["block_q"], cfg["block_k"]
   i = pl.program_id(2)
@@ -114,8 +129,9 @@ def dq_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, do_ref, lse_ref, delta_re
   dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
-def dkdv_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, do_ref, lse_ref, delta_ref, dk_ref,
-                dv_ref, *, cfg):
+def dkdv_kernel(
+  q_ref, k_ref, v_ref, qseg_ref, kseg_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, cfg
+):
   """Grid (batch, head, k_block): this query head's share of dk/dv for one key tile.
 
   k/v/kseg refs are one tile; q/do/lse/delta/qseg refs the whole (padded) query sequence.
@@ -139,9 +155,15 @@ def dkdv_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, do_ref, lse_ref, delta_
     dk = dk + pl.dot(ds.astype(q.dtype), q, trans_a=True, precision=cfg["precision"])
     return dk, dv
 
-  start, end = query_block_range(j * bk, j * bk + bk - 1, block_q=bq,
-                                 num_q_blocks=cfg["num_q_blocks"], offset=cfg["offset"],
-                                 causal=cfg["causal"], sliding_window=cfg["sliding_window"])
+  start, end = query_block_range(
+    j * bk,
+    j * bk + bk - 1,
+    block_q=bq,
+    num_q_blocks=cfg["num_q_blocks"],
+    offset=cfg["offset"],
+    causal=cfg["causal"],
+    sliding_window=cfg["sliding_window"],
+  )
   zeros = jnp.zeros(k.shape, jnp.float32)
   dk, dv = lax.fori_loop(start, end, body, (zeros, zeros))
   dk_ref[...] = dk.astype(dk_ref.dtype)

@@ -9,6 +9,7 @@ half the logits at 2,048 tokens with 256-query blocks, each block's logits small
 cache. Every block is the reference itself on a slice (its default positions place the queries
 last among the keys, which is where they are), so values equal the reference's.
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -19,8 +20,9 @@ from gemmax.ops.xla import attention_xla
 BLOCK = 256
 
 
-def attention_qblocks(q, k, v, *, scale, causal, sliding_window, softcap, segment_ids,
-                      block: int = BLOCK):
+def attention_qblocks(
+  q, k, v, *, scale, causal, sliding_window, softcap, segment_ids, block: int = BLOCK
+):
   """q: [B, T, N, H]; k, v: [B, T, K, H] (self-attention, causal). Returns [B, T, N, H]."""
   t = q.shape[1]
   if not causal or k.shape[1] != t:
@@ -31,7 +33,16 @@ def attention_qblocks(q, k, v, *, scale, causal, sliding_window, softcap, segmen
     hi = min(lo + block, t)
     start = 0 if sliding_window is None else max(0, lo - sliding_window + 1)
     segs = None if q_seg is None else (q_seg[:, lo:hi], k_seg[:, start:hi])
-    outs.append(attention_xla(q[:, lo:hi], k[:, start:hi], v[:, start:hi], scale=scale,
-                              causal=True, sliding_window=sliding_window, softcap=softcap,
-                              segment_ids=segs))
+    outs.append(
+      attention_xla(
+        q[:, lo:hi],
+        k[:, start:hi],
+        v[:, start:hi],
+        scale=scale,
+        causal=True,
+        sliding_window=sliding_window,
+        softcap=softcap,
+        segment_ids=segs,
+      )
+    )
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)

@@ -6,6 +6,7 @@ a bf16 KV cache copied the cache twice per layer and step, and so did every bloc
 attention read (bf16 SmolLM2-135M at batch 8: ~11 of a 36 ms decode step). The same operations on
 a uint16 view are native and stay in place; a same-width bitcast changes no value on any backend.
 """
+
 from __future__ import annotations
 
 import jax

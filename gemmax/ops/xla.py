@@ -1,4 +1,5 @@
 """Reference attention in plain XLA: grouped dot_generals (GQA as a reshape), f32 softmax."""
+
 from __future__ import annotations
 
 import functools
@@ -121,15 +122,30 @@ def _attend_bwd(scale, softcap, res, d_out):
   ds = (ds * scale).astype(dt)
   dq = _dot(ds, k, ((4,), (1,)), ((0, 1), (0, 2)))  # [B, K, T, G, H]
   dk = _dot(ds, q5, ((2, 3), (1, 3)), ((0, 1), (0, 2)))  # [B, K, S, H]
-  return (dq.transpose(0, 2, 1, 3, 4).astype(dt), dk.transpose(0, 2, 1, 3).astype(k.dtype),
-          dv.transpose(0, 2, 1, 3).astype(v.dtype), None)  # None: the mask has no gradient
+  return (
+    dq.transpose(0, 2, 1, 3, 4).astype(dt),
+    dk.transpose(0, 2, 1, 3).astype(k.dtype),
+    dv.transpose(0, 2, 1, 3).astype(v.dtype),
+    None,
+  )  # None: the mask has no gradient
 
 
 _attend_low_precision.defvjp(_attend_fwd, _attend_bwd)
 
 
-def attention_xla(q, k, v, *, scale, causal, sliding_window, softcap, segment_ids,
-                  q_positions=None, kv_positions=None):
+def attention_xla(
+  q,
+  k,
+  v,
+  *,
+  scale,
+  causal,
+  sliding_window,
+  softcap,
+  segment_ids,
+  q_positions=None,
+  kv_positions=None,
+):
   """q: [B, T, N, H]; k, v: [B, S, K, H] with N = K * G. Returns [B, T, N, H] in q.dtype."""
   b, t, n, h = q.shape
   s, kh = k.shape[1], k.shape[2]
@@ -139,8 +155,14 @@ def attention_xla(q, k, v, *, scale, causal, sliding_window, softcap, segment_id
   if kv_positions is None:
     kv_positions = xp.arange(s)[None]
   q_seg, k_seg = split_segments(segment_ids)
-  mask = visibility_mask(q_positions, kv_positions, causal=causal, sliding_window=sliding_window,
-                         q_seg=q_seg, k_seg=k_seg)[:, None, :, None, :]  # [B or 1, 1, T, 1, S]
+  mask = visibility_mask(
+    q_positions,
+    kv_positions,
+    causal=causal,
+    sliding_window=sliding_window,
+    q_seg=q_seg,
+    k_seg=k_seg,
+  )[:, None, :, None, :]  # [B or 1, 1, T, 1, S]
   attend = _attend_low_precision if is_low_precision(q, k, v) else _attend
   out = attend(q.reshape(b, t, kh, n // kh, h), k, v, mask, float(scale), softcap)
   return out.reshape(b, t, n, h)

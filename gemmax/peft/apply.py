@@ -1,4 +1,5 @@
 """Model surgery: wrap projections with LoRA/DoRA, quantise bases to NF4, merge adapters back."""
+
 from __future__ import annotations
 
 import jax
@@ -20,8 +21,17 @@ def _to_nf4(base):
   return NF4Linear(base.kernel[...], axes=base_axes(base), dtype=base.dtype)
 
 
-def apply(model, method: str = "lora", rank: int = 8, alpha: float = 16, targets="all-linear",
-          dropout: float = 0.0, rslora: bool = False, quantize=None, rngs: nnx.Rngs | None = None):
+def apply(
+  model,
+  method: str = "lora",
+  rank: int = 8,
+  alpha: float = 16,
+  targets="all-linear",
+  dropout: float = 0.0,
+  rslora: bool = False,
+  quantize=None,
+  rngs: nnx.Rngs | None = None,
+):
   """Replaces the targeted Linear layers of `model` in place with LoRA/DoRA adapters.
 
   targets: "all-linear" (q/k/v/o/gate/up/down, not lm_head), a list of names matched as peft
@@ -39,14 +49,27 @@ def apply(model, method: str = "lora", rank: int = 8, alpha: float = 16, targets
   chosen = select(model, targets)
   for name, base in chosen:  # check every layer before changing any
     if rank > min(base.in_features, base.out_features):
-      raise GemmaxError(f"LoRA rank {rank} exceeds min(in, out) = "
-                       f"{min(base.in_features, base.out_features)} of layer {name} "
-                       f"[{base.in_features}x{base.out_features}]")
+      raise GemmaxError(
+        f"LoRA rank {rank} exceeds min(in, out) = "
+        f"{min(base.in_features, base.out_features)} of layer {name} "
+        f"[{base.in_features}x{base.out_features}]"
+      )
   for name, base in chosen:
     if quantize == "nf4":
       base = _to_nf4(base)
-    set_module(model, name, LoRALinear(base, rank=rank, alpha=alpha, dora=method == "dora",
-                                       dropout=dropout, rslora=rslora, rngs=rngs))
+    set_module(
+      model,
+      name,
+      LoRALinear(
+        base,
+        rank=rank,
+        alpha=alpha,
+        dora=method == "dora",
+        dropout=dropout,
+        rslora=rslora,
+        rngs=rngs,
+      ),
+    )
   return model
 
 
@@ -61,8 +84,16 @@ def quantize_model(model, targets="all-linear"):
 
 
 def _plain_linear(kernel: jax.Array, *, axes, dtype, param_dtype) -> Linear:
-  lin = nnx.eval_shape(lambda: Linear(kernel.shape[0], kernel.shape[1], axes=axes, dtype=dtype,
-                                      param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+  lin = nnx.eval_shape(
+    lambda: Linear(
+      kernel.shape[0],
+      kernel.shape[1],
+      axes=axes,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=nnx.Rngs(0),
+    )
+  )
   lin.kernel.set_value(kernel.astype(param_dtype))
   return lin
 
@@ -73,9 +104,22 @@ def merge(model):
   for name, mod in list(iter_modules(model, LoRALinear)):
     base = mod.base
     pdt = base.param_dtype if isinstance(base, NF4Linear) else base.kernel[...].dtype
-    set_module(model, name, _plain_linear(mod.merged_kernel(), axes=base_axes(base),
-                                          dtype=base.dtype, param_dtype=jnp.dtype(pdt)))
+    set_module(
+      model,
+      name,
+      _plain_linear(
+        mod.merged_kernel(), axes=base_axes(base), dtype=base.dtype, param_dtype=jnp.dtype(pdt)
+      ),
+    )
   for name, mod in list(iter_modules(model, NF4Linear)):
-    set_module(model, name, _plain_linear(mod.kernel_value(jnp.float32), axes=mod.axes,
-                                          dtype=mod.dtype, param_dtype=jnp.dtype(mod.param_dtype)))
+    set_module(
+      model,
+      name,
+      _plain_linear(
+        mod.kernel_value(jnp.float32),
+        axes=mod.axes,
+        dtype=mod.dtype,
+        param_dtype=jnp.dtype(mod.param_dtype),
+      ),
+    )
   return model

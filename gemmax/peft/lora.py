@@ -6,6 +6,7 @@ DoRA:  with V = W + s*BA and g = m / ||V||_col (norm per output feature, no grad
        computed as g * (base(x) + s * B(A(x))) when there is no dropout, equal up to rounding).
 A is [in, r] (peft's lora_A.weight transposed), B is [r, out]; both float32 LoRAParams.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,14 +41,25 @@ def base_axes(base) -> tuple:
 class LoRALinear(nnx.Module):
   """An adapted projection: `base` (frozen Linear | NF4Linear) plus lora_a, lora_b [, magnitude]."""
 
-  def __init__(self, base, *, rank: int, alpha: float, dora: bool = False, dropout: float = 0.0,
-               rslora: bool = False, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    base,
+    *,
+    rank: int,
+    alpha: float,
+    dora: bool = False,
+    dropout: float = 0.0,
+    rslora: bool = False,
+    rngs: nnx.Rngs,
+  ):
     d_in, d_out = base.in_features, base.out_features
     if not isinstance(rank, int) or rank < 1:
       raise GemmaxError(f"LoRA rank must be a positive integer, got {rank!r}")
     if rank > min(d_in, d_out):
-      raise GemmaxError(f"LoRA rank {rank} exceeds min(in_features, out_features) = "
-                       f"{min(d_in, d_out)} of a {d_in}x{d_out} layer")
+      raise GemmaxError(
+        f"LoRA rank {rank} exceeds min(in_features, out_features) = "
+        f"{min(d_in, d_out)} of a {d_in}x{d_out} layer"
+      )
     if not 0.0 <= dropout < 1.0:
       raise GemmaxError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
     self.base = base
@@ -57,8 +69,10 @@ class LoRALinear(nnx.Module):
     in_axis, out_axis = base_axes(base)
     # peft default: kaiming_uniform_(a=sqrt(5)) on A [r, in] -> U(-1/sqrt(in), 1/sqrt(in)).
     bound = 1.0 / math.sqrt(d_in)
-    self.lora_a = LoRAParam(jax.random.uniform(rngs.params(), (d_in, rank), jnp.float32,
-                                               -bound, bound), axes=(in_axis, None))
+    self.lora_a = LoRAParam(
+      jax.random.uniform(rngs.params(), (d_in, rank), jnp.float32, -bound, bound),
+      axes=(in_axis, None),
+    )
     self.lora_b = LoRAParam(jnp.zeros((rank, d_out), jnp.float32), axes=(None, out_axis))
     if self.use_dora:
       self.magnitude = LoRAParam(self.weight_norm(), axes=(out_axis,))
@@ -87,8 +101,9 @@ class LoRALinear(nnx.Module):
       down = down_project(xd.astype(dt), self.lora_a[...].astype(dt))
     # s scales the rank-r activations rather than the [tokens, out] product: one pass over a
     # 16-wide array instead of a full-width one (equal up to rounding).
-    lora = matmul(down * jnp.asarray(self.scaling, dt), self.lora_b[...].astype(dt),
-                  preferred_element_type=acc)
+    lora = matmul(
+      down * jnp.asarray(self.scaling, dt), self.lora_b[...].astype(dt), preferred_element_type=acc
+    )
     if not self.use_dora:
       return (y + lora).astype(dt)
     g = self.magnitude[...] / self.weight_norm()
@@ -110,7 +125,7 @@ class LoRALinear(nnx.Module):
       return tuple(m(x) for m in mods)
     down = down_project(x.astype(dt), jnp.concatenate([m.lora_a[...] for m in mods], 1).astype(dt))
     ends = np.cumsum([m.rank for m in mods])
-    return tuple(m(x, down=down[..., e - m.rank:e]) for m, e in zip(mods, ends))
+    return tuple(m(x, down=down[..., e - m.rank : e]) for m, e in zip(mods, ends))
 
   def merged_kernel(self) -> jax.Array:
     """The plain kernel [in, out] (float32) this adapter is equivalent to."""
@@ -150,4 +165,3 @@ def has_adapters(model) -> bool:
 def trainable_filter(model):
   """What the optimizer trains: LoRAParam when the model has adapters, else every nnx.Param."""
   return LoRAParam if has_adapters(model) else nnx.Param
-

@@ -8,6 +8,7 @@ its mean is subtracted, then it is cut into blocks of 256 that are scaled by the
 absmax and stored as 8-bit indices into bitsandbytes' signed dynamic map. Storage per parameter:
 4 + 8/64 + 32/(64*256) ≈ 4.127 bits.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,11 +22,27 @@ BLOCK = 64
 ABSMAX_BLOCK = 256
 
 # bitsandbytes NF4 data type (csrc kernels' lookup table), index = 4-bit code.
-NF4_CODE = np.array([
-    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], dtype=np.float32)
+NF4_CODE = np.array(
+  [
+    -1.0,
+    -0.6961928009986877,
+    -0.5250730514526367,
+    -0.39491748809814453,
+    -0.28444138169288635,
+    -0.18477343022823334,
+    -0.09105003625154495,
+    0.0,
+    0.07958029955625534,
+    0.16093020141124725,
+    0.24611230194568634,
+    0.33791524171829224,
+    0.44070982933044434,
+    0.5626170039176941,
+    0.7229568362236023,
+    1.0,
+  ],
+  dtype=np.float32,
+)
 
 
 def dynamic_map() -> np.ndarray:
@@ -33,7 +50,7 @@ def dynamic_map() -> np.ndarray:
   values in [-1, 1]; exponent 10^-6..10^0 with 2^i linear fraction steps at exponent i."""
   data = []
   for i in range(7):
-    bounds = np.linspace(0.1, 1.0, 2 ** i + 1)
+    bounds = np.linspace(0.1, 1.0, 2**i + 1)
     means = (bounds[:-1] + bounds[1:]) / 2.0
     data += list(10.0 ** (i - 6) * means) + list(-(10.0 ** (i - 6)) * means)
   data += [0.0, 1.0]
@@ -62,19 +79,23 @@ def _blocks(flat: jax.Array, size: int) -> jax.Array:
 def quantize(w: jax.Array) -> dict[str, jax.Array]:
   """W [out, in] (any float dtype) -> {codes uint8 [n/2], absmax_q uint8 [n/64],
   absmax_scale f32 [n/64/256], absmax_offset f32 []} (sizes rounded up to whole blocks)."""
-  blocks = _blocks(jnp.asarray(w, jnp.float32).reshape(-1), BLOCK)          # [nb, 64]
-  absmax = jnp.max(jnp.abs(blocks), axis=1)                                   # [nb]
+  blocks = _blocks(jnp.asarray(w, jnp.float32).reshape(-1), BLOCK)  # [nb, 64]
+  absmax = jnp.max(jnp.abs(blocks), axis=1)  # [nb]
   safe = jnp.where(absmax == 0, 1.0, absmax)
   codes = _nearest(blocks / safe[:, None], NF4_CODE).reshape(-1, 2)
   packed = (codes[:, 0] << 4) | codes[:, 1]
   # Double quant: centre the absmax vector, then 8-bit dynamic-map codes per block of 256.
   offset = jnp.mean(absmax)
-  centred = _blocks(absmax - offset, ABSMAX_BLOCK)                           # [nb2, 256]
+  centred = _blocks(absmax - offset, ABSMAX_BLOCK)  # [nb2, 256]
   scale = jnp.max(jnp.abs(centred), axis=1)
   scale = jnp.where(scale == 0, 1.0, scale)
-  q_absmax = _nearest(centred / scale[:, None], DYNAMIC_MAP).reshape(-1)[:absmax.shape[0]]
-  return {"codes": packed.astype(jnp.uint8), "absmax_q": q_absmax,
-          "absmax_scale": scale.astype(jnp.float32), "absmax_offset": offset.astype(jnp.float32)}
+  q_absmax = _nearest(centred / scale[:, None], DYNAMIC_MAP).reshape(-1)[: absmax.shape[0]]
+  return {
+    "codes": packed.astype(jnp.uint8),
+    "absmax_q": q_absmax,
+    "absmax_scale": scale.astype(jnp.float32),
+    "absmax_offset": offset.astype(jnp.float32),
+  }
 
 
 def dequantize_absmax(absmax_q, absmax_scale, absmax_offset) -> jax.Array:
@@ -115,8 +136,9 @@ class NF4Linear(nnx.Module):
     self.absmax_offset = NF4Data(q["absmax_offset"], axes=())
 
   def arrays(self) -> dict[str, jax.Array]:
-    return {k: getattr(self, k)[...] for k in ("codes", "absmax_q", "absmax_scale",
-                                               "absmax_offset")}
+    return {
+      k: getattr(self, k)[...] for k in ("codes", "absmax_q", "absmax_scale", "absmax_offset")
+    }
 
   def weight(self, dtype=None) -> jax.Array:
     """Dequantised W [out, in] (bitsandbytes orientation)."""

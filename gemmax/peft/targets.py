@@ -3,6 +3,7 @@
 A module's name is its attribute path joined by dots, e.g. "layers.0.self_attn.q_proj"; its HF
 name (as peft sees it) adds "model." in front ("lm_head" stays as is).
 """
+
 from __future__ import annotations
 
 import re
@@ -21,7 +22,7 @@ def hf_module_name(name: str) -> str:
 
 
 def gemmax_module_name(hf_name: str) -> str:
-  return hf_name[len("model."):] if hf_name.startswith("model.") else hf_name
+  return hf_name[len("model.") :] if hf_name.startswith("model.") else hf_name
 
 
 def iter_modules(model, types) -> Iterator[tuple[str, nnx.Module]]:
@@ -33,6 +34,7 @@ def iter_modules(model, types) -> Iterator[tuple[str, nnx.Module]]:
 
 def linear_types():
   from gemmax.peft.nf4 import NF4Linear
+
   return (Linear, NF4Linear)
 
 
@@ -50,8 +52,9 @@ def matches(name: str, targets) -> bool:
 def select(model, targets) -> list[tuple[str, nnx.Module]]:
   """The base projections (Linear or NF4Linear) named by `targets`; ValueError if none."""
   if not isinstance(targets, str) and not isinstance(targets, Sequence):
-    raise GemmaxError(f"targets must be 'all-linear', a regex string or a list of names, "
-                     f"got {targets!r}")
+    raise GemmaxError(
+      f"targets must be 'all-linear', a regex string or a list of names, got {targets!r}"
+    )
   if isinstance(targets, str) and targets != "all-linear":
     try:
       re.compile(targets)
@@ -60,8 +63,10 @@ def select(model, targets) -> list[tuple[str, nnx.Module]]:
   found = [(n, m) for n, m in iter_modules(model, linear_types()) if matches(n, targets)]
   if not found:
     names = sorted({n.split(".")[-1] for n, _ in iter_modules(model, linear_types())})
-    raise GemmaxError(f"targets {targets!r} match no linear layer of the model "
-                     f"(layer names: {', '.join(names) or 'none'})")
+    raise GemmaxError(
+      f"targets {targets!r} match no linear layer of the model "
+      f"(layer names: {', '.join(names) or 'none'})"
+    )
   return found
 
 

@@ -12,6 +12,7 @@ microseconds per library dot, and a one-row bf16 chain of the 30-layer, 576-wide
 Adapted projections (a LoRA/DoRA `base`) and NF4 layers keep their layout: DoRA reads its base
 kernel as [in, out].
 """
+
 from __future__ import annotations
 
 import jax
@@ -37,8 +38,9 @@ class OutInLinear(nnx.Module):
     self.kernel = nnx.Param(linear.kernel[...].T, axes=axes[::-1] if axes else None)
 
   def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
-    return matmul_t(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                    preferred_element_type=out_dtype)
+    return matmul_t(
+      x.astype(self.dtype), self.kernel[...].astype(self.dtype), preferred_element_type=out_dtype
+    )
 
 
 class PackedProjection(nnx.Module):
@@ -49,25 +51,28 @@ class PackedProjection(nnx.Module):
     self.packed, self.start, self.stop, self.dtype = packed, start, stop, dtype
 
   def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
-    w = self.packed[...][self.start:self.stop]  # alone: a slice of the kernel
+    w = self.packed[...][self.start : self.stop]  # alone: a slice of the kernel
     return matmul_t(x.astype(self.dtype), w.astype(self.dtype), preferred_element_type=out_dtype)
 
   @staticmethod
   def shared_input(mods, x: jax.Array) -> tuple:
     first = mods[0]
-    whole = (all(m.packed is first.packed and m.dtype == first.dtype for m in mods)
-             and [m.start for m in mods] == [0] + [m.stop for m in mods[:-1]]
-             and mods[-1].stop == first.packed.shape[0])
+    whole = (
+      all(m.packed is first.packed and m.dtype == first.dtype for m in mods)
+      and [m.start for m in mods] == [0] + [m.stop for m in mods[:-1]]
+      and mods[-1].stop == first.packed.shape[0]
+    )
     if not whole:
       return tuple(m(x) for m in mods)
     y = matmul_t(x.astype(first.dtype), first.packed[...].astype(first.dtype))
-    return tuple(y[..., m.start:m.stop] for m in mods)
+    return tuple(y[..., m.start : m.stop] for m in mods)
 
 
 def decode_linears(model) -> list:
   """The plain Linear modules of `model` that are not the base of an adapter."""
-  return [m for path, m in nnx.iter_graph(model)
-          if type(m) is Linear and path and path[-1] != "base"]
+  return [
+    m for path, m in nnx.iter_graph(model) if type(m) is Linear and path and path[-1] != "base"
+  ]
 
 
 def use_out_in(batch: int, setting=None, dtype="float32") -> bool:

@@ -4,6 +4,7 @@
 early when every row is done); `prefill_step` / `decode_step` serve the streaming Python loop.
 `graphdef` and `state` may be the decode copy of gemmax.sampling.layout.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,13 +25,32 @@ def _forward(graphdef, state, tokens, positions, segments, cache):
 
 
 def _pick(logits, rng, temperature, top_p, greedy, top_k, use_top_p):
-  return choose(logits, rng, greedy=greedy, temperature=temperature, top_k=top_k,
-                top_p=top_p if use_top_p else None)
+  return choose(
+    logits,
+    rng,
+    greedy=greedy,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p if use_top_p else None,
+  )
 
 
 @functools.partial(jax.jit, static_argnames=_SAMPLING, donate_argnames=("cache",))
-def prefill_step(state, tokens, positions, segments, cache, rng, temperature, top_p, *,
-                 graphdef, greedy, top_k, use_top_p):
+def prefill_step(
+  state,
+  tokens,
+  positions,
+  segments,
+  cache,
+  rng,
+  temperature,
+  top_p,
+  *,
+  graphdef,
+  greedy,
+  top_k,
+  use_top_p,
+):
   """Left-padded prompts [B, P] -> (first tokens [B], their logprobs [B], cache)."""
   logits, cache = _forward(graphdef, state, tokens, positions, segments, cache)
   tok, lp = _pick(logits, rng, temperature, top_p, greedy, top_k, use_top_p)
@@ -38,8 +58,9 @@ def prefill_step(state, tokens, positions, segments, cache, rng, temperature, to
 
 
 @functools.partial(jax.jit, static_argnames=_SAMPLING, donate_argnames=("cache",))
-def decode_step(state, token, position, cache, rng, temperature, top_p, *,
-                graphdef, greedy, top_k, use_top_p):
+def decode_step(
+  state, token, position, cache, rng, temperature, top_p, *, graphdef, greedy, top_k, use_top_p
+):
   """One token per row: token, position [B] -> (next tokens [B], logprobs [B], cache)."""
   ones = jnp.ones_like(token)[:, None]
   logits, cache = _forward(graphdef, state, token[:, None], position[:, None], ones, cache)
@@ -47,10 +68,25 @@ def decode_step(state, token, position, cache, rng, temperature, top_p, *,
   return tok, lp, cache
 
 
-@functools.partial(jax.jit, static_argnames=_SAMPLING + ("num_steps",),
-                   donate_argnames=("cache",))
-def generate_loop(state, tokens, positions, segments, cache, rng, temperature, top_p,
-                  stop_ids, pad_id, *, graphdef, num_steps, greedy, top_k, use_top_p):
+@functools.partial(jax.jit, static_argnames=_SAMPLING + ("num_steps",), donate_argnames=("cache",))
+def generate_loop(
+  state,
+  tokens,
+  positions,
+  segments,
+  cache,
+  rng,
+  temperature,
+  top_p,
+  stop_ids,
+  pad_id,
+  *,
+  graphdef,
+  num_steps,
+  greedy,
+  top_k,
+  use_top_p,
+):
   """Prefill + up to num_steps - 1 decode steps.
 
   Returns (tokens [B, num_steps], logprobs [B, num_steps], steps run, cache). A row stops after
@@ -73,8 +109,9 @@ def generate_loop(state, tokens, positions, segments, cache, rng, temperature, t
   def body(carry):
     i, tok, out_tok, out_lp, done, cache, rng = carry
     rng, sub = jax.random.split(rng)
-    logits, cache = _forward(graphdef, state, tok[:, None], (next_pos + i - 1)[:, None],
-                             jnp.ones((b, 1), jnp.int32), cache)
+    logits, cache = _forward(
+      graphdef, state, tok[:, None], (next_pos + i - 1)[:, None], jnp.ones((b, 1), jnp.int32), cache
+    )
     new, lp = _pick(logits, sub, temperature, top_p, **kw)
     new = jnp.where(done, pad_id, new)
     lp = jnp.where(done, 0.0, lp)

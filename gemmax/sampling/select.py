@@ -1,4 +1,5 @@
 """Choosing the next token from logits: greedy, temperature, top-k and top-p (nucleus)."""
+
 from __future__ import annotations
 
 import jax

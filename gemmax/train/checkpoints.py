@@ -6,6 +6,7 @@ A checkpoint (one step directory) holds three items:
   meta       JSON: step, the run's RNG key data, and the data iterator state
 The frozen base is not saved: it is rebuilt from the model source (HF dir / preset + seed).
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,10 +36,15 @@ class RunCheckpointer:
   def __init__(self, directory: str, *, every: int, keep: int = 3, async_save: bool = True):
     self.every, self.directory = every, os.path.abspath(directory)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=max(1, every), create=True,
-        enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("params", "opt_state", "meta"))
+      max_to_keep=keep,
+      save_interval_steps=max(1, every),
+      create=True,
+      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=True,
+    )
+    self.manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=("params", "opt_state", "meta")
+    )
 
   def latest_step(self):
     return self.manager.latest_step()
@@ -48,9 +54,11 @@ class RunCheckpointer:
       return False
     check_finite(params.to_pure_dict(), f"step {step} parameters")
     check_finite(opt_state, f"step {step} optimizer state")
-    args = ocp.args.Composite(params=ocp.args.StandardSave(params.to_pure_dict()),
-                              opt_state=ocp.args.StandardSave(opt_state),
-                              meta=ocp.args.JsonSave(meta))
+    args = ocp.args.Composite(
+      params=ocp.args.StandardSave(params.to_pure_dict()),
+      opt_state=ocp.args.StandardSave(opt_state),
+      meta=ocp.args.JsonSave(meta),
+    )
     return self.manager.save(step, args=args, force=force)
 
   def restore(self, params: nnx.State, opt_state, step: int | None = None):
@@ -64,19 +72,28 @@ class RunCheckpointer:
     failures = []
     for s in steps:
       try:
-        out = self.manager.restore(s, args=ocp.args.Composite(
+        out = self.manager.restore(
+          s,
+          args=ocp.args.Composite(
             params=ocp.args.StandardRestore(abstract(params.to_pure_dict())),
             opt_state=ocp.args.StandardRestore(abstract(opt_state)),
-            meta=ocp.args.JsonRestore()))
+            meta=ocp.args.JsonRestore(),
+          ),
+        )
       except Exception as e:  # noqa: BLE001 -- any unreadable step: fall back to an older one
         failures.append(f"step {s}: {' '.join(str(e).split())[:300]}")
-        log.warning("checkpoint %s/%s cannot be restored (%s); trying an older one",
-                    self.directory, s, failures[-1])
+        log.warning(
+          "checkpoint %s/%s cannot be restored (%s); trying an older one",
+          self.directory,
+          s,
+          failures[-1],
+        )
         continue
       nnx.replace_by_pure_dict(params, out["params"])
       return params, out["opt_state"], out["meta"]
-    raise GemmaxError(f"{self.directory}: no checkpoint could be restored "
-                      f"({'; '.join(failures) or 'none found'})")
+    raise GemmaxError(
+      f"{self.directory}: no checkpoint could be restored ({'; '.join(failures) or 'none found'})"
+    )
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -94,15 +111,20 @@ def _finite_flags(leaves):
 
 def check_finite(tree, what: str) -> None:
   """Raises NonFiniteError if a floating-point leaf of `tree` holds NaN or Inf."""
-  leaves = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-            if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [
+    (p, x)
+    for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   if not leaves:
     return
   ok = jax.device_get(_finite_flags([x for _, x in leaves]))
   bad = [jax.tree_util.keystr(p) for (p, _), good in zip(leaves, ok) if not good]
   if bad:
-    raise NonFiniteError(f"refusing to checkpoint {what}: NaN/Inf in {', '.join(bad[:3])}"
-                         + (f" and {len(bad) - 3} more" if len(bad) > 3 else ""))
+    raise NonFiniteError(
+      f"refusing to checkpoint {what}: NaN/Inf in {', '.join(bad[:3])}"
+      + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    )
 
 
 def key_to_json(key: jax.Array) -> list[int]:
@@ -139,8 +161,9 @@ def average_checkpoints(paths: Sequence[str], item: str = "params") -> dict[str,
       raise GemmaxError(f"{path}: parameter tree differs from {paths[0]}")
     for (kp, a), b in zip(jax.tree_util.tree_flatten_with_path(first)[0], jax.tree.leaves(tree)):
       if a.shape != b.shape:
-        raise GemmaxError(f"{path}: {jax.tree_util.keystr(kp)} has shape {b.shape}, "
-                         f"expected {a.shape}")
+        raise GemmaxError(
+          f"{path}: {jax.tree_util.keystr(kp)} has shape {b.shape}, expected {a.shape}"
+        )
     total = jax.tree.map(lambda t, x: t + jnp.asarray(x, jnp.float32), total, tree)
   n = float(len(paths))
   return jax.tree.map(lambda t, x: (t / n).astype(x.dtype), total, first)

@@ -12,6 +12,7 @@ response token counts the same whatever example it belongs to. With gradient acc
 step sums CE and token counts over micro-batches and divides once, so accumulation gives the
 same loss as one big batch.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,12 +27,13 @@ from gemmax.ops.common import index_equals
 
 # Default number of float32 logits per chunk (2**24 = 64 MiB): the chunk length in tokens is
 # this budget divided by the vocabulary size, so memory stays flat as the vocabulary grows.
-DEFAULT_LOGIT_BUDGET = 2 ** 24
+DEFAULT_LOGIT_BUDGET = 2**24
 
 
 class CESums(NamedTuple):
   """Sums over masked tokens: cross-entropy, correct top-1 predictions (the target logit is the
   maximum; a tie counts as correct), and token count."""
+
   loss_sum: jax.Array
   correct: jax.Array
   count: jax.Array
@@ -47,7 +49,8 @@ def _scored_rows(m: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
   keep = m != 0
   size = -(-m.shape[0] // chunk) * chunk
   return jnp.nonzero(keep, size=size, fill_value=0)[0].astype(jnp.int32), jnp.sum(
-      keep, dtype=jnp.int32)
+    keep, dtype=jnp.int32
+  )
 
 
 def _chunk_logits(w, h, y, m, rows, count, j, chunk, softcap, vocab_major):
@@ -76,8 +79,7 @@ def _scored_ce(w, h, y, m, chunk, softcap, vocab_major):
   rows, count = _scored_rows(m, chunk)
 
   def body(j, acc):
-    *_, mc, _, mx, lse, tl = _chunk_logits(w, h, y, m, rows, count, j, chunk, softcap,
-                                           vocab_major)
+    *_, mc, _, mx, lse, tl = _chunk_logits(w, h, y, m, rows, count, j, chunk, softcap, vocab_major)
     return jax.tree.map(jnp.add, acc, _sums(mc, mx, lse, tl))
 
   zero = jnp.zeros((), jnp.float32)
@@ -104,8 +106,9 @@ def _scored_ce_fwd(w, h, y, m, chunk, softcap, vocab_major):
 
   def body(j, acc):
     sums, dh, dw = acc
-    r, hc, yc, mc, logits, mx, lse, tl = _chunk_logits(w, h, y, m, rows, count, j, chunk,
-                                                       softcap, vocab_major)
+    r, hc, yc, mc, logits, mx, lse, tl = _chunk_logits(
+      w, h, y, m, rows, count, j, chunk, softcap, vocab_major
+    )
     d = (jnp.exp(logits - lse[:, None]) - index_equals(yc, logits.shape[-1])) * mc[:, None]
     if softcap is not None:  # the capped logits are kept: t = logits / cap (one array, not two)
       t = logits / softcap
@@ -141,9 +144,16 @@ def chunk_tokens_for(vocab_size: int, n_tokens: int, budget: int = DEFAULT_LOGIT
   return int(max(1, min(n_tokens, budget // max(1, vocab_size))))
 
 
-def cross_entropy_sums(hidden: jax.Array, weight: jax.Array, targets: jax.Array,
-                       loss_mask: jax.Array, *, softcap: Optional[float] = None,
-                       chunk: Optional[int] = None, vocab_major: bool = False) -> CESums:
+def cross_entropy_sums(
+  hidden: jax.Array,
+  weight: jax.Array,
+  targets: jax.Array,
+  loss_mask: jax.Array,
+  *,
+  softcap: Optional[float] = None,
+  chunk: Optional[int] = None,
+  vocab_major: bool = False,
+) -> CESums:
   """Masked CE sums of `softcap(hidden @ weight)` against `targets`, chunked over the scored
   tokens (loss_mask != 0) only: fine-tuning scores responses, so most positions need no logits.
 
@@ -162,8 +172,9 @@ def cross_entropy_sums(hidden: jax.Array, weight: jax.Array, targets: jax.Array,
   chunk = chunk or chunk_tokens_for(weight.shape[0 if vocab_major else 1], n)
   m = jnp.asarray(loss_mask).reshape(n).astype(jnp.float32)
   y = jnp.asarray(targets).reshape(n).astype(jnp.int32)
-  loss_sum, correct = _scored_ce(weight.astype(hidden.dtype), hidden.reshape(n, d), y, m,
-                                 min(chunk, n), softcap, vocab_major)
+  loss_sum, correct = _scored_ce(
+    weight.astype(hidden.dtype), hidden.reshape(n, d), y, m, min(chunk, n), softcap, vocab_major
+  )
   return CESums(loss_sum, jax.lax.stop_gradient(correct), jnp.sum(m))
 
 
@@ -176,8 +187,12 @@ def cross_entropy(hidden, weight, targets, loss_mask, *, softcap=None, chunk=Non
 
 def naive_cross_entropy(hidden, weight, targets, loss_mask, *, softcap=None):
   """Dense reference (materialises [B, T, V] logits); for tests and small vocabularies."""
-  logits = _softcap(jnp.einsum("btd,dv->btv", hidden, weight.astype(hidden.dtype),
-                               preferred_element_type=jnp.float32), softcap)
+  logits = _softcap(
+    jnp.einsum(
+      "btd,dv->btv", hidden, weight.astype(hidden.dtype), preferred_element_type=jnp.float32
+    ),
+    softcap,
+  )
   logp = jax.nn.log_softmax(logits, axis=-1)
   ce = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
   m = loss_mask.astype(jnp.float32)
@@ -188,10 +203,12 @@ def naive_cross_entropy(hidden, weight, targets, loss_mask, *, softcap=None):
 
 def model_loss_sums(model, batch, *, chunk=None) -> CESums:
   """Run `model` on a batch dict (input_ids, targets, loss_mask, positions, segment_ids)."""
-  h = model.hidden_states(batch["input_ids"], positions=batch.get("positions"),
-                          segment_ids=batch.get("segment_ids"))
+  h = model.hidden_states(
+    batch["input_ids"], positions=batch.get("positions"), segment_ids=batch.get("segment_ids")
+  )
   cfg = model.config
   cap = cfg.final_logit_softcapping if cfg.family == "gemma2" else None
   w, vocab_major = model.output_projection()
-  return cross_entropy_sums(h, w, batch["targets"], batch["loss_mask"], softcap=cap, chunk=chunk,
-                            vocab_major=vocab_major)
+  return cross_entropy_sums(
+    h, w, batch["targets"], batch["loss_mask"], softcap=cap, chunk=chunk, vocab_major=vocab_major
+  )

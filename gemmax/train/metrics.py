@@ -1,4 +1,5 @@
 """Run logging: metrics.jsonl (one JSON object per logged step), TensorBoard, loss-curve PNG."""
+
 from __future__ import annotations
 
 import json
@@ -84,6 +85,7 @@ def read_jsonl(path: str, skip_torn: bool = False) -> list[dict]:
 def plot_loss_curve(history: list[dict], path: str, title: str = "") -> str:
   """Train loss (and eval_loss where logged) against step, written as a PNG."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 

@@ -5,6 +5,7 @@ Cloud schedulers send SIGTERM before preempting a VM, and Ctrl-C sends SIGINT. I
 its step, writes a checkpoint and raises `gemmax.errors.Preempted`. A second signal of the same kind
 acts as usual (SIGINT raises KeyboardInterrupt, SIGTERM kills), for when waiting is not an option.
 """
+
 from __future__ import annotations
 
 import signal

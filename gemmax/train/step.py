@@ -5,6 +5,7 @@ and optimizer state: LoRA/DoRA parameters when adapters exist, else every nnx.Pa
 (the frozen base, quantized weights, RNG state). `rest` is passed to every step unchanged and is
 never donated or copied; `params` and `opt_state` are donated so updates reuse their buffers.
 """
+
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
@@ -29,6 +30,7 @@ def trainable_filter(model):
 
 class SplitModel(NamedTuple):
   """graphdefs for training (dropout on) and eval (dropout off), trainable params, the rest."""
+
   train_def: object
   eval_def: object
   params: nnx.State
@@ -74,13 +76,22 @@ def per_token_metrics(s) -> dict:
 
 
 def _metrics(s, grad_norm, finite) -> dict:
-  return {**per_token_metrics(s), "grad_norm": grad_norm,
-          "nonfinite": 1.0 - finite.astype(jnp.float32)}
+  return {
+    **per_token_metrics(s),
+    "grad_norm": grad_norm,
+    "nonfinite": 1.0 - finite.astype(jnp.float32),
+  }
 
 
-def make_train_step(train_def, optimizer: optax.GradientTransformation, *, accum_steps: int = 1,
-                    loss_chunk: int | None = None, donate: bool = True,
-                    loss_fn: Callable | None = None) -> Callable:
+def make_train_step(
+  train_def,
+  optimizer: optax.GradientTransformation,
+  *,
+  accum_steps: int = 1,
+  loss_chunk: int | None = None,
+  donate: bool = True,
+  loss_fn: Callable | None = None,
+) -> Callable:
   """`step(params, opt_state, rest, batch, rng) -> (params, opt_state, metrics)`, jitted.
 
   batch: dict of [B, T] arrays (input_ids, targets, loss_mask, positions, segment_ids). With
@@ -93,8 +104,9 @@ def make_train_step(train_def, optimizer: optax.GradientTransformation, *, accum
   """
   if accum_steps < 1:
     raise GemmaxError(f"accum_steps must be >= 1, got {accum_steps}")
-  grad_fn = jax.grad(lambda p, r, b, k: _loss_sums(train_def, p, r, b, k, loss_chunk, loss_fn),
-                     has_aux=True)
+  grad_fn = jax.grad(
+    lambda p, r, b, k: _loss_sums(train_def, p, r, b, k, loss_chunk, loss_fn), has_aux=True
+  )
 
   def step(params, opt_state, rest, batch, rng):
     if accum_steps == 1:
@@ -103,8 +115,9 @@ def make_train_step(train_def, optimizer: optax.GradientTransformation, *, accum
       rows = next(iter(batch.values())).shape[0]
       if rows % accum_steps:
         raise GemmaxError(f"batch of {rows} rows does not split into {accum_steps} micro-batches")
-      micro = jax.tree.map(lambda x: x.reshape(accum_steps, rows // accum_steps, *x.shape[1:]),
-                           batch)
+      micro = jax.tree.map(
+        lambda x: x.reshape(accum_steps, rows // accum_steps, *x.shape[1:]), batch
+      )
 
       def body(carry, xs):
         i, mb = xs
@@ -132,8 +145,9 @@ def make_train_step(train_def, optimizer: optax.GradientTransformation, *, accum
   return jax.jit(step, donate_argnums=(0, 1) if donate else ())
 
 
-def make_eval_step(eval_def, *, loss_chunk: int | None = None,
-                   loss_fn: Callable | None = None) -> Callable:
+def make_eval_step(
+  eval_def, *, loss_chunk: int | None = None, loss_fn: Callable | None = None
+) -> Callable:
   """`eval_step(params, rest, batch) -> CESums` (or loss_fn's sums; dropout off); sum these over
   an eval set."""
 

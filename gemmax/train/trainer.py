@@ -11,6 +11,7 @@ Reliability: a NaN/Inf loss or gradient skips that update and is counted (`nonfi
 metrics and summary), or raises NonFiniteError with `halt_on_nonfinite`; a batch with no scored
 token raises; SIGTERM/SIGINT finish the step, checkpoint, and raise errors.Preempted.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,20 +37,21 @@ from gemmax.train.workdir import write_atomic
 @dataclasses.dataclass(frozen=True)
 class TrainerConfig:
   """Loop settings. Intervals are in optimizer steps; 0 turns a feature off."""
+
   workdir: str
   steps: int
-  accum_steps: int = 1           # micro-batches per optimizer step (the batch is split A ways)
+  accum_steps: int = 1  # micro-batches per optimizer step (the batch is split A ways)
   log_every: int = 10
   eval_every: int = 0
-  eval_batches: int = 0          # 0: the whole held-out iterator
+  eval_batches: int = 0  # 0: the whole held-out iterator
   checkpoint_every: int = 0
   keep_checkpoints: int = 3
   async_checkpointing: bool = True
   seed: int = 0
   loss_chunk: Optional[int] = None  # tokens per loss chunk (default: from the vocabulary size)
   progress: bool = True
-  save_adapter: bool = True      # HF PEFT adapter into workdir/adapter when adapters exist
-  save_merged: bool = False      # merged model in HF format into workdir/merged
+  save_adapter: bool = True  # HF PEFT adapter into workdir/adapter when adapters exist
+  save_merged: bool = False  # merged model in HF format into workdir/merged
   halt_on_nonfinite: bool = False  # NaN/Inf loss or grads: raise (checks every step) vs skip
 
   def validate(self):
@@ -73,9 +75,18 @@ def _has_adapters(model) -> bool:
 class Trainer:
   """Owns the split model, optimizer state, step counter and RNG of one run."""
 
-  def __init__(self, model, optimizer: OptimizerConfig, config: TrainerConfig, *,
-               train_data: Iterator[dict], eval_data: Optional[Callable[[], Iterable]] = None,
-               trainable=None, mesh=None, loss_fn=None):
+  def __init__(
+    self,
+    model,
+    optimizer: OptimizerConfig,
+    config: TrainerConfig,
+    *,
+    train_data: Iterator[dict],
+    eval_data: Optional[Callable[[], Iterable]] = None,
+    trainable=None,
+    mesh=None,
+    loss_fn=None,
+  ):
     """mesh: a gemmax.sharding mesh the model is already sharded over (load_hf(mesh=...) or
     create_sharded, then peft.apply + shard_model); batches are split over its data and fsdp
     axes, each process feeding its own rows. loss_fn: see make_train_step (default: CE)."""
@@ -90,11 +101,16 @@ class Trainer:
     self.rng = jax.random.key(config.seed)
     self.step = 0
     self.nonfinite = 0.0  # skipped updates so far; a device scalar while running (no sync)
-    self.train_step = make_train_step(self.split.train_def, self.tx,
-                                      accum_steps=config.accum_steps, loss_chunk=config.loss_chunk,
-                                      loss_fn=loss_fn)
-    self.eval_step = make_eval_step(self.split.eval_def, loss_chunk=config.loss_chunk,
-                                    loss_fn=loss_fn)
+    self.train_step = make_train_step(
+      self.split.train_def,
+      self.tx,
+      accum_steps=config.accum_steps,
+      loss_chunk=config.loss_chunk,
+      loss_fn=loss_fn,
+    )
+    self.eval_step = make_eval_step(
+      self.split.eval_def, loss_chunk=config.loss_chunk, loss_fn=loss_fn
+    )
     self.checkpointer = None
     if config.checkpoint_every:
       self._open_checkpointer()
@@ -114,21 +130,28 @@ class Trainer:
     if self.checkpointer is None:
       cfg = self.config
       self.checkpointer = ckpt.RunCheckpointer(
-          os.path.join(cfg.workdir, "checkpoints"), every=cfg.checkpoint_every,
-          keep=cfg.keep_checkpoints, async_save=cfg.async_checkpointing)
+        os.path.join(cfg.workdir, "checkpoints"),
+        every=cfg.checkpoint_every,
+        keep=cfg.keep_checkpoints,
+        async_save=cfg.async_checkpointing,
+      )
     return self.checkpointer
 
   def _meta(self) -> dict:
     get_state = getattr(self.train_data, "get_state", None)
-    return {"step": self.step, "rng": ckpt.key_to_json(self.rng),
-            "data_state": get_state() if get_state else None,
-            "nonfinite_steps": int(jax.device_get(self.nonfinite))}
+    return {
+      "step": self.step,
+      "rng": ckpt.key_to_json(self.rng),
+      "data_state": get_state() if get_state else None,
+      "nonfinite_steps": int(jax.device_get(self.nonfinite)),
+    }
 
   def maybe_restore(self) -> bool:
     """Restore the latest complete checkpoint in workdir, if any (also one written on preemption
     with periodic checkpoints off). Returns whether one was restored."""
     if self.checkpointer is None and os.path.isdir(
-        os.path.join(self.config.workdir, "checkpoints")):
+      os.path.join(self.config.workdir, "checkpoints")
+    ):
       self._open_checkpointer()
     if self.checkpointer is None or self.checkpointer.latest_step() is None:
       return False
@@ -154,6 +177,7 @@ class Trainer:
       axes = ("batch",) + (None,) * (x.ndim - 1)
       spec = sharding.sharding_for_axes(axes, shape, self.mesh, name="batch")
       return jax.make_array_from_process_local_data(spec, x, shape)
+
     return {k: put(v) for k, v in batch.items()}
 
   def _mesh_context(self):
@@ -201,26 +225,34 @@ class Trainer:
           step_rng = jax.random.fold_in(self.rng, self.step)
           with self._mesh_context():
             self.params, self.opt_state, metrics = self.train_step(
-                self.params, self.opt_state, self.rest, self._place(batch), step_rng)
+              self.params, self.opt_state, self.rest, self._place(batch), step_rng
+            )
           self.step += 1
           self.nonfinite = self.nonfinite + metrics["nonfinite"]
           if cfg.halt_on_nonfinite and float(metrics["nonfinite"]):  # a sync per step, by choice
             raise NonFiniteError(
-                f"step {self.step}: non-finite loss or gradients (loss "
-                f"{float(metrics['loss'])}, grad_norm {float(metrics['grad_norm'])}); halted "
-                "(halt_on_nonfinite); the update was not applied")
+              f"step {self.step}: non-finite loss or gradients (loss "
+              f"{float(metrics['loss'])}, grad_norm {float(metrics['grad_norm'])}); halted "
+              "(halt_on_nonfinite); the update was not applied"
+            )
           tokens_since += int(np.prod(np.shape(batch["input_ids"])))
           final = self.step == cfg.steps
-          do_eval = self.eval_data is not None and cfg.eval_every and (
-              self.step % cfg.eval_every == 0 or final)
+          do_eval = (
+            self.eval_data is not None
+            and cfg.eval_every
+            and (self.step % cfg.eval_every == 0 or final)
+          )
           if self.step % cfg.log_every == 0 or do_eval or final:
             last = {k: float(v) for k, v in jax.device_get(metrics).items()}
             now = time.perf_counter()
             rate = tokens_since / max(now - t_last, 1e-9)
             if self.step - start_step > 1:  # the first interval includes compilation
               rates.append(rate)
-            last.update(tokens_per_sec=rate, learning_rate=float(self.schedule(self.step - 1)),
-                        nonfinite_steps=int(jax.device_get(self.nonfinite)))
+            last.update(
+              tokens_per_sec=rate,
+              learning_rate=float(self.schedule(self.step - 1)),
+              nonfinite_steps=int(jax.device_get(self.nonfinite)),
+            )
             if do_eval:
               last.update(self.evaluate())
             writer.write(self.step, last)
@@ -228,8 +260,9 @@ class Trainer:
             if bar is not None:
               bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{rate:,.0f}")
           if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or final):
-            self.checkpointer.save(self.step, self.params, self.opt_state, self._meta(),
-                                   force=final)
+            self.checkpointer.save(
+              self.step, self.params, self.opt_state, self._meta(), force=final
+            )
           if bar is not None:
             bar.update(1)
           if stop.requested and not final:
@@ -247,9 +280,11 @@ class Trainer:
     mask = batch.get("loss_mask")
     # Only host (numpy) batches of a single process: elsewhere a per-process raise would hang.
     if isinstance(mask, np.ndarray) and jax.process_count() == 1 and not mask.any():
-      raise GemmaxError(f"training batch {self.step + 1} has no scored token (its loss_mask is all "
-                        "0): every response was cut off or masked; check data.seq_len and the "
-                        "data format")
+      raise GemmaxError(
+        f"training batch {self.step + 1} has no scored token (its loss_mask is all "
+        "0): every response was cut off or masked; check data.seq_len and the "
+        "data format"
+      )
 
   def _preempt(self, signal_name: str):
     """Checkpoint the finished step (unless just saved) and raise Preempted."""
@@ -264,23 +299,30 @@ class Trainer:
     cfg = self.config
     nnx.update(self.model, self.params)  # the model holds the trained weights again
     summary = {
-        "steps": self.step, "final_loss": last.get("loss"), "final_accuracy": last.get("accuracy"),
-        "final_eval_loss": last.get("eval_loss"), "final_eval_accuracy": last.get("eval_accuracy"),
-        "first_loss": history[0]["loss"] if history else None,
-        "tokens_per_sec": float(np.mean(rates)) if rates else last.get("tokens_per_sec"),
-        "wall_seconds": wall, "trainable_params": self.trainable_params,
-        "total_params": self.total_params, "devices": [str(d) for d in jax.devices()],
-        "nonfinite_steps": int(jax.device_get(self.nonfinite)),
+      "steps": self.step,
+      "final_loss": last.get("loss"),
+      "final_accuracy": last.get("accuracy"),
+      "final_eval_loss": last.get("eval_loss"),
+      "final_eval_accuracy": last.get("eval_accuracy"),
+      "first_loss": history[0]["loss"] if history else None,
+      "tokens_per_sec": float(np.mean(rates)) if rates else last.get("tokens_per_sec"),
+      "wall_seconds": wall,
+      "trainable_params": self.trainable_params,
+      "total_params": self.total_params,
+      "devices": [str(d) for d in jax.devices()],
+      "nonfinite_steps": int(jax.device_get(self.nonfinite)),
     }
     if history:
       summary["loss_curve"] = plot_loss_curve(history, os.path.join(cfg.workdir, "loss_curve.png"))
     if cfg.save_adapter and _has_adapters(self.model):
       from gemmax import peft
+
       path = os.path.join(cfg.workdir, "adapter")
       peft.save_adapter(self.model, path)
       summary["adapter"] = path
     if cfg.save_merged:
       from gemmax import convert, peft
+
       path = os.path.join(cfg.workdir, "merged")
       merged = peft.merge(self.model) if _has_adapters(self.model) else self.model
       convert.save_hf(merged if merged is not None else self.model, path)
@@ -295,4 +337,5 @@ def _progress(cfg: TrainerConfig, initial: int):
   if not cfg.progress:
     return None
   from tqdm.auto import tqdm
+
   return tqdm(total=cfg.steps, initial=initial, desc="train", unit="step", dynamic_ncols=True)

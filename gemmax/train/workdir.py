@@ -10,6 +10,7 @@ Policy (`check_workdir` reads only; `claim_workdir` then writes config.json):
   * not a directory, or not writable: refused.
 Files are written whole: to a temporary name in the same directory, then `os.replace`d.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,10 @@ def check_workdir(path: str, config: dict, may_differ: Iterable[str] = ()) -> bo
     return False
   saved = os.path.join(path, CONFIG)
   if not os.path.isfile(saved):
-    raise WorkdirError(f"workdir {path} is not empty and holds no {CONFIG} (not a gemmax run); "
-                       "choose a new or empty workdir")
+    raise WorkdirError(
+      f"workdir {path} is not empty and holds no {CONFIG} (not a gemmax run); "
+      "choose a new or empty workdir"
+    )
   try:
     with open(saved, encoding="utf-8") as f:
       old = json.load(f)
@@ -89,8 +92,10 @@ def check_workdir(path: str, config: dict, may_differ: Iterable[str] = ()) -> bo
   diff = config_diff(old, config, may_differ)
   if diff:
     shown = "; ".join(diff[:4]) + (f"; ... {len(diff) - 4} more" if len(diff) > 4 else "")
-    raise WorkdirError(f"workdir {path} holds a run with a different config ({shown}); "
-                       "use a new workdir to start another run, or the same config to resume")
+    raise WorkdirError(
+      f"workdir {path} holds a run with a different config ({shown}); "
+      "use a new workdir to start another run, or the same config to resume"
+    )
   return True
 
 
