@@ -19,7 +19,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gemmax import sharding as S  # noqa: E402
-from gemmax.models import ModelConfig, abstract_train_state, train_state_bytes  # noqa: E402
+from gemmax.models import ModelConfig  # noqa: E402
+from gemmax.train import abstract_train_state, train_state_bytes  # noqa: E402
 
 PRESETS = ["gemma2-9b", "gemma2-27b", "llama3.1-8b", "llama3.1-70b"]
 MESHES = [(1, 1, 1), (1, 8, 1), (1, 4, 2), (1, 64, 1)]

@@ -91,7 +91,7 @@ def build_student(c, teacher_config=None, mesh=None):
   from flax import nnx
   from gemmax import peft, sharding
   from gemmax.convert import load_hf
-  from gemmax.models import ModelConfig, Transformer
+  from gemmax.models import ModelConfig, Transformer, create_sharded
 
   s = c.student
   if s.path:
@@ -119,7 +119,7 @@ def build_student(c, teacher_config=None, mesh=None):
     except TypeError as e:
       raise ConfigError(f"student.overrides: {e}") from None
     model = (
-      sharding.create_sharded(cfg, mesh, c.seed)
+      create_sharded(cfg, mesh, c.seed)
       if mesh is not None
       else Transformer(cfg, rngs=nnx.Rngs(c.seed))
     )

@@ -81,7 +81,7 @@ def build_model(c, mesh=None):
   from flax import nnx
   from gemmax import peft, sharding
   from gemmax.convert import load
-  from gemmax.models import ModelConfig, Transformer
+  from gemmax.models import ModelConfig, Transformer, create_sharded
 
   run = dict(remat=c.model.remat, attn_impl=c.model.attn_impl)
   if c.model.path:
@@ -93,7 +93,7 @@ def build_model(c, mesh=None):
       c.model.preset, dtype=c.model.dtype, param_dtype=c.model.param_dtype or "float32", **run
     )
     model = (
-      sharding.create_sharded(cfg, mesh, c.seed)
+      create_sharded(cfg, mesh, c.seed)
       if mesh is not None
       else Transformer(cfg, rngs=nnx.Rngs(c.seed))
     )

@@ -187,18 +187,6 @@ def shard_model(model, mesh: Mesh, rules=None, *, lenient: bool = False):
   return model
 
 
-def create_sharded(config, mesh: Mesh, rngs_seed: int = 0, rules=None, *, lenient: bool = False):
-  """A Transformer initialised under jit straight into its shards (no full host copy)."""
-  from gemmax.models.transformer import Transformer
-
-  build = lambda: Transformer(config, rngs=nnx.Rngs(rngs_seed))
-  abstract = nnx.eval_shape(build)
-  graphdef, abstract_state = nnx.split(abstract)
-  shardings = model_shardings(abstract_state, mesh, rules, lenient=lenient)
-  init = jax.jit(lambda: nnx.split(build())[1], out_shardings=shardings)
-  return nnx.merge(graphdef, init())
-
-
 def abstract_with_shardings(model_or_state, mesh: Mesh, rules=None, *, lenient: bool = False):
   """State whose leaves are ShapeDtypeStructs carrying their target sharding (for restoring)."""
   state = _state(model_or_state)

@@ -23,7 +23,7 @@ from flax import nnx  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 from gemmax import sharding as S  # noqa: E402
-from gemmax.models import ModelConfig, Transformer  # noqa: E402
+from gemmax.models import ModelConfig, Transformer, create_sharded  # noqa: E402
 
 MESHES = [(8, 1, 1), (1, 8, 1), (1, 4, 2), (2, 2, 2)]
 
@@ -111,7 +111,7 @@ def memory(print_=True):
   """Full-parameter Adam on an fsdp=8 mesh: bytes per device from the arrays' shards."""
   out = {}
   mesh = S.make_mesh(1, 8, 1)
-  model = S.create_sharded(ModelConfig.preset("gemma2-tiny"), mesh, 0)
+  model = create_sharded(ModelConfig.preset("gemma2-tiny"), mesh, 0)
   opt = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
   S.shard_model(opt, mesh)
   state = (nnx.state(model), nnx.state(opt))
@@ -130,7 +130,7 @@ def io():
   from gemmax.models import abstract_model
 
   config = ModelConfig.preset("llama3-tiny")
-  model = S.create_sharded(config, S.make_mesh(1, 8, 1), 0)
+  model = create_sharded(config, S.make_mesh(1, 8, 1), 0)
   path = os.path.join(tempfile.mkdtemp(), "ckpt")
   sharded_io.save_sharded(path, model)
   back = sharded_io.restore_model(path, abstract_model(config), S.make_mesh(2, 2, 2))
@@ -174,7 +174,7 @@ def train():
     distributed.initialize(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), timeout_s=60)
   mesh = S.make_mesh(data=2, fsdp=-1)
   config = ModelConfig.preset("llama3-tiny")
-  model = S.create_sharded(config, mesh, 0)
+  model = create_sharded(config, mesh, 0)
   opt = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
   S.shard_model(opt, mesh)
   all_ids = np.asarray(jax.random.randint(jax.random.key(3), (3, 8, 17), 0, 256))

@@ -30,7 +30,7 @@ def _copy_model(d, name, edit):
 
 def _drop_or_bend_tensor(bend):
   def edit(path):
-    from gemmax.convert.safetensors_io import SafetensorsFile, save_file
+    from gemmax.io.safetensors import SafetensorsFile, save_file
 
     st = SafetensorsFile(os.path.join(path, "model.safetensors"))
     tensors = {k: st.get(k) for k in st.keys()}
@@ -52,7 +52,7 @@ def _corrupt_weights(how):
 
     import numpy as np
 
-    from gemmax.convert.safetensors_io import SafetensorsFile, save_file
+    from gemmax.io.safetensors import SafetensorsFile, save_file
 
     file = os.path.join(path, "model.safetensors")
     with open(file, "rb") as f:

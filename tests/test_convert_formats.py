@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gemmax.convert import load_hf, load_kaggle, load_meta
-from gemmax.convert.safetensors_io import SafetensorsFile, save_file
+from gemmax.io.safetensors import SafetensorsFile, save_file
 from gemmax.models import ModelConfig
 from hf_models import gemma2_config, llama_config, make_hf_model, save_hf_model
 

@@ -165,7 +165,7 @@ def _bent_adapter(tmp_path, name, cfg_edit=None, tensor_edit=None):
   """A saved DoRA adapter with its config or one tensor edited."""
   import shutil
 
-  from gemmax.convert.safetensors_io import SafetensorsFile, save_file
+  from gemmax.io.safetensors import SafetensorsFile, save_file
 
   src = tmp_path / "good"
   if not src.exists():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gemmax.convert.hf import Checkpoint, load_hf, save_hf
-from gemmax.convert.safetensors_io import SafetensorsFile, save_file
+from gemmax.io.safetensors import SafetensorsFile, save_file
 
 
 def _write(path, header, data: bytes):

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gemmax.convert.safetensors_io import SafetensorsFile, save_lazy
+from gemmax.io.safetensors import SafetensorsFile, save_lazy
 from gemmax.errors import GemmaxError, MissingTensorError
 from gemmax.models.config import ModelConfig
 from gemmax.models.sizing import abstract_model

@@ -154,7 +154,7 @@ def _rename_packed(ex):
   return out
 
 
-def _ensure_absl_flags():
+def ensure_absl_flags():
   # grain's worker processes read absl flags; outside an absl app (pytest, notebooks) nobody parsed them.
   from absl import flags
 
@@ -247,7 +247,7 @@ def make_dataset(sources: SourceSpec | Sequence[SourceSpec], tokenizer, config: 
   else:  # a finite pass (evaluation): keep the remainder, padded to a full batch
     it = it.batch(config.batch_size, drop_remainder=False).map(_PadBatch(config.batch_size))
   if config.worker_count > 0:
-    _ensure_absl_flags()
+    ensure_absl_flags()
     it = it.mp_prefetch(
       grain.MultiprocessingOptions(
         num_workers=config.worker_count, per_worker_buffer_size=max(1, config.prefetch)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from gemmax.data.pipeline import DataConfig, DataIterator, _ensure_absl_flags
+from gemmax.data.pipeline import DataConfig, DataIterator, ensure_absl_flags
 from gemmax.data.sources import BadRows
 from gemmax.distill.store import TopKStore, decode_record
 from gemmax.errors import GemmaxError
@@ -91,7 +91,7 @@ def store_pipeline(store: TopKStore, config: DataConfig) -> DataIterator:
     it = it.map(_Pad(config.seq_len))
   it = it.batch(config.batch_size, drop_remainder=True)
   if config.worker_count > 0:
-    _ensure_absl_flags()
+    ensure_absl_flags()
     it = it.mp_prefetch(
       grain.MultiprocessingOptions(
         num_workers=config.worker_count, per_worker_buffer_size=max(1, config.prefetch)

@@ -2,14 +2,8 @@
 
 from gemmax.models.config import ModelConfig, RopeScaling
 from gemmax.models.presets import PRESETS, PUBLISHED_PARAMS
-from gemmax.models.sizing import (
-  abstract_model,
-  abstract_train_state,
-  analytic_flops,
-  param_count,
-  state_bytes,
-  train_state_bytes,
-)
+from gemmax.models.sizing import abstract_model, analytic_flops, param_count
+from gemmax.models.sharded import create_sharded
 from gemmax.models.transformer import Transformer, segment_positions
 
 __all__ = [
@@ -22,7 +16,5 @@ __all__ = [
   "param_count",
   "analytic_flops",
   "segment_positions",
-  "abstract_train_state",
-  "state_bytes",
-  "train_state_bytes",
+  "create_sharded",
 ]

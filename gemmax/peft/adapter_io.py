@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gemmax.convert.safetensors_io import SafetensorsFile, save_file
+from gemmax.io.safetensors import SafetensorsFile, save_file
 from gemmax.errors import GemmaxError
 from gemmax.peft.apply import apply
 from gemmax.peft.lora import LoRALinear, has_adapters

@@ -8,6 +8,7 @@ from gemmax.train.losses import (
   model_loss_sums,
   naive_cross_entropy,
 )
+from gemmax.train.memory import abstract_train_state, state_bytes, train_state_bytes
 from gemmax.train.metrics import MetricsWriter, plot_loss_curve, read_jsonl
 from gemmax.train.optimizer import (
   OptimizerConfig,
@@ -19,6 +20,9 @@ from gemmax.train.step import SplitModel, make_eval_step, make_train_step, split
 from gemmax.train.trainer import Trainer, TrainerConfig
 
 __all__ = [
+  "abstract_train_state",
+  "state_bytes",
+  "train_state_bytes",
   "CESums",
   "MetricsWriter",
   "OptimizerConfig",

@@ -88,7 +88,7 @@ class Trainer:
     loss_fn=None,
   ):
     """mesh: a gemmax.sharding mesh the model is already sharded over (load_hf(mesh=...) or
-    create_sharded, then peft.apply + shard_model); batches are split over its data and fsdp
+    gemmax.models.create_sharded, then peft.apply + shard_model); batches are split over its data and fsdp
     axes, each process feeding its own rows. loss_fn: see make_train_step (default: CE)."""
     self.model, self.opt_config, self.config = model, optimizer.validate(), config.validate()
     self.mesh = mesh
