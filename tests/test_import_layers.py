@@ -10,9 +10,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Lowest first; a package may import only from packages of a lower layer.
 LAYERS = [
   {"errors"},
-  {"io", "quant", "schema", "host_memory", "distributed", "ops", "sharding"},
+  {"io", "schema", "host_memory", "distributed", "ops", "sharding"},
   {"cli", "models"},
-  {"fetch", "peft"},
+  {"fetch", "quant"},
+  {"peft"},
   {"data"},
   {"convert"},
   {"train", "sampling", "sharded_io"},

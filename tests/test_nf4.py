@@ -9,7 +9,7 @@ from flax import nnx
 from gemmax.models import ModelConfig, Transformer
 from gemmax.models.layers import Linear
 import gemmax.peft as gp
-from gemmax.peft import nf4
+from gemmax.quant import nf4
 
 
 def test_codebook_facts():

@@ -4,7 +4,7 @@ adapters in the HF PEFT on-disk format."""
 from gemmax.peft.adapter_io import fingerprint, load_adapter, save_adapter
 from gemmax.peft.apply import apply, merge, quantize_model
 from gemmax.peft.lora import LoRALinear, LoRAParam, has_adapters, trainable_filter
-from gemmax.peft.nf4 import NF4_CODE, NF4Data, NF4Linear
+from gemmax.quant.nf4 import NF4_CODE, NF4Data, NF4Linear
 
 __all__ = [
   "apply",

@@ -23,7 +23,7 @@ from gemmax.io.safetensors import SafetensorsFile, save_file
 from gemmax.errors import GemmaxError
 from gemmax.peft.apply import apply
 from gemmax.peft.lora import LoRALinear, has_adapters
-from gemmax.peft.nf4 import NF4Linear
+from gemmax.quant.nf4 import NF4Linear
 from gemmax.peft.targets import (
   compact_targets,
   gemmax_module_name,

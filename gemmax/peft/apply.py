@@ -9,7 +9,7 @@ from flax import nnx
 from gemmax.errors import GemmaxError
 from gemmax.models.layers import Linear
 from gemmax.peft.lora import LoRALinear, base_axes, has_adapters
-from gemmax.peft.nf4 import NF4Linear
+from gemmax.quant.nf4 import NF4Linear
 from gemmax.peft.targets import iter_modules, select, set_module
 
 METHODS = ("lora", "dora")

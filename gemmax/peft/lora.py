@@ -18,7 +18,7 @@ from flax import nnx
 
 from gemmax.errors import GemmaxError
 from gemmax.models.layers import contract_tokens, matmul, matmul_t
-from gemmax.peft.nf4 import NF4Linear
+from gemmax.quant.nf4 import NF4Linear
 
 
 class LoRAParam(nnx.Param):

@@ -33,7 +33,7 @@ def iter_modules(model, types) -> Iterator[tuple[str, nnx.Module]]:
 
 
 def linear_types():
-  from gemmax.peft.nf4 import NF4Linear
+  from gemmax.quant.nf4 import NF4Linear
 
   return (Linear, NF4Linear)
 
