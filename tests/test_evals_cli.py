@@ -36,7 +36,9 @@ def tiny_dir(tmp_path_factory):
   return d
 
 
-def _run(script, *flags):
+def _run(script, *flags, status=0):
+  """stdout of `python experiments/<script> --config experiments/configs/<script> *flags`; with
+  status=2, the one error line instead."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   cmd = [
     sys.executable,
@@ -46,8 +48,12 @@ def _run(script, *flags):
     *flags,
   ]
   p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-  assert p.returncode == 0, p.stderr[-3000:]
-  return p.stdout
+  assert p.returncode == status, p.stderr[-3000:]
+  if status == 0:
+    return p.stdout
+  lines = p.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), p.stderr[-3000:]
+  return lines[0]
 
 
 @pytest.mark.slow
@@ -224,22 +230,6 @@ def test_evaluate_a_gguf_file_and_a_finetune_workdir(tmp_path):
   assert report["tasks"]["classification"]["num_examples"] == 12
 
 
-def _run_fails(script, *flags):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  cmd = [
-    sys.executable,
-    os.path.join(ROOT, "experiments", script),
-    "--config",
-    os.path.join(ROOT, "experiments", "configs", script),
-    *flags,
-  ]
-  p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-  assert p.returncode == 2, p.stderr[-3000:]
-  lines = p.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), p.stderr[-3000:]
-  return lines[0]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("bad", ["missing", "not_utf8"])
 def test_failed_evaluation_leaves_the_earlier_outputs(tiny_dir, tmp_path, bad):
@@ -252,7 +242,7 @@ def test_failed_evaluation_leaves_the_earlier_outputs(tiny_dir, tmp_path, bad):
   ppl = tmp_path / "ppl.txt"
   if bad == "not_utf8":
     ppl.write_bytes(b"caf\xe9 " * 50)
-  line = _run_fails(
+  line = _run(
     "evaluate.py",
     f"--config.model.path={tiny_dir}",
     f"--config.workdir={work}",
@@ -261,6 +251,7 @@ def test_failed_evaluation_leaves_the_earlier_outputs(tiny_dir, tmp_path, bad):
     "--config.classification.format=text_label",
     f"--config.perplexity.file={ppl}",
     "--config.progress=False",
+    status=2,
   )
   assert "perplexity.file" in line and str(ppl) in line, line
   assert sorted(os.listdir(work)) == ["confusion_matrix.png", "eval_report.json"]
@@ -271,11 +262,12 @@ def test_failed_evaluation_leaves_the_earlier_outputs(tiny_dir, tmp_path, bad):
 @pytest.mark.slow
 def test_evaluation_with_a_missing_file_creates_no_workdir(tmp_path):
   work = tmp_path / "eval"
-  line = _run_fails(
+  line = _run(
     "evaluate.py",
     f"--config.workdir={work}",
     "--config.tasks=exact_match",
     f"--config.exact_match.file={tmp_path}/nope.jsonl",
+    status=2,
   )
   assert "exact_match.file" in line and "nope.jsonl" in line, line
   assert not work.exists()
