@@ -5,7 +5,7 @@
     python experiments/distill.py --config experiments/configs/distill.py --config.stage=online
     python experiments/distill.py --config experiments/configs/distill_demo.py     # compare
 
-Stages (experiments/configs/distill.py lists every field):
+Stages (every key, its type and range: DISTILL in experiments/schemas.py):
   teacher  teacher.path over data.train -> top-k store in store.dir (ArrayRecord shards +
            manifest; batched, progress bar; rerunning finishes an interrupted store).
   student  trains the student on the store through grain: distill.kd_ratio * top-k/tail KD +

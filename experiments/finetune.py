@@ -2,12 +2,12 @@
 
     python experiments/finetune.py --config experiments/configs/demo.py [--config.steps=50 ...]
 
-The config (see experiments/configs/finetune_lora.py for every field) reads as a recipe: model,
-data, method, optimizer, loop. `model.path` is an HF directory, a .gguf file or a registry name
-(`smollm2-135m-instruct`: fetched once, pinned by sha256). Writes to `workdir`: checkpoints/,
-metrics.jsonl, tensorboard/, loss_curve.png, summary.json, adapter/ (HF PEFT format), optionally
-merged/ (HF format) and model-<type>.gguf (`export.gguf`), and for `classify.file` the
-classification report and confusion_matrix.png.
+The config (every key, its type and range: FINETUNE in experiments/schemas.py) reads as a
+recipe: model, data, method, optimizer, loop. `model.path` is an HF directory, a .gguf file or a
+registry name (`smollm2-135m-instruct`: fetched once, pinned by sha256). Writes to `workdir`:
+checkpoints/, metrics.jsonl, tensorboard/, loss_curve.png, summary.json, adapter/ (HF PEFT
+format), optionally merged/ (HF format) and model-<type>.gguf (`export.gguf`), and for
+`classify.file` the classification report and confusion_matrix.png.
 
 Running the same command again resumes from the last complete checkpoint; a workdir holding a run
 with a different config is refused (gemmax/train/workdir.py). Exit statuses (gemmax/cli.py): 0 done,
