@@ -45,6 +45,10 @@ def check_config(c) -> None:
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
+  if c.stage == "compare" and not os.path.isfile(c.compare.corpus):
+    raise ConfigError(
+      f"compare.corpus: {c.compare.corpus} does not exist (run python experiments/prepare_data.py)"
+    )
   for name in ("train", "validation"):
     if c.data[name] and c.stage != "compare" and not os.path.exists(c.data[name]):
       raise ConfigError(f"data.{name}: {c.data[name]} does not exist")

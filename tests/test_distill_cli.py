@@ -286,3 +286,25 @@ def test_compare_stage_offline(assets, tmp_path, cli):
   assert summary["store"]["bytes_per_token"] > 0
   saved = json.load(open(tmp_path / "cmp" / "summary.json"))
   assert saved["kl_reduction"] == summary["kl_reduction"]
+
+
+def test_compare_without_its_corpus_fails_before_the_workdir(tmp_path):
+  work = tmp_path / "run"
+  r = subprocess.run(
+    [
+      sys.executable,
+      SCRIPT,
+      f"--config={CONFIG}",
+      "--config.stage=compare",
+      f"--config.compare.corpus={tmp_path / 'no_corpus.txt'}",
+      f"--config.workdir={work}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+  assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert "compare.corpus" in r.stderr and "prepare_data.py" in r.stderr, r.stderr
+  assert not work.exists()
