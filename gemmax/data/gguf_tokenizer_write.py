@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 
-from gemmax.data.gguf_tokenizer import (
+from gemmax.data.gguf_tokenizer import GGUFTokenizer
+from gemmax.data.gguf_vocab import (
   _PRE_NAME,
   BYTE,
   CONTROL,
@@ -21,7 +22,6 @@ from gemmax.data.gguf_tokenizer import (
   UNKNOWN,
   UNUSED,
   USER_DEFINED,
-  GGUFTokenizer,
 )
 from gemmax.data.tokenizer import HFTokenizer, SentencePieceTokenizer, Tokenizer
 from gemmax.errors import GemmaxError
