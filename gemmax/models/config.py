@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any, Mapping, Optional
 
 from gemmax.errors import GemmaxError
+from gemmax.models.config_fields import check_fields, is_int
 from gemmax.models.presets import PRESETS
-from gemmax.ops.attention import IMPLS
 
 FAMILIES = ("gemma2", "llama")
-DTYPES = ("float32", "bfloat16", "float16")
-# The MLP activations gemmax.models.layers.activation implements, by their HF names.
-ACTIVATIONS = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new", "silu", "swish", "gelu")
 _GGUF_ARCH = {"llama": "llama", "gemma2": "gemma2"}  # GGUF general.architecture -> family
 _HF_ARCH = {"Gemma2ForCausalLM": "gemma2", "LlamaForCausalLM": "llama"}
 _HF_MODEL_TYPE = {"gemma2": "gemma2", "llama": "llama"}
@@ -88,7 +84,7 @@ class ModelConfig:
       object.__setattr__(self, "rope_scaling", RopeScaling.from_dict(self.rope_scaling))
     if isinstance(self.eos_token_id, list):
       object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
-    self._check_values()
+    check_fields(self)
     if self.num_attention_heads % self.num_key_value_heads:
       raise GemmaxError(
         f"num_attention_heads {self.num_attention_heads} is not a multiple of "
@@ -96,60 +92,6 @@ class ModelConfig:
       )
     if self.remat not in ("none", "full", "save_dots"):
       raise GemmaxError(f"ModelConfig.remat {self.remat!r} is not one of none|full|save_dots")
-
-  def _check_values(self) -> None:
-    """Types and ranges of every field: a config.json with num_key_value_heads 0 or an
-    eos_token_id written as a string fails here, naming the field, not deep inside a layer."""
-
-    def bad(name, want):
-      raise GemmaxError(f"ModelConfig.{name} must be {want}, got {getattr(self, name)!r}")
-
-    for name in (
-      "vocab_size",
-      "hidden_size",
-      "intermediate_size",
-      "num_hidden_layers",
-      "num_attention_heads",
-      "num_key_value_heads",
-      "head_dim",
-      "max_position_embeddings",
-    ):
-      if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-        bad(name, "an integer >= 1")
-    if self.sliding_window is not None and (
-      not _is_int(self.sliding_window) or self.sliding_window < 1
-    ):
-      bad("sliding_window", "an integer >= 1 or None")
-    for name, optional in (
-      ("rope_theta", False),
-      ("rms_norm_eps", False),
-      ("query_pre_attn_scalar", True),
-      ("attn_logit_softcapping", True),
-      ("final_logit_softcapping", True),
-    ):
-      v = getattr(self, name)
-      if not (optional and v is None) and not (_is_number(v) and math.isfinite(v) and v > 0):
-        bad(name, "a finite number > 0" + (" or None" if optional else ""))
-    for name in ("bos_token_id", "pad_token_id"):
-      v = getattr(self, name)
-      if v is not None and (not _is_int(v) or v < 0):
-        bad(name, "a token id (an integer >= 0) or None")
-    eos = self.eos_token_id
-    if eos is not None and not (
-      (_is_int(eos) and eos >= 0)
-      or (isinstance(eos, tuple) and all(_is_int(e) and e >= 0 for e in eos))
-    ):
-      bad("eos_token_id", "a token id, a list of token ids, or None")
-    for name in ("tie_word_embeddings", "attention_bias"):
-      if not isinstance(getattr(self, name), bool):
-        bad(name, "true or false")
-    for name in ("dtype", "param_dtype"):
-      if getattr(self, name) not in DTYPES:
-        bad(name, f"one of {', '.join(DTYPES)}")
-    if self.attn_impl not in IMPLS:
-      bad("attn_impl", f"one of {', '.join(IMPLS)}")
-    if self.hidden_activation not in ACTIVATIONS:
-      bad("hidden_activation", f"one of {', '.join(ACTIVATIONS)}")
 
   # --- construction -------------------------------------------------------------------------
   @classmethod
@@ -199,7 +141,7 @@ class ModelConfig:
     ):
       kw["rope_scaling"] = None
     kw["family"] = family
-    if _is_int(kw.get("pad_token_id")) and kw["pad_token_id"] < 0:  # some configs write -1: none
+    if is_int(kw.get("pad_token_id")) and kw["pad_token_id"] < 0:  # some configs write -1: none
       kw["pad_token_id"] = None
     lacking = [
       k
@@ -445,11 +387,3 @@ def _gguf_rope_scaling(key, kw, rope_factors, source):
   raise GemmaxError(
     f"{source}: rope scaling type {kind!r} is not supported (supported: linear, llama3 factors)"
   )
-
-
-def _is_int(x) -> bool:
-  return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)

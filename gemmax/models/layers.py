@@ -190,15 +190,23 @@ class RMSNorm(nnx.Module):
     return w.astype(x.dtype) * y.astype(x.dtype)
 
 
+_GELU_TANH = functools.partial(jax.nn.gelu, approximate=True)
+# The MLP activations by their HF names (ModelConfig accepts exactly these).
+ACTIVATIONS = {
+  "gelu_pytorch_tanh": _GELU_TANH,
+  "gelu_tanh": _GELU_TANH,
+  "gelu_new": _GELU_TANH,
+  "silu": jax.nn.silu,
+  "swish": jax.nn.silu,
+  "gelu": functools.partial(jax.nn.gelu, approximate=False),
+}
+
+
 def activation(name: str):
   """The MLP activation as a float32 function."""
-  if name in ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new"):
-    return functools.partial(jax.nn.gelu, approximate=True)
-  if name in ("silu", "swish"):
-    return jax.nn.silu
-  if name == "gelu":
-    return functools.partial(jax.nn.gelu, approximate=False)
-  raise ValueError(f"unsupported hidden activation {name!r}")
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unsupported hidden activation {name!r}")
+  return ACTIVATIONS[name]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
