@@ -63,10 +63,6 @@ def one_of(*values) -> Rule:
   )
 
 
-def finite() -> Rule:
-  return _finite, "finite"
-
-
 def nonempty() -> Rule:
   return bool, "non-empty"
 
