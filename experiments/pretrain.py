@@ -29,6 +29,7 @@ from gemmax import cli, schema
 from schemas import PRETRAIN
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
+RESUME_MAY_DIFFER = schema.may_differ(PRETRAIN)  # keys that do not change the trained weights
 MODEL_FIELDS = (
   "family",
   "vocab_size",
@@ -49,18 +50,30 @@ PROMPTS = ("It was a dark and", "Sherlock Holmes looked at", "The king said", "W
 DEMO_MARKER = "## Fine-tuning demo"  # the card keeps this section (written by hand) across reruns
 
 
-def prepare(c) -> tuple[str, str, str, dict]:
+def read_questions(path: str) -> list[str]:
+  """The "input" field of every row of an Alpaca JSONL file (the TREC-6 questions)."""
+  from gemmax.errors import GemmaxError
+
+  questions = []
+  with open(path, encoding="utf-8") as f:
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        questions.append(str(row["input"]))
+      except (ValueError, KeyError, TypeError) as e:
+        raise GemmaxError(
+          f"{path} row {i}: not a JSON object with an 'input' field ({e})"
+        ) from None
+  return questions
+
+
+def prepare(c, corpus_path: str, questions: list[str]) -> tuple[str, str, str, dict]:
   """Writes workdir/data/{train,heldout}.jsonl; returns their paths, the held-out text, stats."""
-  from gemmax.data import corpus
   from gemmax.data.chunking import corpus_split
 
-  for path in (c.data.corpus, c.data.trec_train):
-    if path not in corpus.CORPORA and not os.path.isfile(path):
-      raise FileNotFoundError(f"{path} does not exist")
-  text = corpus.resolve(c.data.corpus)
-  train, held = corpus_split(text, c.data.chunk_chars, c.data.holdout_every)
-  with open(c.data.trec_train, encoding="utf-8") as f:
-    questions = [json.loads(line)["input"] for line in f if line.strip()]
+  train, held = corpus_split(corpus_path, c.data.chunk_chars, c.data.holdout_every)
   out = os.path.join(c.workdir, "data")
   os.makedirs(out, exist_ok=True)
   paths = os.path.join(out, "train.jsonl"), os.path.join(out, "heldout.jsonl")
@@ -81,19 +94,41 @@ def prepare(c) -> tuple[str, str, str, dict]:
   return paths[0], paths[1], heldout_text, stats
 
 
-def build_model(c):
-  from flax import nnx
-  from gemmax.models import ModelConfig, Transformer
+def model_config(c):
+  from gemmax.models import ModelConfig
 
   tok_ids = dict(bos_token_id=2, eos_token_id=1, pad_token_id=0)  # the bundled tokenizer's ids
-  cfg = ModelConfig.preset(
+  return ModelConfig.preset(
     "gemma2-2b",
     **{k: c.model[k] for k in MODEL_FIELDS},
     **tok_ids,
     dtype=c.model.dtype,
     param_dtype="float32",
   )
-  return Transformer(cfg, rngs=nnx.Rngs(c.seed))
+
+
+def check_inputs(c):
+  """What the run reads, checked before the workdir or output is touched: the model's fields
+  (ModelConfig's own checks), the context, the files, the tokenizer against the vocabulary.
+  Returns (model config, tokenizer, corpus file, TREC questions)."""
+  from gemmax import data
+  from gemmax.data import corpus
+  from gemmax.errors import ConfigError
+
+  cfg = model_config(c)
+  if c.data.seq_len > cfg.max_position_embeddings:
+    raise ConfigError(
+      f"data.seq_len {c.data.seq_len} exceeds model.max_position_embeddings "
+      f"{cfg.max_position_embeddings}"
+    )
+  if c.data.corpus not in corpus.CORPORA and not os.path.isfile(c.data.corpus):
+    raise FileNotFoundError(f"data.corpus: {c.data.corpus} is neither a file nor a corpus name")
+  if c.data.trec_train and not os.path.isfile(c.data.trec_train):
+    raise FileNotFoundError(f"data.trec_train: {c.data.trec_train} does not exist")
+  tok = data.load_tokenizer(c.model.tokenizer)
+  data.check_vocab(tok, cfg.vocab_size)
+  questions = read_questions(c.data.trec_train) if c.data.trec_train else []
+  return cfg, tok, corpus.resolve(c.data.corpus), questions
 
 
 def train(c, model, tok, train_path, heldout_path):
@@ -218,14 +253,18 @@ Greedy samples (`gemmax.sampling.Sampler`, 24 new tokens):
 
 
 def run(c) -> dict:
-  from gemmax import data, evals
+  from gemmax import evals
   from gemmax.convert import load_hf, save_hf
   from gemmax.sampling import Sampler
 
-  train_path, heldout_path, heldout_text, stats = prepare(c)
-  tok = data.load_tokenizer(c.model.tokenizer)
-  model = build_model(c)
-  data.check_vocab(tok, model.config.vocab_size)
+  from flax import nnx
+  from gemmax.models import Transformer
+  from gemmax.train.workdir import claim_workdir
+
+  cfg, tok, corpus_path, questions = check_inputs(c)
+  claim_workdir(c.workdir, json.loads(c.to_json_best_effort()), RESUME_MAY_DIFFER)
+  train_path, heldout_path, heldout_text, stats = prepare(c, corpus_path, questions)
+  model = Transformer(cfg, rngs=nnx.Rngs(c.seed))
   summary = train(c, model, tok, train_path, heldout_path)
   keep = _kept_demo_section(os.path.join(c.output, "README.md"))
   save_hf(model, c.output, dtype=c.save_dtype)
