@@ -1,5 +1,5 @@
 """bf16 products accumulate in float32 (gemmax.models.layers.dot2d, contract_tokens and the
-low-precision attention backward in gemmax.ops.xla); the hand-written backward passes (bf16
+low-precision attention backward in gemmax.ops.xla_cpu); the hand-written backward passes (bf16
 attention, the gated MLP activation) agree with autodiff of the plain float32 expression.
 
 Values and gradients must equal float32 products of the same bf16 operands rounded once to bf16.
@@ -17,7 +17,8 @@ import pytest
 
 from gemmax.models.layers import activation, contract_tokens, dot2d, gated, matmul, matmul_t
 from gemmax.models.rope import apply_rope, inverse_frequencies
-from gemmax.ops.xla import attention_xla
+from gemmax.ops import reference
+from gemmax.ops.xla_cpu import attention_xla_cpu
 from gemmax.train.losses import cross_entropy_sums
 
 BF16 = jnp.bfloat16
@@ -142,7 +143,7 @@ _ATTN = dict(scale=0.125, causal=True, softcap=20.0, segment_ids=None)
 
 def _attn_grads(q, k, v, cot, window):
   def f(q, k, v):
-    out = attention_xla(q, k, v, sliding_window=window, **_ATTN)
+    out = attention_xla_cpu(q, k, v, sliding_window=window, **_ATTN)
     return jnp.sum(out.astype(jnp.float32) * cot)
 
   return jax.grad(f, argnums=(0, 1, 2))(q, k, v)
@@ -159,8 +160,8 @@ def test_low_precision_attention_gradients_match_float32_autodiff(window):
     assert g.dtype == BF16
     scale = float(jnp.max(jnp.abs(w)))
     np.testing.assert_allclose(np.asarray(f32(g)), np.asarray(w), atol=2e-2 * scale, rtol=0)
-  out = attention_xla(q, k, v, sliding_window=window, **_ATTN)
-  ref = attention_xla(f32(q), f32(k), f32(v), sliding_window=window, **_ATTN)
+  out = attention_xla_cpu(q, k, v, sliding_window=window, **_ATTN)
+  ref = reference.attention(f32(q), f32(k), f32(v), sliding_window=window, **_ATTN)
   np.testing.assert_allclose(np.asarray(f32(out)), np.asarray(ref), atol=2e-2, rtol=0)
 
 
@@ -181,13 +182,13 @@ def test_low_precision_attention_query_without_visible_keys_gets_zeros():
   kw = dict(scale=0.25, causal=True, sliding_window=None, softcap=20.0, segment_ids=(q_seg, kv_seg))
 
   def f(q, k, v):
-    return jnp.sum(attention_xla(q, k, v, **kw).astype(jnp.float32) ** 2)
+    return jnp.sum(attention_xla_cpu(q, k, v, **kw).astype(jnp.float32) ** 2)
 
-  out = attention_xla(q, k, v, **kw)
+  out = attention_xla_cpu(q, k, v, **kw)
   assert not np.asarray(out[0, 5:].astype(jnp.float32)).any()
   f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
   np.testing.assert_allclose(
-    np.asarray(f32(out)), np.asarray(attention_xla(f32(q), f32(k), f32(v), **kw)), atol=2e-2
+    np.asarray(f32(out)), np.asarray(reference.attention(f32(q), f32(k), f32(v), **kw)), atol=2e-2
   )
   for g, w in zip(jax.grad(f, (0, 1, 2))(q, k, v), jax.grad(f, (0, 1, 2))(f32(q), f32(k), f32(v))):
     assert np.isfinite(np.asarray(f32(g))).all()
