@@ -1,6 +1,7 @@
-"""bf16 products accumulate in float32 (gemmax.models.layers.dot2d, contract_tokens and the
+"""bf16 products accumulate in float32 (gemmax.ops.matmul's dot2d, contract_tokens and the
 low-precision attention backward in gemmax.ops.xla_cpu); the hand-written backward passes (bf16
-attention, the gated MLP activation) agree with autodiff of the plain float32 expression.
+attention, the gated MLP activation, RoPE) agree with autodiff of the plain versions in
+gemmax.ops.reference.
 
 Values and gradients must equal float32 products of the same bf16 operands rounded once to bf16.
 On a CPU with bf16 matmul instructions, every product of a bf16 train step must compile to a
@@ -15,9 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gemmax.models.layers import activation, contract_tokens, dot2d, gated, matmul, matmul_t
+from gemmax.models.layers import activation
 from gemmax.models.rope import apply_rope, inverse_frequencies
 from gemmax.ops import reference
+from gemmax.ops.fused import gated
+from gemmax.ops.matmul import contract_tokens, dot2d, matmul, matmul_t
 from gemmax.ops.xla_cpu import attention_xla_cpu
 from gemmax.train.losses import cross_entropy_sums
 
@@ -204,8 +207,8 @@ def test_gated_activation_matches_autodiff_of_the_plain_expression(name, dtype):
   gate, up = _rand(30, (64, 48)).astype(dtype), _rand(31, (64, 48)).astype(dtype)
   cot = jax.random.normal(jax.random.key(32), gate.shape)
 
-  def plain(g, u):  # float32 throughout, autodiff's gradient
-    return act(g.astype(jnp.float32)) * u.astype(jnp.float32)
+  def plain(g, u):  # the reference in float32 throughout, autodiff's gradient
+    return reference.gated(act, g.astype(jnp.float32), u.astype(jnp.float32))
 
   out = gated(act, gate, up)
   assert out.dtype == dtype
@@ -237,7 +240,7 @@ def test_rope_backward_is_the_inverse_rotation(dtype):
     angles = pos[..., None].astype(jnp.float32) * jnp.asarray(inv)
     angles = jnp.concatenate([angles, angles], -1)[:, :, None, :]
     cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
-    return x * cos + jnp.concatenate([-x[..., 8:], x[..., :8]], -1) * sin
+    return reference.rotate(x, cos, sin)
 
   np.testing.assert_array_equal(apply_rope(x, pos, inv), plain(x))
   got = jax.vjp(lambda x: apply_rope(x, pos, inv), x)[1](cot)[0]

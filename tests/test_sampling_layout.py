@@ -8,7 +8,8 @@ from flax import nnx
 
 from gemmax import peft
 from gemmax.models import ModelConfig, Transformer
-from gemmax.models.layers import FEW_ROWS, Linear, dot2d, matmul_t
+from gemmax.models.layers import Linear
+from gemmax.ops.matmul import FEW_ROWS, dot2d, matmul_t
 from gemmax.sampling import Sampler
 from gemmax.sampling.layout import decode_linears, use_out_in
 
@@ -95,7 +96,7 @@ def test_few_row_bf16_products_equal_the_plain_product(rows):
   want = jax.lax.dot_general(x, wt, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
   got = jax.jit(lambda x, wt: matmul_t(x, wt, preferred_element_type=jnp.float32))(x, wt)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-  # gradients: those of the same bf16 product without the padding (layers.dot2d)
+  # gradients: those of the same bf16 product without the padding (gemmax.ops.matmul.dot2d)
   f = lambda x, wt: (matmul_t(x, wt, preferred_element_type=jnp.float32) ** 2).sum()
   g = lambda x, wt: (dot2d(x, wt, w_t=True, preferred_element_type=jnp.float32) ** 2).sum()
   for a, b in zip(jax.grad(f, (0, 1))(x, wt), jax.grad(g, (0, 1))(x, wt)):
