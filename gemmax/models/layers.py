@@ -18,11 +18,9 @@ _init = nnx.initializers.normal(stddev=0.02)
 class Linear(nnx.Module):
   """y = x @ kernel, kernel [in, out] stored in param_dtype, computed in `dtype`.
 
-  `axes` are the logical axis names of the kernel (see gemmax.sharding). `kernel_layout` names
-  the stored layout; the sampler's decode copy holds [out, in] ones (gemmax.sampling.layout).
+  `axes` are the logical axis names of the kernel (see gemmax.sharding). The sampler's decode copy
+  replaces these modules with [out, in] ones (gemmax.sampling.layout).
   """
-
-  kernel_layout = "in_out"
 
   def __init__(
     self,
