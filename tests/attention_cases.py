@@ -1,10 +1,11 @@
-"""Shared helpers for the attention tests: random inputs and value/grad comparison with xla."""
+"""Shared helpers for the attention tests: random inputs and value/grad comparison with the
+oracle, gemmax.ops.reference.attention."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gemmax.ops.xla import attention_xla
+from gemmax.ops.reference import attention as reference
 
 
 def inputs(b=1, t=24, s=None, n=2, kh=1, h=16, dtype=jnp.float32, seed=0):
@@ -22,19 +23,19 @@ def segments(b, s, seed=0):
 
 
 def compare(fn, q, k, v, tol, **kw):
-  """fn(q, k, v, **kw) vs attention_xla in values and dq, dk, dv."""
+  """fn(q, k, v, **kw) vs the reference in values and dq, dk, dv."""
 
   def loss(f):
     # A fixed random cotangent so every output element matters.
     w = jax.random.normal(jax.random.PRNGKey(9), q.shape, jnp.float32)
     return lambda q, k, v: (f(q, k, v, **kw).astype(jnp.float32) * w).sum()
 
-  ref = attention_xla(q, k, v, **kw)
+  ref = reference(q, k, v, **kw)
   out = fn(q, k, v, **kw)
   np.testing.assert_allclose(
     np.asarray(out, np.float32), np.asarray(ref, np.float32), atol=tol, rtol=tol
   )
-  g_ref = jax.grad(loss(attention_xla), (0, 1, 2))(q, k, v)
+  g_ref = jax.grad(loss(reference), (0, 1, 2))(q, k, v)
   g = jax.grad(loss(fn), (0, 1, 2))(q, k, v)
   for name, a, r in zip("qkv", g, g_ref):
     scale = max(1.0, float(jnp.abs(r.astype(jnp.float32)).max()))

@@ -1,5 +1,5 @@
-"""Attention dispatcher, xla_chunked, cudnn mask translation and splash masks vs the xla
-reference."""
+"""Attention dispatcher, every XLA implementation (xla, xla_cpu, xla_chunked, xla_blocks), cudnn
+mask translation and splash masks vs the reference (gemmax.ops.reference)."""
 
 import jax
 import jax.numpy as jnp
@@ -11,11 +11,47 @@ from gemmax.ops import IMPLS, attention
 from gemmax.ops.attention import choose_impl
 from gemmax.ops.chunked import attention_xla_chunked
 from gemmax.ops.cudnn import attention_cudnn
+from gemmax.ops.qblocks import attention_qblocks
+from gemmax.ops.reference import attention as reference
 from gemmax.ops.xla import attention_xla
+from gemmax.ops.xla_cpu import attention_xla_cpu
 
 
 def _chunked(block):
   return lambda q, k, v, **kw: attention_xla_chunked(q, k, v, block_size=block, **kw)
+
+
+XLA_IMPLS = {
+  "xla": attention_xla,
+  "xla_cpu": attention_xla_cpu,
+  "xla_chunked": _chunked(8),
+  "xla_blocks": lambda q, k, v, **kw: attention_qblocks(q, k, v, block=8, **kw),
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("impl", list(XLA_IMPLS))
+def test_every_xla_impl_matches_the_reference(impl, dtype):
+  """Values and dq, dk, dv against the einsum oracle: GQA, window, softcap, packed segments."""
+  q, k, v = inputs(b=2, t=29, n=4, kh=2, dtype=dtype)  # 29: no multiple of the blocks
+  tol = 1e-5 if dtype == jnp.float32 else 5e-2
+  kw = dict(scale=0.3, causal=True, sliding_window=6, softcap=20.0, segment_ids=segments(2, 29))
+  compare(XLA_IMPLS[impl], q, k, v, tol, **kw)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("impl", ["xla", "xla_cpu"])
+def test_explicit_positions_and_empty_rows_match_the_reference(impl, dtype):
+  """KV-cache style: fewer queries than keys, explicit positions, a query whose segment has no
+  key (zeros, finite gradients)."""
+  q, k, v = inputs(b=2, t=5, s=12, n=4, kh=2, dtype=dtype)
+  pos = jnp.arange(12)[None].repeat(2, 0)
+  q_seg = jnp.asarray([[1, 1, 1, 1, 1], [1, 1, 1, 1, 3]])
+  kv_seg = jnp.ones((2, 12), jnp.int32)
+  kw = dict(scale=0.25, causal=True, sliding_window=4, softcap=None, segment_ids=(q_seg, kv_seg))
+  kw.update(q_positions=pos[:, -5:], kv_positions=pos)
+  compare(XLA_IMPLS[impl], q, k, v, 1e-5 if dtype == jnp.float32 else 5e-2, **kw)
+  assert not np.asarray(reference(q, k, v, **kw)[1, -1].astype(jnp.float32)).any()
 
 
 @pytest.mark.parametrize("window", [None, 5, 8, 16, 40])  # < block, = block, > seq
@@ -118,7 +154,7 @@ def test_chunked_memory_is_sub_quadratic():
 
   chunked = _chunked(128)
   assert temp(chunked, 4096) < 3 * temp(chunked, 2048)
-  assert temp(chunked, 4096) * 8 < temp(attention_xla, 4096)
+  assert temp(chunked, 4096) * 8 < temp(attention_xla_cpu, 4096)
 
 
 @pytest.mark.parametrize("window", [1, 3, 5, 8, 30])
@@ -126,6 +162,7 @@ def test_window_boundary_exact(window):
   t = 24
   qi, ki = np.arange(t)[:, None], np.arange(t)[None, :]
   expected = (ki <= qi) & (ki > qi - window)
+  np.testing.assert_array_equal(visible_keys(reference, t, window), expected)
   np.testing.assert_array_equal(visible_keys(attention_xla, t, window), expected)
   np.testing.assert_array_equal(visible_keys(_chunked(8), t, window), expected)
   cud = lambda q, k, v, **kw: attention_cudnn(q, k, v, implementation="xla", **kw)
@@ -162,7 +199,7 @@ def test_explicit_impls_refuse_what_they_cannot_do():
 def test_auto_choice():
   short, long_ = jnp.zeros((1, 128, 2, 256)), jnp.zeros((1, 8192, 2, 256))
   kw = dict(softcap=50.0, segment_ids=None)
-  assert choose_impl(short, short, backend="cpu", **kw) == "xla"
+  assert choose_impl(short, short, backend="cpu", **kw) == "xla_cpu"
   assert choose_impl(long_, long_, backend="cpu", **kw) == "xla_chunked"
   assert choose_impl(long_, long_, backend="gpu", **kw) == "pallas"
   assert choose_impl(long_, long_, backend="tpu", **kw) == "splash"
@@ -173,8 +210,9 @@ def test_dispatcher_matches_reference_and_positions_path():
   q, k, v = inputs(b=2, t=16, n=4, kh=2)
   kw = dict(sliding_window=5, softcap=50.0)
   ref = attention(q, k, v, impl="xla", **kw)
-  np.testing.assert_allclose(attention(q, k, v, impl="xla_chunked", **kw), ref, atol=1e-5)
-  assert set(IMPLS) == {"auto", "xla", "xla_chunked", "pallas", "splash", "cudnn"}
+  for impl in ("auto", "xla_cpu", "xla_chunked"):
+    np.testing.assert_allclose(attention(q, k, v, impl=impl, **kw), ref, atol=1e-5)
+  assert set(IMPLS) == {"auto", "xla", "xla_cpu", "xla_chunked", "pallas", "splash", "cudnn"}
   # KV-cache style call: the last 3 queries with explicit positions, any impl goes to xla.
   pos = jnp.arange(16)[None].repeat(2, 0)
   out = attention(q[:, -3:], k, v, impl="pallas", q_positions=pos[:, -3:], kv_positions=pos, **kw)
@@ -195,9 +233,9 @@ def test_splash_mask_construction():
 
 @pytest.mark.parametrize("window", [None, 5])
 def test_default_positions_mask_is_a_constant(window):
-  """With default positions the causal/window mask is a compiled-in constant (an iota recomputed
-  per element made XLA:CPU's softmax passes 25% slower); same values and gradients as explicit
-  positions, which take the traced path."""
+  """xla_cpu: with default positions the causal/window mask is a compiled-in constant (an iota
+  recomputed per element made XLA:CPU's softmax passes 25% slower); same values and gradients as
+  explicit positions, which take the traced path."""
   q, k, v = inputs(b=2, t=16, n=4, kh=2, dtype=jnp.bfloat16)
   seg = segments(2, 16)
   kw = dict(scale=0.25, causal=True, sliding_window=window, softcap=50.0, segment_ids=seg)
@@ -206,7 +244,8 @@ def test_default_positions_mask_is_a_constant(window):
   def loss(**extra):
     return jax.jit(
       jax.value_and_grad(
-        lambda q, k, v: attention_xla(q, k, v, **kw, **extra).astype(jnp.float32).sum(), (0, 1, 2)
+        lambda q, k, v: attention_xla_cpu(q, k, v, **kw, **extra).astype(jnp.float32).sum(),
+        (0, 1, 2),
       )
     )
 
@@ -222,8 +261,6 @@ def test_default_positions_mask_is_a_constant(window):
 def test_query_blocks_match_the_reference(window):
   """impl "xla_blocks" (causal self-attention in query blocks, each against the keys it can see,
   the window's start included) equals the reference in values and gradients, with segments."""
-  from gemmax.ops.qblocks import attention_qblocks
-
   q, k, v = inputs(b=2, t=37, n=4, kh=2)  # 37: a last block shorter than the others
   blocks = lambda q, k, v, **kw: attention_qblocks(q, k, v, block=8, **kw)
   compare(
@@ -249,6 +286,6 @@ def test_auto_choice_for_long_prompts_on_cpu():
   t1k, t4k = jnp.zeros((1, 1024, 2, 64)), jnp.zeros((1, 4096, 2, 64))
   kw = dict(softcap=None, segment_ids=None)
   assert choose_impl(t1k, t1k, backend="cpu", **kw) == "xla_blocks"
-  assert choose_impl(t1k[:, :1], t1k, backend="cpu", **kw) == "xla"
+  assert choose_impl(t1k[:, :1], t1k, backend="cpu", **kw) == "xla_cpu"
   assert choose_impl(t4k, t4k, backend="cpu", **kw) == "xla_chunked"
   assert choose_impl(t1k, t1k, backend="gpu", **kw) == "pallas"

@@ -1,4 +1,5 @@
-"""Pallas flash kernel (interpret mode on CPU) and splash (TPU kernel, interpreted) vs xla."""
+"""Pallas flash kernel (interpret mode on CPU) and splash (TPU kernel, interpreted) vs the
+reference (gemmax.ops.reference)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -13,21 +14,22 @@ def _pallas(q, k, v, **kw):
 
 
 @pytest.mark.parametrize(
-  "window,softcap,groups,seg",
+  "window,softcap,groups,seg,dtype",
   [
-    (5, 50.0, 2, False),  # window < block, GQA, softcap
-    (20, 5.0, 1, True),  # window not a multiple of the block, small softcap, segments
-    (None, None, 4, False),  # global causal, 4 groups
+    (5, 50.0, 2, False, jnp.float32),  # window < block, GQA, softcap
+    (20, 5.0, 1, True, jnp.float32),  # window not a multiple of the block, small softcap, segments
+    (None, None, 4, False, jnp.float32),  # global causal, 4 groups
+    (7, 20.0, 2, True, jnp.bfloat16),
   ],
 )
-def test_pallas_fast(window, softcap, groups, seg):
-  q, k, v = inputs(b=2, t=37, n=4, kh=4 // groups)  # 37: not a multiple of 16
+def test_pallas_fast(window, softcap, groups, seg, dtype):
+  q, k, v = inputs(b=2, t=37, n=4, kh=4 // groups, dtype=dtype)  # 37: not a multiple of 16
   compare(
     _pallas,
     q,
     k,
     v,
-    1e-5,
+    1e-5 if dtype == jnp.float32 else 5e-2,
     scale=0.3,
     causal=True,
     sliding_window=window,
@@ -82,16 +84,17 @@ def test_pallas_segments_bf16(causal):
 
 
 @pytest.mark.slow
-def test_splash_interpret():
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_splash_interpret(dtype):
   from gemmax.ops.splash import attention_splash
 
-  q, k, v = inputs(b=2, t=37, n=4, kh=2)
+  q, k, v = inputs(b=2, t=37, n=4, kh=2, dtype=dtype)
   compare(
     lambda *a, **kw: attention_splash(*a, block=128, **kw),
     q,
     k,
     v,
-    1e-5,
+    1e-5 if dtype == jnp.float32 else 5e-2,
     scale=0.3,
     causal=True,
     sliding_window=5,

@@ -1,6 +1,7 @@
-"""bf16 products accumulate in float32 (gemmax.models.layers.dot2d, contract_tokens and the
-low-precision attention backward in gemmax.ops.xla); the hand-written backward passes (bf16
-attention, the gated MLP activation) agree with autodiff of the plain float32 expression.
+"""bf16 products accumulate in float32 (gemmax.ops.matmul's dot2d, contract_tokens and the
+low-precision attention backward in gemmax.ops.xla_cpu); the hand-written backward passes (bf16
+attention, the gated MLP activation, RoPE) agree with autodiff of the plain versions in
+gemmax.ops.reference.
 
 Values and gradients must equal float32 products of the same bf16 operands rounded once to bf16.
 On a CPU with bf16 matmul instructions, every product of a bf16 train step must compile to a
@@ -15,9 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gemmax.models.layers import activation, contract_tokens, dot2d, gated, matmul, matmul_t
+from gemmax.models.layers import activation
 from gemmax.models.rope import apply_rope, inverse_frequencies
-from gemmax.ops.xla import attention_xla
+from gemmax.ops import reference
+from gemmax.ops.fused import gated
+from gemmax.ops.matmul import contract_tokens, dot2d, matmul, matmul_t
+from gemmax.ops.xla_cpu import attention_xla_cpu
 from gemmax.train.losses import cross_entropy_sums
 
 BF16 = jnp.bfloat16
@@ -142,7 +146,7 @@ _ATTN = dict(scale=0.125, causal=True, softcap=20.0, segment_ids=None)
 
 def _attn_grads(q, k, v, cot, window):
   def f(q, k, v):
-    out = attention_xla(q, k, v, sliding_window=window, **_ATTN)
+    out = attention_xla_cpu(q, k, v, sliding_window=window, **_ATTN)
     return jnp.sum(out.astype(jnp.float32) * cot)
 
   return jax.grad(f, argnums=(0, 1, 2))(q, k, v)
@@ -159,8 +163,8 @@ def test_low_precision_attention_gradients_match_float32_autodiff(window):
     assert g.dtype == BF16
     scale = float(jnp.max(jnp.abs(w)))
     np.testing.assert_allclose(np.asarray(f32(g)), np.asarray(w), atol=2e-2 * scale, rtol=0)
-  out = attention_xla(q, k, v, sliding_window=window, **_ATTN)
-  ref = attention_xla(f32(q), f32(k), f32(v), sliding_window=window, **_ATTN)
+  out = attention_xla_cpu(q, k, v, sliding_window=window, **_ATTN)
+  ref = reference.attention(f32(q), f32(k), f32(v), sliding_window=window, **_ATTN)
   np.testing.assert_allclose(np.asarray(f32(out)), np.asarray(ref), atol=2e-2, rtol=0)
 
 
@@ -181,13 +185,13 @@ def test_low_precision_attention_query_without_visible_keys_gets_zeros():
   kw = dict(scale=0.25, causal=True, sliding_window=None, softcap=20.0, segment_ids=(q_seg, kv_seg))
 
   def f(q, k, v):
-    return jnp.sum(attention_xla(q, k, v, **kw).astype(jnp.float32) ** 2)
+    return jnp.sum(attention_xla_cpu(q, k, v, **kw).astype(jnp.float32) ** 2)
 
-  out = attention_xla(q, k, v, **kw)
+  out = attention_xla_cpu(q, k, v, **kw)
   assert not np.asarray(out[0, 5:].astype(jnp.float32)).any()
   f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
   np.testing.assert_allclose(
-    np.asarray(f32(out)), np.asarray(attention_xla(f32(q), f32(k), f32(v), **kw)), atol=2e-2
+    np.asarray(f32(out)), np.asarray(reference.attention(f32(q), f32(k), f32(v), **kw)), atol=2e-2
   )
   for g, w in zip(jax.grad(f, (0, 1, 2))(q, k, v), jax.grad(f, (0, 1, 2))(f32(q), f32(k), f32(v))):
     assert np.isfinite(np.asarray(f32(g))).all()
@@ -203,8 +207,8 @@ def test_gated_activation_matches_autodiff_of_the_plain_expression(name, dtype):
   gate, up = _rand(30, (64, 48)).astype(dtype), _rand(31, (64, 48)).astype(dtype)
   cot = jax.random.normal(jax.random.key(32), gate.shape)
 
-  def plain(g, u):  # float32 throughout, autodiff's gradient
-    return act(g.astype(jnp.float32)) * u.astype(jnp.float32)
+  def plain(g, u):  # the reference in float32 throughout, autodiff's gradient
+    return reference.gated(act, g.astype(jnp.float32), u.astype(jnp.float32))
 
   out = gated(act, gate, up)
   assert out.dtype == dtype
@@ -236,7 +240,7 @@ def test_rope_backward_is_the_inverse_rotation(dtype):
     angles = pos[..., None].astype(jnp.float32) * jnp.asarray(inv)
     angles = jnp.concatenate([angles, angles], -1)[:, :, None, :]
     cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
-    return x * cos + jnp.concatenate([-x[..., 8:], x[..., :8]], -1) * sin
+    return reference.rotate(x, cos, sin)
 
   np.testing.assert_array_equal(apply_rope(x, pos, inv), plain(x))
   got = jax.vjp(lambda x: apply_rope(x, pos, inv), x)[1](cot)[0]

@@ -8,7 +8,8 @@ from flax import nnx
 
 from gemmax import peft
 from gemmax.models import ModelConfig, Transformer
-from gemmax.models.layers import FEW_ROWS, Linear, dot2d, matmul_t
+from gemmax.models.layers import Linear
+from gemmax.ops.matmul import FEW_ROWS, dot2d, matmul_t
 from gemmax.sampling import Sampler
 from gemmax.sampling.layout import decode_linears, use_out_in
 
@@ -50,9 +51,9 @@ def test_out_in_kernels_give_the_same_generations(preset, kw):
     assert got.tokens == ref.tokens
     for a, b in zip(got.logprobs, ref.logprobs):
       np.testing.assert_allclose(a, b, atol=1e-5)
-  # The user's model is untouched: kernels still [in, out] with the same values, layout default.
+  # The user's model is untouched: plain Linears, kernels [in, out] with the same values.
   for x in decode_linears(m):
-    assert x.kernel_layout == "in_out" and np.array_equal(np.asarray(x.kernel[...]), before[id(x)])
+    assert type(x) is Linear and np.array_equal(np.asarray(x.kernel[...]), before[id(x)])
   # Adapter bases are left out: 7 projections x 2 layers + (untied) lm_head, minus the 2 x 2 adapted.
   n_layers = m.config.num_hidden_layers
   assert len(decode_linears(m)) == 5 * n_layers + (not m.config.tie_word_embeddings)
@@ -95,7 +96,7 @@ def test_few_row_bf16_products_equal_the_plain_product(rows):
   want = jax.lax.dot_general(x, wt, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
   got = jax.jit(lambda x, wt: matmul_t(x, wt, preferred_element_type=jnp.float32))(x, wt)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-  # gradients: those of the same bf16 product without the padding (layers.dot2d)
+  # gradients: those of the same bf16 product without the padding (gemmax.ops.matmul.dot2d)
   f = lambda x, wt: (matmul_t(x, wt, preferred_element_type=jnp.float32) ** 2).sum()
   g = lambda x, wt: (dot2d(x, wt, w_t=True, preferred_element_type=jnp.float32) ** 2).sum()
   for a, b in zip(jax.grad(f, (0, 1))(x, wt), jax.grad(g, (0, 1))(x, wt)):

@@ -66,7 +66,7 @@ class Attention(nnx.Module):
       if first:  # every other slot is empty: the chunk attends to itself, uncached path and kernels
         extra = {}
       else:
-        k, v, impl = kc, vc, "xla"
+        k, v = kc, vc  # with explicit positions: an XLA impl (gemmax.ops.attention)
         segment_ids = extra.pop("segment_ids")
     out = attention(
       q,

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gemmax.ops.fused import rotate
+
 
 def inverse_frequencies(head_dim: int, theta: float, scaling=None) -> np.ndarray:
   """[head_dim // 2] float32 inverse frequencies, computed in float32 like the reference."""
@@ -30,32 +32,8 @@ def inverse_frequencies(head_dim: int, theta: float, scaling=None) -> np.ndarray
 
 
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
-  """x: [B, T, heads, head_dim]; positions: [B, T]. Rotates pairs (i, i + head_dim/2)."""
+  """x: [B, T, heads, head_dim]; positions: [B, T]. Rotates pairs (i, i + head_dim/2)
+  (gemmax.ops.reference.rotate, with a backward that rotates back: gemmax.ops.fused)."""
   angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, T, H/2]
   angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-  return _rotate(x, jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype))
-
-
-def _rotate_half(x):
-  half = x.shape[-1] // 2
-  return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-
-
-# The rotation's transpose is the rotation by -angle. Autodiff instead transposes the halves'
-# slices and concatenation into pads and adds, which XLA:CPU fuses with the attention
-# gradient's layout change into one scalar loop 3-5x slower than the forward.
-@jax.custom_vjp
-def _rotate(x, cos, sin):
-  return x * cos + _rotate_half(x) * sin
-
-
-def _rotate_fwd(x, cos, sin):
-  return _rotate(x, cos, sin), (cos, sin)
-
-
-def _rotate_bwd(res, dy):
-  cos, sin = res
-  return dy * cos - _rotate_half(dy) * sin, None, None  # cos, sin come from integer positions
-
-
-_rotate.defvjp(_rotate_fwd, _rotate_bwd)
+  return rotate(x, jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype))

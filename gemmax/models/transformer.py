@@ -127,11 +127,11 @@ class Transformer(nnx.Module):
 
   def output_projection(self) -> tuple[jax.Array, bool]:
     """(weight, vocab_major): the output projection as stored, [vocab, hidden] when vocab_major
-    (tied embeddings, an [out, in] lm_head) else [hidden, vocab]. Losses take it as stored: a
-    transposed view would send bf16 products down XLA:CPU's slow path (layers._dot_f32_acc)."""
+    (tied embeddings) else [hidden, vocab] (lm_head). Losses take it as stored: a transposed
+    view would send bf16 products down XLA:CPU's slow path (gemmax.ops.matmul)."""
     if self.config.tie_word_embeddings:
       return self.embed_tokens.embedding[...], True
-    return self.lm_head.kernel[...], self.lm_head.kernel_layout == "out_in"
+    return self.lm_head.kernel[...], False
 
   def output_weight(self) -> jax.Array:
     """The [hidden, vocab] output projection (tied embeddings transposed, or lm_head)."""

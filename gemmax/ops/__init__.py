@@ -1,4 +1,5 @@
-"""Attention operators: XLA reference, chunked XLA, Pallas kernels and their dispatcher."""
+"""Attention operators (the einsum oracle in `reference`, plain XLA, XLA:CPU, chunked XLA, Pallas
+kernels and their dispatcher) and the XLA:CPU forms of the model's products (`matmul`, `fused`)."""
 
 from gemmax.ops.attention import IMPLS, attention
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import jax
 
 from gemmax.ops.xla import attention_xla
+from gemmax.ops.xla_cpu import attention_xla_cpu
 
-IMPLS = ("auto", "xla", "xla_chunked", "pallas", "splash", "cudnn")
+# "xla": the plain XLA implementation; "xla_cpu": the same computation with XLA:CPU's measured
+# speed-ups (gemmax.ops.xla_cpu), what "auto" picks on CPU below CPU_CHUNKED_MIN_KV_LEN keys.
+IMPLS = ("auto", "xla", "xla_cpu", "xla_chunked", "pallas", "splash", "cudnn")
 # Not public: what "auto" picks for long causal self-attention on CPU (see CPU_BLOCKS_MIN_LEN).
 _INTERNAL = ("xla_blocks",)
 
-# On CPU the einsum reference is fastest while its [T, S] logits are small; past this many keys
+# On CPU the einsum attention is fastest while its [T, S] logits are small; past this many keys
 # the chunked path keeps memory O(seq) (threshold chosen for memory, not a measured crossover).
 CPU_CHUNKED_MIN_KV_LEN = 4096
 # From this many tokens a causal self-attention on CPU runs in query blocks (gemmax.ops.qblocks):
@@ -29,7 +32,7 @@ def choose_impl(q, k, *, softcap, segment_ids, backend=None) -> str:
     return "splash" if t == s and h % 128 == 0 else "xla_chunked"
   if s >= CPU_CHUNKED_MIN_KV_LEN:
     return "xla_chunked"
-  return "xla_blocks" if t == s and t >= CPU_BLOCKS_MIN_LEN else "xla"
+  return "xla_blocks" if t == s and t >= CPU_BLOCKS_MIN_LEN else "xla_cpu"
 
 
 def attention(
@@ -51,9 +54,10 @@ def attention(
   q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim], heads a multiple
   of kv_heads. `segment_ids` [batch, seq] (or a (q_seg, kv_seg) pair) blocks attention across
   packed examples. `q_positions`/`kv_positions` [batch, len] give explicit positions (KV cache);
-  that path always uses the XLA reference. Key k is visible to query q iff `q - W < k <= q`.
-  On CPU, "auto" gives causal self-attention of CPU_BLOCKS_MIN_LEN tokens or more the internal
-  "xla_blocks" (query blocks, gemmax.ops.qblocks), which falls back to "xla" for anything else.
+  that path uses "xla" or "xla_cpu" (the backend's, unless one of them is asked for). Key k is
+  visible to query q iff `q - W < k <= q`. On CPU, "auto" gives causal self-attention of
+  CPU_BLOCKS_MIN_LEN tokens or more the internal "xla_blocks" (query blocks, gemmax.ops.qblocks),
+  which falls back to "xla_cpu" for anything else.
   """
   if impl not in IMPLS + _INTERNAL:
     raise ValueError(f"attention impl {impl!r} is not one of {IMPLS}")
@@ -75,15 +79,19 @@ def attention(
     segment_ids=segment_ids,
   )
   if q_positions is not None or kv_positions is not None:
-    # Decoding with a KV cache: arbitrary positions, q_len != kv_len; the reference handles it.
-    return attention_xla(q, k, v, q_positions=q_positions, kv_positions=kv_positions, **kw)
+    # Decoding with a KV cache: arbitrary positions, q_len != kv_len.
+    cpu = impl == "xla_cpu" or (impl != "xla" and jax.default_backend() == "cpu")
+    fn = attention_xla_cpu if cpu else attention_xla
+    return fn(q, k, v, q_positions=q_positions, kv_positions=kv_positions, **kw)
   if impl == "auto":
     impl = choose_impl(q, k, softcap=softcap, segment_ids=segment_ids)
   if impl == "xla":
     return attention_xla(q, k, v, **kw)
+  if impl == "xla_cpu":
+    return attention_xla_cpu(q, k, v, **kw)
   if impl == "xla_blocks":
     if not causal or k.shape[1] != q.shape[1]:  # the blocks are for causal self-attention
-      return attention_xla(q, k, v, **kw)
+      return attention_xla_cpu(q, k, v, **kw)
     from gemmax.ops.qblocks import attention_qblocks
 
     return attention_qblocks(q, k, v, **kw)

@@ -13,7 +13,7 @@ MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 def is_low_precision(*arrays) -> bool:
   """True when the arrays share one floating dtype narrower than float32 (bf16, f16, fp8): the
-  operands XLA:CPU multiplies natively only in some forms (see gemmax.models.layers.dot2d)."""
+  operands XLA:CPU multiplies natively only in some forms (see gemmax.ops.matmul)."""
   dt = arrays[0].dtype
   return all(a.dtype == dt for a in arrays) and jnp.issubdtype(dt, jnp.floating) and dt.itemsize < 4
 

@@ -1,13 +1,13 @@
 """Causal self-attention in static query blocks, each against the keys it can see: impl
 "xla_blocks", which `choose_impl` gives long prompts on CPU.
 
-Why: the reference (`attention_xla`) forms the whole [T, T] logits and runs its softmax passes
+Why: `attention_xla_cpu` forms the whole [T, T] logits and runs its softmax passes
 over all of them, the masked upper triangle included. For a 2,048-token prompt of SmolLM2-135M
 (9 heads) that is 38M float32 logits per layer, and those passes were most of the prefill. Here
 query block [lo, hi) attends to keys [start, hi) only (start > 0 with a sliding window): about
 half the logits at 2,048 tokens with 256-query blocks, each block's logits small enough to stay in
-cache. Every block is the reference itself on a slice (its default positions place the queries
-last among the keys, which is where they are), so values equal the reference's.
+cache. Every block is attention_xla_cpu on a slice (its default positions place the queries
+last among the keys, which is where they are), so values equal the unblocked ones.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from gemmax.ops.common import split_segments
-from gemmax.ops.xla import attention_xla
+from gemmax.ops.xla_cpu import attention_xla_cpu
 
 BLOCK = 256
 
@@ -28,21 +28,12 @@ def attention_qblocks(
   if not causal or k.shape[1] != t:
     raise ValueError("attention_qblocks: causal self-attention only")
   q_seg, k_seg = split_segments(segment_ids)
+  kw = dict(scale=scale, causal=True, sliding_window=sliding_window, softcap=softcap)
   outs = []
   for lo in range(0, t, block):
     hi = min(lo + block, t)
     start = 0 if sliding_window is None else max(0, lo - sliding_window + 1)
     segs = None if q_seg is None else (q_seg[:, lo:hi], k_seg[:, start:hi])
-    outs.append(
-      attention_xla(
-        q[:, lo:hi],
-        k[:, start:hi],
-        v[:, start:hi],
-        scale=scale,
-        causal=True,
-        sliding_window=sliding_window,
-        softcap=softcap,
-        segment_ids=segs,
-      )
-    )
+    sl = (slice(None), slice(start, hi))
+    outs.append(attention_xla_cpu(q[:, lo:hi], k[sl], v[sl], segment_ids=segs, **kw))
   return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from gemmax.errors import GemmaxError
-from gemmax.models.layers import contract_tokens, matmul, matmul_t
+from gemmax.ops.matmul import matmul, matmul_narrow
 from gemmax.quant.nf4 import NF4Linear
 
 
@@ -98,7 +98,7 @@ class LoRALinear(nnx.Module):
     drop = self.dropout_active()
     xd = self.dropout(x) if drop else x
     if down is None:
-      down = down_project(xd.astype(dt), self.lora_a[...].astype(dt))
+      down = matmul_narrow(xd.astype(dt), self.lora_a[...].astype(dt))
     # s scales the rank-r activations rather than the [tokens, out] product: one pass over a
     # 16-wide array instead of a full-width one (equal up to rounding).
     lora = matmul(
@@ -123,7 +123,7 @@ class LoRALinear(nnx.Module):
     dt = mods[0].dtype
     if len(mods) < 2 or any(m.dropout_active() or m.dtype != dt for m in mods):
       return tuple(m(x) for m in mods)
-    down = down_project(x.astype(dt), jnp.concatenate([m.lora_a[...] for m in mods], 1).astype(dt))
+    down = matmul_narrow(x.astype(dt), jnp.concatenate([m.lora_a[...] for m in mods], 1).astype(dt))
     ends = np.cumsum([m.rank for m in mods])
     return tuple(m(x, down=down[..., e - m.rank : e]) for m, e in zip(mods, ends))
 
@@ -133,29 +133,6 @@ class LoRALinear(nnx.Module):
     if self.use_dora:
       v = v * (self.magnitude[...] / self.weight_norm())[None, :]
     return v
-
-
-@jax.custom_vjp
-def down_project(x: jax.Array, a: jax.Array) -> jax.Array:
-  """x [..., in] @ A [in, r]: the LoRA down-projection, with a CPU-friendly gradient for A."""
-  return matmul(x, a)
-
-
-def _down_fwd(x, a):
-  return matmul(x, a), (x, a)
-
-
-def _down_bwd(res, g):
-  x, a = res
-  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-  # dA = x^T g contracts the token axis. XLA folds any transpose into the dot and emits it as
-  # [in, r] = x^T g, which XLA:CPU runs ~6x slower than the same product laid out [r, in] = g^T x
-  # (tiny rank leading); the barrier keeps that layout and only the [r, in] result is transposed.
-  da = jax.lax.optimization_barrier(contract_tokens(g2.astype(x2.dtype), x2)).T
-  return matmul_t(g, a), da.astype(a.dtype)
-
-
-down_project.defvjp(_down_fwd, _down_bwd)
 
 
 def has_adapters(model) -> bool:

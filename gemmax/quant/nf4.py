@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gemmax.models.layers import matmul_t
+from gemmax.ops.matmul import matmul_t
 
 BLOCK = 64
 ABSMAX_BLOCK = 256

@@ -1,9 +1,9 @@
 """Decode layout: a copy of the model whose plain projections hold their kernels as [out, in].
 
 Decoding multiplies a few rows by every weight; on XLA:CPU that streams the weights fastest with
-each weight stored [out, in] (gemmax.ops.few_rows, through `gemmax.models.layers.matmul_t`). The
-sampler makes the copy once (`to_out_in`) and runs its jitted functions on it, so the model code
-and the user's model stay as they are. The copy is a transform of the weights it holds, not a
+each weight stored [out, in] (`gemmax.ops.matmul.matmul_t`). The sampler makes the copy once
+(`to_out_in`) and runs its jitted functions on it, so the model code and the user's model stay as
+they are. The copy is a transform of the weights it holds, not a
 flag: every plain `Linear` becomes an `OutInLinear`, and the projections that read one input
 (q/k/v, gate/up: `PACKED`) become `PackedProjection`s sharing one stacked kernel, which
 `project_shared` multiplies once. Fewer, wider products matter at this size: XLA:CPU pays tens of
@@ -20,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from gemmax.models.layers import Linear, matmul_t
+from gemmax.models.layers import Linear
+from gemmax.ops.matmul import matmul_t
 
 # Projections of one input, by attribute name, packed into one [sum of outs, in] kernel.
 PACKED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -28,8 +29,6 @@ PACKED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
 class OutInLinear(nnx.Module):
   """`Linear` with its kernel stored [out, in]: y = x @ kernel^T, computed in `dtype`."""
-
-  kernel_layout = "out_in"
 
   def __init__(self, linear: Linear):
     self.in_features, self.out_features = linear.in_features, linear.out_features
@@ -77,7 +76,7 @@ def decode_linears(model) -> list:
 
 def use_out_in(batch: int, setting=None, dtype="float32") -> bool:
   """Whether to decode on the [out, in] copy: `setting` if given, else on CPU for batch > 1 or
-  a bf16/f16 compute `dtype` (gemmax.ops.few_rows: one float32 row gains little from the copy,
+  a bf16/f16 compute `dtype` (gemmax.ops.matmul: one float32 row gains little from the copy,
   while a one-row bf16 product in the [in, out] layout converts every weight to float32)."""
   if setting is not None:
     return bool(setting)

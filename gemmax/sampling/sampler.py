@@ -41,7 +41,7 @@ class Sampler:
   out_in_kernels: decode with plain Linear kernels transposed to [out, in] (gemmax.sampling.layout:
     a copy of those weights, made on the first call and kept while the model's arrays are the same
     objects; any change to the model replaces them and is noticed). None: on CPU for batches > 1
-    (~1.7x faster decoding) and for bf16/f16 compute at any batch (gemmax.ops.few_rows).
+    (~1.7x faster decoding) and for bf16/f16 compute at any batch (gemmax.ops.matmul).
   The cache of the last call is kept and emptied in place for the next call of the same batch size
   and cache length (fresh memory for a large cache costs more than a short generation).
   """
