@@ -26,6 +26,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gemmax import cli, schema
+
+import build
 from schemas import PRETRAIN
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
@@ -80,61 +82,17 @@ def prepare(c) -> tuple[str, str, str, dict]:
 
 
 def build_model(c):
-  from flax import nnx
-  from gemmax.models import ModelConfig, Transformer
-
   tok_ids = dict(bos_token_id=2, eos_token_id=1, pad_token_id=0)  # the bundled tokenizer's ids
-  cfg = ModelConfig.preset(
-    "gemma2-2b",
-    **{k: c.model[k] for k in MODEL_FIELDS},
-    **tok_ids,
-    dtype=c.model.dtype,
-    param_dtype="float32",
-  )
-  return Transformer(cfg, rngs=nnx.Rngs(c.seed))
+  base = {"preset": "gemma2-2b", "dtype": c.model.dtype}
+  return build.model(base, c.seed, **{k: c.model[k] for k in MODEL_FIELDS}, **tok_ids)
 
 
 def train(c, model, tok, train_path, heldout_path):
-  from gemmax import data
-  from gemmax.train import OptimizerConfig, Trainer, TrainerConfig
+  from gemmax.train import Trainer
 
-  pipe = data.make_pipeline(
-    data.SourceSpec(train_path, kind="text"),
-    tok,
-    data.DataConfig(
-      seq_len=c.data.seq_len, batch_size=c.data.batch_size, seed=c.seed, packing=True
-    ),
-  )
-  eval_cfg = data.DataConfig(
-    seq_len=c.data.seq_len,
-    batch_size=c.data.batch_size,
-    shuffle=False,
-    num_epochs=1,
-    packing=True,
-    prefetch=0,
-  )
-  evaluate = data.make_eval_pipeline(data.SourceSpec(heldout_path, kind="text"), tok, eval_cfg)
-  o = c.optimizer
-  opt = OptimizerConfig(
-    learning_rate=o.learning_rate,
-    warmup_steps=o.warmup_steps,
-    steps=c.steps,
-    end_lr_fraction=o.end_lr_fraction,
-    b1=o.b1,
-    b2=o.b2,
-    weight_decay=o.weight_decay,
-    clip_norm=o.clip_norm or None,
-  )
-  loop = TrainerConfig(
-    workdir=c.workdir,
-    steps=c.steps,
-    log_every=c.log_every,
-    eval_every=c.eval_every,
-    eval_batches=c.eval_batches,
-    seed=c.seed,
-    progress=c.progress,
-    save_adapter=False,
-  )
+  pipe = build.batches(c.data, tok, train_path, c.seed)
+  evaluate = build.eval_batches(c.data, tok, heldout_path)
+  opt, loop = build.optimizer(c), build.loop(c, save_adapter=False)
   return Trainer(model, opt, loop, train_data=pipe, eval_data=evaluate).run()
 
 
@@ -212,14 +170,13 @@ Greedy samples (`gemmax.sampling.Sampler`, 24 new tokens):
 
 
 def run(c) -> dict:
-  from gemmax import data, evals
+  from gemmax import evals
   from gemmax.convert import load_hf, save_hf
   from gemmax.sampling import Sampler
 
   train_path, heldout_path, heldout_text, stats = prepare(c)
-  tok = data.load_tokenizer(c.model.tokenizer)
   model = build_model(c)
-  data.check_vocab(tok, model.config.vocab_size)
+  tok = build.tokenizer(c.model.tokenizer, model.config.vocab_size)
   summary = train(c, model, tok, train_path, heldout_path)
   keep = _kept_demo_section(os.path.join(c.output, "README.md"))
   save_hf(model, c.output, dtype=c.save_dtype)
