@@ -84,21 +84,20 @@ def defaults(schema: dict) -> config_dict.ConfigDict:
   return c
 
 
-def keys(schema: dict, prefix: str = "") -> dict[str, Key]:
-  """Dotted name -> Key for every key of the schema."""
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """Dotted name -> leaf of a nested dict: a schema's Keys, or a config's values."""
   out = {}
-  for name, node in schema.items():
-    dotted = f"{prefix}{name}"
+  for name, node in tree.items():
     if isinstance(node, dict):
-      out.update(keys(node, dotted + "."))
+      out.update(flatten(node, f"{prefix}{name}."))
     else:
-      out[dotted] = node
+      out[f"{prefix}{name}"] = node
   return out
 
 
 def may_differ(schema: dict) -> tuple[str, ...]:
   """The dotted keys a resumed run may change."""
-  return tuple(k for k, key in keys(schema).items() if key.resume)
+  return tuple(k for k, key in flatten(schema).items() if key.resume)
 
 
 def _type_ok(value, kind) -> bool:
