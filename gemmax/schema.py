@@ -141,7 +141,18 @@ def check(c, schema: dict, prefix: str = "") -> None:
         f"config key '{dotted}' must be {_names(node.kind)}, got {type(value).__name__} {value!r}"
       )
     if node.rule is not None:
-      test, requires = node.rule
-      values = value if isinstance(value, (list, tuple)) else [value]
-      if not all(test(v) for v in values):
-        raise ConfigError(f"{dotted} must be {requires}, got {value!r}")
+      _require(dotted, node.rule, value)
+
+
+def check_fields(obj, rules: dict[str, Rule], prefix: str = ""):
+  """Raises ConfigError naming the first field of `obj` that breaks its rule; returns `obj`."""
+  for name, rule in rules.items():
+    _require(prefix + name, rule, getattr(obj, name))
+  return obj
+
+
+def _require(name: str, rule: Rule, value) -> None:
+  test, requires = rule
+  values = value if isinstance(value, (list, tuple)) else [value]
+  if not all(test(v) for v in values):
+    raise ConfigError(f"{name} must be {requires}, got {value!r}")
