@@ -16,7 +16,6 @@ from gemmax.errors import ConfigError
 import build
 from schemas import DISTILL
 
-STAGES = ("teacher", "student", "online", "compare")
 RESUME_MAY_DIFFER = schema.may_differ(DISTILL)  # keys that do not change the trained weights
 
 

@@ -22,7 +22,7 @@ import build
 from schemas import EVALUATE, check_model_source
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config file")
-TASKS = ("classification", "perplexity", "exact_match")
+TASKS = tuple(k for k, v in EVALUATE.items() if isinstance(v, dict) and "file" in v)  # run_<task>
 
 
 def prompt_template(c, run_cfg):
