@@ -166,10 +166,11 @@ def data_config(d, seed: int = 0, evaluation: bool = False):
 
 
 def source(d, path: str):
-  """The SourceSpec of `path` read as the data section says (text rows where it says nothing)."""
+  """The SourceSpec of `path` read as the data section says (text rows where it says nothing).
+  The template stays as given ("" is not None): a teacher store's dataset fingerprint hashes it."""
   from gemmax import data
 
-  return data.SourceSpec(path, kind=d.get("format", "text"), template=d.get("template") or None)
+  return data.SourceSpec(path, kind=d.get("format", "text"), template=d.get("template"))
 
 
 def batches(d, tok, path: str, seed: int = 0):
