@@ -16,12 +16,13 @@ import distill_setup as setup
 def prepare_corpus(c) -> tuple[str, str]:
   """workdir/data/{train,heldout}.jsonl: the pretraining split of compare.corpus (held-out =
   every holdout_every-th chunk), evenly thinned to train_chunks / heldout_chunks records."""
+  from gemmax.data import corpus
   from gemmax.data.chunking import corpus_split
 
   p = c.compare
-  if not os.path.isfile(p.corpus):
-    raise FileNotFoundError(f"{p.corpus} does not exist (run python experiments/prepare_data.py)")
-  train_chunks, held = corpus_split(p.corpus, p.chunk_chars, p.holdout_every)
+  if p.corpus not in corpus.CORPORA and not os.path.isfile(p.corpus):
+    raise FileNotFoundError(f"{p.corpus} does not exist")
+  train_chunks, held = corpus_split(corpus.resolve(p.corpus), p.chunk_chars, p.holdout_every)
   thin = lambda xs, n: xs[:: max(1, len(xs) // n)][:n] if n else xs
   out = os.path.join(c.workdir, "data")
   os.makedirs(out, exist_ok=True)

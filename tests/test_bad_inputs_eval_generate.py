@@ -1,5 +1,5 @@
-"""Bad config values of experiments/evaluate.py and experiments/generate.py: one line naming the
-key, exit 2, before any model loads and with no workdir created (subprocesses: each script
+"""Bad config values of experiments/evaluate.py, generate.py and pretrain.py: one line naming the
+key, exit 2, before any model loads and with no workdir (or pretrain output) created (subprocesses: each script
 defines its own --config flag)."""
 
 import os
@@ -79,6 +79,27 @@ CASES = [
     ["--config.tasks=exact_match", "--config.exact_match.max_new_tokens=0"],
     ["exact_match.max_new_tokens must be > 0"],
   ),
+  (
+    "pretrain.py",
+    "seq_len_beyond_context",
+    ["--config.data.seq_len=4096"],
+    ["data.seq_len 4096", "max_position_embeddings 2048"],
+  ),
+  (
+    "pretrain.py",
+    "heads_not_multiple_of_kv",
+    ["--config.model.num_key_value_heads=3"],
+    ["num_attention_heads 4", "num_key_value_heads 3"],
+  ),
+  ("pretrain.py", "adam_b1_above_one", ["--config.optimizer.b1=1.5"], ["optimizer.b1", "1.5"]),
+  (
+    "pretrain.py",
+    "vocab_smaller_than_tokenizer",
+    ["--config.model.vocab_size=100"],
+    ["tokenizer.model has vocab_size 8192", "vocab_size is 100"],
+  ),
+  ("pretrain.py", "corpus_missing", ["--config.data.corpus=nope.txt"], ["data.corpus", "nope.txt"]),
+  ("pretrain.py", "trec_row_bad", ["--config.data.trec_train={bad_rows}"], ["bad.jsonl row 2"]),
 ]
 
 
@@ -87,15 +108,19 @@ CASES = [
 )
 def test_bad_value_is_one_line_exit_2(tmp_path, script, flags, needles):
   work = tmp_path / "work"
+  bad_rows = tmp_path / "bad.jsonl"
+  bad_rows.write_text('{"instruction": "x", "input": "q"}\n{"instruction": "x"}\n')
   cmd = [
     sys.executable,
     os.path.join(ROOT, "experiments", script),
     "--config",
     os.path.join(ROOT, "experiments", "configs", script),
-    *flags,
+    *[f.replace("{bad_rows}", str(bad_rows)) for f in flags],
   ]
   if script == "evaluate.py":
     cmd.append(f"--config.workdir={work}")
+  if script == "pretrain.py":
+    cmd += [f"--config.workdir={work}", f"--config.output={tmp_path / 'out'}"]
   p = subprocess.run(
     cmd,
     capture_output=True,
@@ -110,4 +135,4 @@ def test_bad_value_is_one_line_exit_2(tmp_path, script, flags, needles):
   assert len(lines) == 1 and lines[0].startswith(f"{script}: error: "), p.stderr[-2000:]
   for needle in needles:
     assert needle in lines[0], (needle, lines[0])
-  assert not work.exists() and p.stdout == ""
+  assert not work.exists() and not (tmp_path / "out").exists() and p.stdout == ""

@@ -13,7 +13,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 TREC = ROOT / "data" / "trec6"
 SPLITS = ("train", "validation", "test")
 TOKENIZER = ROOT / "checkpoints" / "gemmax-tiny" / "tokenizer.model"
-CORPUS = ROOT / "data" / "corpus" / "pretrain.txt"
 
 
 def load(split):
@@ -177,9 +176,6 @@ def test_hf_gemma_tokenizer_agrees(sp):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-  not CORPUS.exists(), reason="run experiments/prepare_data.py to build the corpus"
-)
 def test_tokenizer_training_is_reproducible(tmp_path):
   import subprocess
   import sys

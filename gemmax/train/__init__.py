@@ -1,6 +1,8 @@
-"""Training: chunked next-token loss, AdamW recipe, pure jitted steps, the loop, checkpoints."""
+"""Training: chunked next-token loss, the DPO and GRPO losses, AdamW recipe, pure jitted steps, the loop, checkpoints."""
 
 from gemmax.train.checkpoints import RunCheckpointer, average_checkpoints
+from gemmax.train.dpo import dpo_loss
+from gemmax.train.grpo import group_advantages, grpo_loss
 from gemmax.train.losses import (
   CESums,
   cross_entropy,
@@ -34,6 +36,9 @@ __all__ = [
   "cross_entropy",
   "cross_entropy_sums",
   "decay_mask",
+  "dpo_loss",
+  "group_advantages",
+  "grpo_loss",
   "learning_rate_schedule",
   "make_eval_step",
   "make_optimizer",
