@@ -31,20 +31,18 @@ import sys
 from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the sibling modules below
+import build  # noqa: E402
 from distill_setup import (
   RESUME_MAY_DIFFER,
-  build_mesh,
   build_student,
   check_config,  # noqa: E402
   check_same_tokenizer,
   distill_loss,
-  eval_factory,
   load_teacher,
   open_store,
   stage_teacher,
   store_batches,
   student_tokenizer,
-  text_batches,
   train,
 )
 from gemmax import cli  # noqa: E402
@@ -71,7 +69,7 @@ def stage_student(c, mesh=None) -> dict:
     model,
     student,
     store_batches(c, store),
-    eval_factory(c, tok, c.data.validation),
+    build.eval_batches(c.data, tok, c.data.validation),
     distill_loss(c),
     c.workdir,
     mesh,
@@ -85,7 +83,7 @@ def stage_online(c, mesh=None) -> dict:
   tok = student_tokenizer(c, teacher_tok)
   check_same_tokenizer(tok, teacher_tok)
   student = build_student(c, teacher.config, mesh)
-  batches = text_batches(c, tok, c.data.train)
+  batches = build.batches(c.data, tok, c.data.train, c.seed)
   onpolicy = None
   if c.onpolicy.fraction > 0:
     o = c.onpolicy
@@ -104,7 +102,7 @@ def stage_online(c, mesh=None) -> dict:
     TeacherStudent(student, teacher),
     student,
     batches,
-    eval_factory(c, tok, c.data.validation),
+    build.eval_batches(c.data, tok, c.data.validation),
     distill_loss(c),
     c.workdir,
     mesh,
@@ -123,11 +121,11 @@ def run(c) -> dict:
   """Checks the config, claims the workdir (training stages) and runs the stage."""
   check_config(c)
   if c.stage == "teacher":
-    return stage_teacher(c, build_mesh(c))
+    return stage_teacher(c, build.mesh(c.mesh))
   from gemmax.train.workdir import claim_workdir
 
   claim_workdir(c.workdir, json.loads(c.to_json_best_effort()), RESUME_MAY_DIFFER)
-  mesh = build_mesh(c)
+  mesh = build.mesh(c.mesh)
   if c.stage == "compare":
     from distill_compare import stage_compare
 

@@ -9,19 +9,8 @@ import math
 import os
 import time
 
-from distill_setup import (
-  build_student,
-  check_same_tokenizer,
-  distill_loss,
-  eval_factory,
-  load_teacher,
-  open_store,
-  stage_teacher,
-  store_batches,
-  student_tokenizer,
-  text_batches,
-  train,
-)
+import build
+import distill_setup as setup
 
 
 def prepare_corpus(c) -> tuple[str, str]:
@@ -53,34 +42,36 @@ def stage_compare(c, mesh=None) -> dict:
 
   t_start = time.perf_counter()
   train_path, heldout_path = prepare_corpus(c)
-  teacher, tok, fingerprint = loaded = load_teacher(c, mesh)
-  check_same_tokenizer(student_tokenizer(c, tok), tok)
+  teacher, tok, fingerprint = loaded = setup.load_teacher(c, mesh)
+  setup.check_same_tokenizer(setup.student_tokenizer(c, tok), tok)
   manifest = {}
   if c.compare.mode == "offline":  # both students read the store (the CE run ignores its top-k)
-    manifest = stage_teacher(c, mesh, loaded, train_path)
-    store = open_store(c, tok, teacher.config.vocab_size, dataset_path=train_path)
-    batches = lambda: store_batches(c, store)
+    manifest = setup.stage_teacher(c, mesh, loaded, train_path)
+    store = setup.open_store(c, tok, teacher.config.vocab_size, dataset_path=train_path)
+    batches = lambda: setup.store_batches(c, store)
   else:  # the teacher scores each batch in the loop; both students see the same batches
-    batches = lambda: text_batches(c, tok, train_path)
+    batches = lambda: build.batches(c.data, tok, train_path, c.seed)
   t_teacher = time.perf_counter() - t_start
-  evaluate = eval_factory(c, tok, heldout_path)
+  evaluate = build.eval_batches(c.data, tok, heldout_path)
   init = report.heldout_metrics(
-    TeacherStudent(build_student(c, teacher.config, mesh), teacher),
+    TeacherStudent(setup.build_student(c, teacher.config, mesh), teacher),
     evaluate(),
     temperature=c.distill.temperature,
     mesh=mesh,
   )
   runs, histories = {}, {}
   for name, ratio in (("distilled", c.distill.kd_ratio), ("ce_only", 0.0)):
-    student = build_student(c, teacher.config, mesh)  # the same seed: the same init both times
+    student = setup.build_student(
+      c, teacher.config, mesh
+    )  # the same seed: the same init both times
     workdir = os.path.join(c.workdir, name)
-    runs[name] = train(
+    runs[name] = setup.train(
       c,
       TeacherStudent(student, teacher),
       student,
       batches(),
       evaluate,
-      distill_loss(c, ratio),
+      setup.distill_loss(c, ratio),
       workdir,
       mesh,
     )

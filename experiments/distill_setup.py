@@ -1,6 +1,7 @@
-"""experiments/distill.py's config schema and the pieces its stages build: mesh, teacher, student,
-tokenizers, data pipelines (text and teacher store), the distillation loss and the training run.
-The teacher stage lives here too because the compare stage (distill_compare.py) reuses it."""
+"""experiments/distill.py's config checks and the pieces its stages share: teacher, student (built
+by experiments/build.py), tokenizers, the teacher store and its batches, the distillation loss and
+the training run. The teacher stage lives here too because the compare stage (distill_compare.py)
+reuses it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import time
 from gemmax import schema
 from gemmax.data.corpus import CORPORA
 from gemmax.errors import ConfigError
+
+import build
 from schemas import DISTILL
 
-STAGES = ("teacher", "student", "online", "compare")
 RESUME_MAY_DIFFER = schema.may_differ(DISTILL)  # keys that do not change the trained weights
 
 
@@ -64,93 +66,25 @@ def check_config(c) -> None:
       raise ConfigError(f"{name}: {c[section][key]} is not a directory")
 
 
-# --- building blocks ----------------------------------------------------------------------------
-def build_mesh(c):
-  import jax
-  from gemmax import sharding
-
-  mesh = sharding.make_mesh(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor)
-  return None if jax.device_count() == 1 else mesh
-
-
-def check_context(c, model, who: str) -> None:
-  """data.seq_len must fit the model's positions (positions past them were never trained)."""
-  limit = model.config.max_position_embeddings
-  if c.data.seq_len > limit:
-    raise ConfigError(
-      f"data.seq_len {c.data.seq_len} is longer than the {who}'s max_position_embeddings {limit}"
-    )
-
-
+# --- building blocks (experiments/build.py builds what every script builds) ----------------------
 def load_teacher(c, mesh=None):
   """The frozen teacher, its tokenizer and a fingerprint of its checkpoint directory."""
-  from gemmax import data
-  from gemmax.convert import load_hf
   from gemmax.distill import model_fingerprint
 
-  teacher = load_hf(c.teacher.path, compute_dtype=c.teacher.dtype or None, mesh=mesh)
-  check_context(c, teacher, "teacher")
-  tok = data.load_tokenizer(c.teacher.path)
-  data.check_vocab(tok, teacher.config.vocab_size)
+  teacher = build.model(c.teacher, mesh=mesh)
+  build.check_context(c.data.seq_len, teacher, "teacher")
+  tok = build.tokenizer(c.teacher.path, teacher.config.vocab_size)
   return teacher, tok, model_fingerprint(c.teacher.path)
 
 
 def build_student(c, teacher_config=None, mesh=None):
   """The student (HF dir, or a random preset taking the teacher's vocabulary and special ids),
   with LoRA/DoRA adapters for method lora/dora."""
-  from flax import nnx
-  from gemmax import peft, sharding
-  from gemmax.convert import load_hf
-  from gemmax.models import ModelConfig, Transformer, create_sharded
-
-  s = c.student
-  if s.path:
-    model = load_hf(
-      s.path, dtype=s.param_dtype or None, compute_dtype=s.dtype, mesh=mesh, remat=s.remat
-    )
-  else:
-    inherit = {}
-    if teacher_config is not None:
-      inherit = {
-        k: getattr(teacher_config, k)
-        for k in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
-      }
-    try:
-      cfg = ModelConfig.preset(
-        s.preset,
-        **{
-          **inherit,
-          **s.overrides.to_dict(),
-          "dtype": s.dtype,
-          "param_dtype": s.param_dtype or "float32",
-          "remat": s.remat,
-        },
-      )
-    except TypeError as e:
-      raise ConfigError(f"student.overrides: {e}") from None
-    model = (
-      create_sharded(cfg, mesh, c.seed)
-      if mesh is not None
-      else Transformer(cfg, rngs=nnx.Rngs(c.seed))
-    )
-  check_context(c, model, "student")
-  if c.method != "full":
-    targets = c.lora.targets
-    if isinstance(targets, str) and "," in targets:
-      targets = [t.strip() for t in targets.split(",") if t.strip()]
-    peft.apply(
-      model,
-      method=c.method,
-      rank=c.lora.rank,
-      alpha=c.lora.alpha,
-      targets=targets,
-      dropout=c.lora.dropout,
-      rslora=c.lora.rslora,
-      rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1),
-    )
-    if mesh is not None:
-      sharding.shard_model(model, mesh)
-  return model
+  inherit = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
+  inherit = {k: getattr(teacher_config, k) for k in inherit} if teacher_config else {}
+  model = build.model(c.student, c.seed, mesh, "student", **inherit)
+  build.check_context(c.data.seq_len, model, "student")
+  return build.adapters(model, c, mesh)
 
 
 def student_tokenizer(c, teacher_tok=None):
@@ -169,39 +103,13 @@ def check_same_tokenizer(student_tok, teacher_tok):
     )
 
 
-def spec(c, path):
-  from gemmax import data
-
-  return data.SourceSpec(path, kind=c.data.format, template=c.data.template)
-
-
-def eval_factory(c, tok, path):
-  from gemmax import data
-
-  if not path:
-    return None
-  cfg = data.DataConfig(
-    seq_len=c.data.seq_len,
-    batch_size=c.data.eval_batch_size,
-    shuffle=False,
-    num_epochs=1,
-    packing=c.data.packing,
-    prefetch=0,
-    on_bad_rows=c.data.on_bad_rows,
-  )
-  return data.make_eval_pipeline(spec(c, path), tok, cfg)
-
-
 def distill_loss(c, kd_ratio=None):
   from gemmax.distill import DistillLoss
 
-  d = c.distill
-  return DistillLoss(
-    kd_ratio=d.kd_ratio if kd_ratio is None else kd_ratio,
-    temperature=d.temperature,
-    divergence=d.divergence,
-    beta=d.beta,
-  ).validate()
+  kw = c.distill.to_dict()  # the section's keys are DistillLoss's fields
+  if kd_ratio is not None:
+    kw["kd_ratio"] = kd_ratio
+  return DistillLoss(**kw)
 
 
 def train(c, model, student, train_data, evaluate, loss, workdir, mesh=None, onpolicy=None):
@@ -210,33 +118,11 @@ def train(c, model, student, train_data, evaluate, loss, workdir, mesh=None, onp
   from gemmax.convert import save_hf
   from gemmax.distill import distill_loss_fn, student_filter
   from gemmax.models import param_count
-  from gemmax.train import OptimizerConfig, Trainer, TrainerConfig
+  from gemmax.train import Trainer
   from gemmax.train.workdir import write_atomic
 
-  o = c.optimizer
-  opt = OptimizerConfig(
-    learning_rate=o.learning_rate,
-    warmup_steps=o.warmup_steps,
-    steps=c.steps,
-    end_lr_fraction=o.end_lr_fraction,
-    b1=o.b1,
-    b2=o.b2,
-    weight_decay=o.weight_decay,
-    clip_norm=o.clip_norm or None,
-  )
-  loop = TrainerConfig(
-    workdir=workdir,
-    steps=c.steps,
-    accum_steps=o.grad_accum,
-    log_every=c.log_every,
-    eval_every=c.eval_every if evaluate else 0,
-    eval_batches=c.eval_batches,
-    checkpoint_every=c.checkpoint_every,
-    keep_checkpoints=c.keep_checkpoints,
-    seed=c.seed,
-    progress=c.progress,
-    save_adapter=False,
-  )
+  opt = build.optimizer(c)
+  loop = build.loop(c, evaluate is not None, workdir=workdir, save_adapter=False)
   trainer = Trainer(
     model,
     opt,
@@ -282,7 +168,7 @@ def open_store(c, tok, vocab_size, dataset_path=None):
   store.check(
     tokenizer=tok,
     vocab_size=vocab_size,
-    dataset=dataset_fingerprint(spec(c, path)) if path else None,
+    dataset=dataset_fingerprint(build.source(c.data, path)) if path else None,
   )
   if not math.isclose(store.temperature, c.distill.temperature):
     raise StoreError(
@@ -294,36 +180,9 @@ def open_store(c, tok, vocab_size, dataset_path=None):
 
 
 def store_batches(c, store):
-  from gemmax import data
   from gemmax.distill import store_pipeline
 
-  return store_pipeline(
-    store,
-    data.DataConfig(
-      seq_len=c.data.seq_len,
-      batch_size=c.data.batch_size,
-      seed=c.seed,
-      packing=c.data.packing,
-      worker_count=c.data.workers,
-    ),
-  )
-
-
-def text_batches(c, tok, path):
-  from gemmax import data
-
-  return data.make_pipeline(
-    spec(c, path),
-    tok,
-    data.DataConfig(
-      seq_len=c.data.seq_len,
-      batch_size=c.data.batch_size,
-      seed=c.seed,
-      packing=c.data.packing,
-      worker_count=c.data.workers,
-      on_bad_rows=c.data.on_bad_rows,
-    ),
-  )
+  return store_pipeline(store, build.data_config(c.data, c.seed))
 
 
 def stage_teacher(c, mesh=None, loaded=None, train_path=None) -> dict:
@@ -334,7 +193,7 @@ def stage_teacher(c, mesh=None, loaded=None, train_path=None) -> dict:
   manifest = write_teacher_store(
     teacher,
     tok,
-    spec(c, train_path or c.data.train),
+    build.source(c.data, train_path or c.data.train),
     _store_dir(c),
     k=c.store.k,
     temperature=c.distill.temperature,

@@ -18,10 +18,11 @@ from ml_collections import config_flags
 from gemmax import cli, schema
 from gemmax.errors import GemmaxError
 
+import build
 from schemas import EVALUATE, check_model_source
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "evaluation config file")
-TASKS = ("classification", "perplexity", "exact_match")
+TASKS = tuple(k for k, v in EVALUATE.items() if isinstance(v, dict) and "file" in v)  # run_<task>
 
 
 def prompt_template(c, run_cfg):
@@ -122,18 +123,9 @@ def run_exact_match(c, model, tok, run_cfg, out):
 
 def task_files(c, tasks) -> dict:
   """{config key: file} that the tasks read (a few-shot file only where one is named)."""
-  keys = {
-    "classification": ["classification.file"],
-    "perplexity": ["perplexity.file"],
-    "exact_match": ["exact_match.file"],
-  }
-  if c.classification.few_shot and c.classification.few_shot_file:
-    keys["classification"].append("classification.few_shot_file")
-  out = {}
-  for t in tasks:
-    for key in keys[t]:
-      section, field = key.split(".")
-      out[key] = getattr(getattr(c, section), field)
+  out = {f"{t}.file": c[t].file for t in tasks}
+  if "classification" in tasks and c.classification.few_shot and c.classification.few_shot_file:
+    out["classification.few_shot_file"] = c.classification.few_shot_file
   return out
 
 
@@ -159,7 +151,6 @@ def check_inputs(c, tasks) -> None:
 def evaluate(c):
   import shutil
   import tempfile
-  from gemmax.evals.loading import load_model, load_tokenizer_for
 
   schema.check(c, EVALUATE)
   check_model_source(c)
@@ -170,10 +161,8 @@ def evaluate(c):
   if os.path.exists(c.workdir) and not os.path.isdir(c.workdir):
     raise GemmaxError(f"workdir {c.workdir}: exists and is not a directory")
   check_inputs(c, tasks)
-  model, base, run_cfg = load_model(
-    c.model.path, c.model.adapter, c.model.dtype, c.model.quantize, with_config=True
-  )
-  tok = load_tokenizer_for(base, c.model.tokenizer)
+  model, base, run_cfg = build.trained_model(c.model)
+  tok = build.tokenizer(c.model.tokenizer or base)
   report = {"model": base, "adapter": c.model.adapter, "tasks": {}}
   # Outputs go to a staging directory and move into the workdir only once every task is done:
   # an evaluation that fails midway leaves an earlier run's report and plots as they were.

@@ -25,6 +25,8 @@ from ml_collections import config_flags
 
 from gemmax import cli, schema
 from gemmax.errors import ConfigError
+
+import build
 from schemas import FINETUNE
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
@@ -65,93 +67,12 @@ def check_config(c) -> None:
     )
 
 
-def build_mesh(c):
-  """The device mesh from c.mesh, or None on a single device (nothing to shard)."""
-  import jax
-  from gemmax import sharding
-
-  # Built (so checked against the device count) even on one device, where it is then unused.
-  mesh = sharding.make_mesh(data=c.mesh.data, fsdp=c.mesh.fsdp, tensor=c.mesh.tensor)
-  return None if jax.device_count() == 1 else mesh
-
-
 def build_model(c, mesh=None):
   """The base model (HF dir, .gguf file, registry name or random preset), with adapters applied
   for lora/dora; created straight into its shards when `mesh` is given."""
-  from flax import nnx
-  from gemmax import peft, sharding
-  from gemmax.convert import load
-  from gemmax.models import ModelConfig, Transformer, create_sharded
-
-  run = dict(remat=c.model.remat, attn_impl=c.model.attn_impl)
-  if c.model.path:
-    model = load(
-      c.model.path, c.model.param_dtype or None, compute_dtype=c.model.dtype, mesh=mesh, **run
-    )
-  else:
-    cfg = ModelConfig.preset(
-      c.model.preset, dtype=c.model.dtype, param_dtype=c.model.param_dtype or "float32", **run
-    )
-    model = (
-      create_sharded(cfg, mesh, c.seed)
-      if mesh is not None
-      else Transformer(cfg, rngs=nnx.Rngs(c.seed))
-    )
-  if c.method != "full":
-    peft.apply(
-      model,
-      method=c.method,
-      rank=c.lora.rank,
-      alpha=c.lora.alpha,
-      targets=_targets(c.lora.targets),
-      dropout=c.lora.dropout,
-      rslora=c.lora.rslora,
-      quantize=c.quantize,
-      rngs=nnx.Rngs(params=c.seed, dropout=c.seed + 1),
-    )
-    if mesh is not None:  # the new adapter (and NF4) arrays follow their base weights' axes
-      sharding.shard_model(model, mesh)
-  return model
-
-
-def _targets(t):
-  if isinstance(t, str) and "," in t:
-    return [s.strip() for s in t.split(",") if s.strip()]
-  return t
-
-
-def build_data(c, vocab_size):
-  """(train iterator, eval iterator factory or None); the validation file is read and checked here."""
-  from gemmax import data
-
-  tok = data.load_tokenizer(c.model.tokenizer or c.model.path)
-  data.check_vocab(tok, vocab_size)
-  spec = lambda path: data.SourceSpec(path, kind=c.data.format, template=c.data.template)
-  train = data.make_pipeline(
-    spec(c.data.train),
-    tok,
-    data.DataConfig(
-      seq_len=c.data.seq_len,
-      batch_size=c.data.batch_size,
-      seed=c.seed,
-      packing=c.data.packing,
-      worker_count=c.data.workers,
-      on_bad_rows=c.data.on_bad_rows,
-    ),
-  )
-  evaluate = None
-  if c.data.validation:
-    eval_cfg = data.DataConfig(
-      seq_len=c.data.seq_len,
-      batch_size=c.data.eval_batch_size,
-      shuffle=False,
-      num_epochs=1,
-      packing=c.data.packing,
-      prefetch=0,
-      on_bad_rows=c.data.on_bad_rows,
-    )
-    evaluate = data.make_eval_pipeline(spec(c.data.validation), tok, eval_cfg)
-  return train, evaluate
+  model = build.model(c.model, c.seed, mesh)
+  build.check_context(c.data.seq_len, model, source=c.model.path or c.model.preset)
+  return build.adapters(model, c, mesh)
 
 
 _KEEP = ("accuracy", "macro_f1", "num_examples", "classes", "per_class", "confusion_matrix")
@@ -214,21 +135,10 @@ def classification_rows(c):
   return rows, sorted(counts), baseline
 
 
-def check_model(c, model) -> None:
-  """Config checks that need the model's config."""
-  limit = model.config.max_position_embeddings
-  if c.data.seq_len > limit:
-    raise ConfigError(
-      f"data.seq_len {c.data.seq_len} is longer than the model's "
-      f"max_position_embeddings {limit} ({c.model.path or c.model.preset})"
-    )
-
-
 def run(c) -> dict:
   """Builds and checks everything, claims the workdir, trains. Bad inputs raise GemmaxError (or
   ValueError / OSError) before anything in the workdir is written."""
-  from gemmax.data import load_tokenizer
-  from gemmax.train import OptimizerConfig, Trainer, TrainerConfig
+  from gemmax.train import Trainer
   from gemmax.train.workdir import check_workdir, claim_workdir, write_atomic
 
   run_config = json.loads(c.to_json_best_effort())
@@ -237,40 +147,16 @@ def run(c) -> dict:
     from gemmax import distributed
 
     distributed.initialize()
-  mesh = build_mesh(c)
+  mesh = build.mesh(c.mesh)
   model = build_model(c, mesh)
-  check_model(c, model)
-  train, evaluate = build_data(c, model.config.vocab_size)
+  tok = build.tokenizer(c.model.tokenizer or c.model.path, model.config.vocab_size)
+  train = build.batches(c.data, tok, c.data.train, c.seed)
+  evaluate = build.eval_batches(c.data, tok, c.data.validation)
   rows, classes, baseline = classification_rows(c) if c.classify.file else ([], [], None)
-  o = c.optimizer
-  opt = OptimizerConfig(
-    learning_rate=o.learning_rate,
-    warmup_steps=o.warmup_steps,
-    steps=c.steps,
-    end_lr_fraction=o.end_lr_fraction,
-    b1=o.b1,
-    b2=o.b2,
-    weight_decay=o.weight_decay,
-    clip_norm=o.clip_norm or None,
-  )
-  loop = TrainerConfig(
-    workdir=c.workdir,
-    steps=c.steps,
-    accum_steps=o.grad_accum,
-    log_every=c.log_every,
-    eval_every=c.eval_every if evaluate else 0,
-    eval_batches=c.eval_batches,
-    checkpoint_every=c.checkpoint_every,
-    keep_checkpoints=c.keep_checkpoints,
-    seed=c.seed,
-    progress=c.progress,
-    save_adapter=c.method != "full",
-    save_merged=c.save_merged,
-    halt_on_nonfinite=c.halt_on_nonfinite,
-  )
+  opt = build.optimizer(c)
+  loop = build.loop(c, evaluate is not None, save_adapter=c.method != "full")
   claim_workdir(c.workdir, run_config, RESUME_MAY_DIFFER)
   scores = {}
-  tok = load_tokenizer(c.model.tokenizer or c.model.path)
   if rows:
     scores["zero_shot"] = classify(c, model, tok, rows, classes, "zero_shot")
     print(

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from gemmax import cli, schema
 
+import build
 from schemas import GENERATE, check_model_source
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "generation config file")
@@ -24,12 +25,11 @@ class Chat:
   def __init__(self, c):
     from gemmax.data import end_of_turn_ids
     from gemmax.data.chat import check_template
-    from gemmax.evals.loading import load_model, load_tokenizer_for
     from gemmax.sampling import Sampler
 
     self.c = c
-    model, base = load_model(c.model.path, c.model.adapter, c.model.dtype, c.model.quantize)
-    self.tok = load_tokenizer_for(base, c.model.tokenizer)
+    model, base, _ = build.trained_model(c.model)
+    self.tok = build.tokenizer(c.model.tokenizer or base)
     own = "model" if self.tok.chat_template else None
     self.template = (
       c.chat_template or own or ("gemma" if model.config.family == "gemma2" else "llama3")

@@ -26,6 +26,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gemmax import cli, schema
+
+import build
 from schemas import PRETRAIN
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.")
@@ -111,7 +113,6 @@ def check_inputs(c):
   """What the run reads, checked before the workdir or output is touched: the model's fields
   (ModelConfig's own checks), the context, the files, the tokenizer against the vocabulary.
   Returns (model config, tokenizer, corpus file, TREC questions)."""
-  from gemmax import data
   from gemmax.data import corpus
   from gemmax.errors import ConfigError
 
@@ -125,53 +126,17 @@ def check_inputs(c):
     raise FileNotFoundError(f"data.corpus: {c.data.corpus} is neither a file nor a corpus name")
   if c.data.trec_train and not os.path.isfile(c.data.trec_train):
     raise FileNotFoundError(f"data.trec_train: {c.data.trec_train} does not exist")
-  tok = data.load_tokenizer(c.model.tokenizer)
-  data.check_vocab(tok, cfg.vocab_size)
+  tok = build.tokenizer(c.model.tokenizer, cfg.vocab_size)
   questions = read_questions(c.data.trec_train) if c.data.trec_train else []
   return cfg, tok, corpus.resolve(c.data.corpus), questions
 
 
 def train(c, model, tok, train_path, heldout_path):
-  from gemmax import data
-  from gemmax.train import OptimizerConfig, Trainer, TrainerConfig
+  from gemmax.train import Trainer
 
-  pipe = data.make_pipeline(
-    data.SourceSpec(train_path, kind="text"),
-    tok,
-    data.DataConfig(
-      seq_len=c.data.seq_len, batch_size=c.data.batch_size, seed=c.seed, packing=True
-    ),
-  )
-  eval_cfg = data.DataConfig(
-    seq_len=c.data.seq_len,
-    batch_size=c.data.batch_size,
-    shuffle=False,
-    num_epochs=1,
-    packing=True,
-    prefetch=0,
-  )
-  evaluate = data.make_eval_pipeline(data.SourceSpec(heldout_path, kind="text"), tok, eval_cfg)
-  o = c.optimizer
-  opt = OptimizerConfig(
-    learning_rate=o.learning_rate,
-    warmup_steps=o.warmup_steps,
-    steps=c.steps,
-    end_lr_fraction=o.end_lr_fraction,
-    b1=o.b1,
-    b2=o.b2,
-    weight_decay=o.weight_decay,
-    clip_norm=o.clip_norm or None,
-  )
-  loop = TrainerConfig(
-    workdir=c.workdir,
-    steps=c.steps,
-    log_every=c.log_every,
-    eval_every=c.eval_every,
-    eval_batches=c.eval_batches,
-    seed=c.seed,
-    progress=c.progress,
-    save_adapter=False,
-  )
+  pipe = build.batches(c.data, tok, train_path, c.seed)
+  evaluate = build.eval_batches(c.data, tok, heldout_path)
+  opt, loop = build.optimizer(c), build.loop(c, save_adapter=False)
   return Trainer(model, opt, loop, train_data=pipe, eval_data=evaluate).run()
 
 

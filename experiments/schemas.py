@@ -12,6 +12,8 @@ from ml_collections import config_dict
 from gemmax.errors import ConfigError
 from gemmax.ops.attention import IMPLS
 from gemmax.schema import Key, above, at_least, between, nonempty, one_of
+from gemmax.train.optimizer import RULES as OPT
+from gemmax.train.trainer import RULES as LOOP
 
 DTYPES = one_of("float32", "bfloat16", "float16")
 MESH_SIZE = (lambda x: x == -1 or x >= 1), "-1 or >= 1"
@@ -50,16 +52,17 @@ _LORA = {
   "dropout": Key(0.05, float, between(0, 1, high_open=True)),
   "rslora": Key(False, bool),
 }
-# AdamW, linear warmup + cosine decay, global-norm clipping.
+# AdamW, linear warmup + cosine decay, global-norm clipping; ranges of the fields it feeds from
+# the library (OptimizerConfig, TrainerConfig), which checks them by the same rules.
 _OPTIMIZER = {
-  "learning_rate": Key(2e-4, float, above(0)),
-  "warmup_steps": Key(20, int, at_least(0)),
-  "end_lr_fraction": Key(0.1, float, between(0, 1)),
-  "b1": Key(0.9, float, between(0, 1, high_open=True)),
-  "b2": Key(0.95, float, between(0, 1, high_open=True)),
-  "weight_decay": Key(0.0, float, at_least(0)),
+  "learning_rate": Key(2e-4, float, OPT["learning_rate"]),
+  "warmup_steps": Key(20, int, OPT["warmup_steps"]),
+  "end_lr_fraction": Key(0.1, float, OPT["end_lr_fraction"]),
+  "b1": Key(0.9, float, OPT["b1"]),
+  "b2": Key(0.95, float, OPT["b2"]),
+  "weight_decay": Key(0.0, float, OPT["weight_decay"]),
   "clip_norm": Key(1.0, float, at_least(0)),  # 0 = no clipping
-  "grad_accum": Key(1, int, above(0)),  # micro-batches per step
+  "grad_accum": Key(1, int, LOOP["accum_steps"]),  # micro-batches per step
 }
 # A mesh over every device of every process (ignored on one device); -1 = the rest.
 _MESH = {
@@ -69,12 +72,12 @@ _MESH = {
 }
 # The loop's cadence (all may change on resume).
 _LOOP = {
-  "steps": Key(500, int, above(0)),
-  "log_every": Key(10, int, above(0), **R),
-  "eval_every": Key(100, int, at_least(0), **R),
-  "eval_batches": Key(20, int, at_least(0), **R),  # 0 = the whole validation set
-  "checkpoint_every": Key(100, int, at_least(0), **R),
-  "keep_checkpoints": Key(3, int, above(0), **R),
+  "steps": Key(500, int, LOOP["steps"]),
+  "log_every": Key(10, int, LOOP["log_every"], **R),
+  "eval_every": Key(100, int, LOOP["eval_every"], **R),
+  "eval_batches": Key(20, int, LOOP["eval_batches"], **R),  # 0 = the whole validation set
+  "checkpoint_every": Key(100, int, LOOP["checkpoint_every"], **R),
+  "keep_checkpoints": Key(3, int, LOOP["keep_checkpoints"], **R),
   "progress": Key(True, bool, **R),
   "seed": Key(0, int),
 }
@@ -290,10 +293,10 @@ PRETRAIN = {
     for k, v in _with(_OPTIMIZER, learning_rate=3e-3, warmup_steps=50, weight_decay=0.1).items()
     if k != "grad_accum"
   },
-  "steps": Key(1600, int, above(0)),
-  "log_every": Key(10, int, above(0)),
-  "eval_every": Key(400, int, at_least(0)),
-  "eval_batches": Key(8, int, at_least(0)),
+  "steps": Key(1600, int, LOOP["steps"]),
+  "log_every": Key(10, int, LOOP["log_every"]),
+  "eval_every": Key(400, int, LOOP["eval_every"]),
+  "eval_batches": Key(8, int, LOOP["eval_batches"]),
   "progress": Key(True, bool),
   "seed": Key(0, int),
   "workdir": Key("runs/pretrain", str, nonempty()),

@@ -84,21 +84,20 @@ def defaults(schema: dict) -> config_dict.ConfigDict:
   return c
 
 
-def keys(schema: dict, prefix: str = "") -> dict[str, Key]:
-  """Dotted name -> Key for every key of the schema."""
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """Dotted name -> leaf of a nested dict: a schema's Keys, or a config's values."""
   out = {}
-  for name, node in schema.items():
-    dotted = f"{prefix}{name}"
+  for name, node in tree.items():
     if isinstance(node, dict):
-      out.update(keys(node, dotted + "."))
+      out.update(flatten(node, f"{prefix}{name}."))
     else:
-      out[dotted] = node
+      out[f"{prefix}{name}"] = node
   return out
 
 
 def may_differ(schema: dict) -> tuple[str, ...]:
   """The dotted keys a resumed run may change."""
-  return tuple(k for k, key in keys(schema).items() if key.resume)
+  return tuple(k for k, key in flatten(schema).items() if key.resume)
 
 
 def _type_ok(value, kind) -> bool:
@@ -142,7 +141,18 @@ def check(c, schema: dict, prefix: str = "") -> None:
         f"config key '{dotted}' must be {_names(node.kind)}, got {type(value).__name__} {value!r}"
       )
     if node.rule is not None:
-      test, requires = node.rule
-      values = value if isinstance(value, (list, tuple)) else [value]
-      if not all(test(v) for v in values):
-        raise ConfigError(f"{dotted} must be {requires}, got {value!r}")
+      _require(dotted, node.rule, value)
+
+
+def check_fields(obj, rules: dict[str, Rule], prefix: str = ""):
+  """Raises ConfigError naming the first field of `obj` that breaks its rule; returns `obj`."""
+  for name, rule in rules.items():
+    _require(prefix + name, rule, getattr(obj, name))
+  return obj
+
+
+def _require(name: str, rule: Rule, value) -> None:
+  test, requires = rule
+  values = value if isinstance(value, (list, tuple)) else [value]
+  if not all(test(v) for v in values):
+    raise ConfigError(f"{name} must be {requires}, got {value!r}")

@@ -126,14 +126,14 @@ def memory(print_=True):
 def io():
   """Save on an fsdp=8 mesh, restore onto (2, 2, 2): values equal, new shardings."""
   import tempfile
-  from gemmax import sharded_io
   from gemmax.models import abstract_model
+  from gemmax.train import checkpoints
 
   config = ModelConfig.preset("llama3-tiny")
   model = create_sharded(config, S.make_mesh(1, 8, 1), 0)
   path = os.path.join(tempfile.mkdtemp(), "ckpt")
-  sharded_io.save_sharded(path, model)
-  back = sharded_io.restore_model(path, abstract_model(config), S.make_mesh(2, 2, 2))
+  checkpoints.save_sharded(path, model)
+  back = checkpoints.restore_model(path, abstract_model(config), S.make_mesh(2, 2, 2))
   diff = max(
     float(np.max(np.abs(np.asarray(a[...]) - np.asarray(b[...]))))
     for (_, a), (_, b) in zip(nnx.state(model).flat_state(), nnx.state(back).flat_state())

@@ -159,7 +159,7 @@ def test_onpolicy_batch_scores_only_samples(assets, tmp_path, cli):
   from gemmax.models import ModelConfig
 
   student = cli.build_student(c, ModelConfig.from_hf(str(assets / "teacher")))
-  batch = next(cli.text_batches(c, tok, c.data.train))
+  batch = next(cli.build.batches(c.data, tok, c.data.train, c.seed))
   out = onpolicy_batch(batch, student, max_new_tokens=6, min_prompt=3, seed=0, tokenizer=tok)
   for r in range(len(batch["input_ids"])):
     n = int(out["segment_ids"][r].sum())

@@ -16,7 +16,7 @@ LAYERS = [
   {"peft"},
   {"data"},
   {"convert"},
-  {"train", "sampling", "sharded_io"},
+  {"train", "sampling"},
   {"evals"},
   {"distill"},
 ]

@@ -1,63 +1,23 @@
-"""Loading what an evaluation or chat runs on: a model source (HF dir, .gguf file or registry
-name), optionally with a fine-tuning workdir's adapter (HF PEFT format) on top, plus its
-tokenizer. A finetune workdir given as the model is its base plus its adapter."""
+"""Loading what an evaluation runs on: a model (HF dir, .gguf file or registry name, optionally
+NF4-quantized with an HF PEFT adapter on top) and the rows of a labeled file."""
 
 from __future__ import annotations
 
 import json
-import os
 
 from gemmax.errors import GemmaxError
 
 
-def is_workdir(path: str) -> bool:
-  """A finetune workdir: its run config.json and an adapter/ written at the end of the run."""
-  return os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(
-    os.path.join(path, "adapter", "adapter_config.json")
-  )
-
-
-def resolve_adapter(adapter: str) -> tuple[str, dict]:
-  """An adapter dir, or a finetune workdir holding `adapter/`; returns (dir, workdir config)."""
-  run_cfg = {}
-  if is_workdir(adapter):
-    with open(os.path.join(adapter, "config.json"), encoding="utf-8") as f:
-      try:
-        run_cfg = json.load(f)
-      except ValueError as e:
-        raise GemmaxError(f"{adapter}/config.json: not valid JSON ({e})") from None
-    adapter = os.path.join(adapter, "adapter")
-  if not os.path.isfile(os.path.join(adapter, "adapter_config.json")):
-    raise FileNotFoundError(
-      f"{adapter}: no adapter_config.json (expected an HF PEFT adapter dir "
-      f"or a finetune workdir with adapter/)"
-    )
-  return adapter, run_cfg
-
-
 def load_model(
-  path: str = "",
-  adapter: str = "",
-  dtype: str = "float32",
-  quantize: str = "",
-  merge: bool = False,
-  with_config: bool = False,
+  source: str, adapter: str = "", dtype: str = "float32", quantize: str = "", merge: bool = False
 ):
-  """(model, base source[, run config]). `path` is an HF dir, a .gguf file, a registry name or a
-  finetune workdir (its base + adapter); "" takes the base from the adapter workdir's config."""
+  """The model of `source` (HF dir, .gguf file or registry name) at compute `dtype`; its base
+  quantized to NF4 for quantize="nf4" (as a QLoRA run trained it), and the HF PEFT adapter in the
+  directory `adapter` loaded on top (merged into the weights with `merge`)."""
   from gemmax import peft
   from gemmax.convert import load
 
-  if path and not adapter and is_workdir(path):
-    path, adapter = "", path
-  run_cfg = {}
-  if adapter:
-    adapter, run_cfg = resolve_adapter(adapter)
-  path = path or run_cfg.get("model", {}).get("path", "")
-  if not path:
-    raise GemmaxError("model.path is empty and no adapter workdir names a base model")
-  model = load(path, compute_dtype=dtype or None)
-  quantize = quantize or run_cfg.get("quantize") or ""
+  model = load(source, compute_dtype=dtype or None)
   if quantize:
     if quantize != "nf4":
       raise GemmaxError(f"quantize {quantize!r} is not '' or 'nf4'")
@@ -66,13 +26,7 @@ def load_model(
     peft.load_adapter(model, adapter)
     if merge:
       peft.merge(model)
-  return (model, path, run_cfg) if with_config else (model, path)
-
-
-def load_tokenizer_for(path: str, tokenizer: str = ""):
-  from gemmax.data import load_tokenizer
-
-  return load_tokenizer(tokenizer or path)
+  return model
 
 
 def read_records(path: str, limit: int = 0) -> list[dict]:

@@ -1,6 +1,10 @@
-"""Orbax checkpoints of a training run, and checkpoint averaging.
+"""The one Orbax wrapper: nnx state saved and restored sharded (onto the same or another mesh), a
+training run's checkpoints, and checkpoint averaging.
 
-A checkpoint (one step directory) holds three items:
+Every host writes only its own shards; restoring reads each shard straight into the target's
+sharding (ShapeDtypeStructs carrying NamedShardings), so the mesh shape may change between runs.
+
+A run checkpoint (one step directory) holds three items:
   params     the trainable parameters (pure dict of arrays)
   opt_state  the optax state
   meta       JSON: step, the run's RNG key data, and the data iterator state
@@ -20,10 +24,46 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from gemmax.errors import GemmaxError, NonFiniteError
+from gemmax.sharding import abstract_with_shardings
 
 log = logging.getLogger(__name__)
 
 
+def _abstract(tree):
+  """ShapeDtypeStructs (with their shardings) of a tree of arrays or ShapeDtypeStructs."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _read(path: str, abstract=None):
+  """A StandardCheckpointer directory, into `abstract`'s structure and shardings when given."""
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(os.path.abspath(path), abstract)
+
+
+# --- a model's state ------------------------------------------------------------------------
+def save_sharded(path: str, model_or_state) -> None:
+  """Writes the arrays of a model / optimizer / nnx.State to the directory `path` (must not exist)."""
+  state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.abspath(path), nnx.to_pure_dict(state))
+
+
+def restore_sharded(path: str, target: nnx.State) -> nnx.State:
+  """Reads `path` into a copy of `target`, an nnx.State of arrays or of ShapeDtypeStructs with
+  shardings (`gemmax.sharding.abstract_with_shardings`), each array read into its sharding."""
+  state = jax.tree.map(lambda x: x, target)  # a copy whose values we replace
+  nnx.replace_by_pure_dict(state, _read(path, _abstract(nnx.to_pure_dict(target))))
+  return state
+
+
+def restore_model(path: str, abstract_model, mesh, rules=None):
+  """Restores into `abstract_model` (e.g. gemmax.models.abstract_model(config), or a model
+  with adapters built under nnx.eval_shape) sharded over `mesh`; returns the live model."""
+  graphdef, state = nnx.split(abstract_model)
+  return nnx.merge(graphdef, restore_sharded(path, abstract_with_shardings(state, mesh, rules)))
+
+
+# --- a training run ---------------------------------------------------------------------------
 class RunCheckpointer:
   """`CheckpointManager` over workdir/checkpoints: save every N steps, keep K, async writes.
 
@@ -68,15 +108,14 @@ class RunCheckpointer:
     unreadable). Returns (params, opt_state, meta); `params` is updated in place and returned.
     """
     steps = [step] if step is not None else sorted(self.manager.all_steps(), reverse=True)
-    abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
     failures = []
     for s in steps:
       try:
         out = self.manager.restore(
           s,
           args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract(params.to_pure_dict())),
-            opt_state=ocp.args.StandardRestore(abstract(opt_state)),
+            params=ocp.args.StandardRestore(_abstract(params.to_pure_dict())),
+            opt_state=ocp.args.StandardRestore(_abstract(opt_state)),
             meta=ocp.args.JsonRestore(),
           ),
         )
@@ -146,13 +185,12 @@ def average_checkpoints(paths: Sequence[str], item: str = "params") -> dict[str,
   """
   if not paths:
     raise GemmaxError("average_checkpoints needs at least one checkpoint path")
-  checkpointer = ocp.StandardCheckpointer()
   total, first = None, None
   for path in paths:
     item_dir = os.path.join(os.path.abspath(path), item)
     if not os.path.isdir(item_dir):
       raise FileNotFoundError(f"{path}: no '{item}' item in this checkpoint")
-    tree = checkpointer.restore(item_dir)
+    tree = _read(item_dir)
     if first is None:
       first = tree
       total = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)

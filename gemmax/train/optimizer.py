@@ -7,7 +7,19 @@ import dataclasses
 import jax
 import optax
 
-from gemmax.errors import GemmaxError
+from gemmax.schema import above, at_least, between, check_fields
+
+
+# The ranges of the fields (experiments/schemas.py checks a recipe's optimizer keys by them).
+RULES = {
+  "learning_rate": above(0),
+  "warmup_steps": at_least(0),
+  "steps": above(0),
+  "end_lr_fraction": between(0, 1),
+  "b1": between(0, 1, high_open=True),
+  "b2": between(0, 1, high_open=True),
+  "weight_decay": at_least(0),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,15 +37,7 @@ class OptimizerConfig:
   clip_norm: float | None = 1.0  # global-norm clipping; None or 0 turns it off
 
   def validate(self):
-    if not self.learning_rate > 0:
-      raise GemmaxError(f"optimizer.learning_rate must be > 0, got {self.learning_rate}")
-    if self.steps <= 0:
-      raise GemmaxError(f"optimizer.steps must be > 0, got {self.steps}")
-    if self.warmup_steps < 0:
-      raise GemmaxError(f"optimizer.warmup_steps must be >= 0, got {self.warmup_steps}")
-    if self.weight_decay < 0:
-      raise GemmaxError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
-    return self
+    return check_fields(self, RULES, "optimizer.")
 
 
 def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:

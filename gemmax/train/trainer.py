@@ -26,12 +26,20 @@ import numpy as np
 from flax import nnx
 
 from gemmax.errors import GemmaxError, NonFiniteError, Preempted
+from gemmax.schema import above, at_least, check_fields
 from gemmax.train import checkpoints as ckpt
 from gemmax.train.metrics import MetricsWriter, plot_loss_curve
 from gemmax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from gemmax.train.preemption import StopSignals
 from gemmax.train.step import make_eval_step, make_train_step, per_token_metrics, split_model
 from gemmax.train.workdir import write_atomic
+
+
+# The ranges of the loop fields (experiments/schemas.py checks a recipe's loop keys by them).
+RULES = {
+  **{k: above(0) for k in ("steps", "accum_steps", "log_every", "keep_checkpoints")},
+  **{k: at_least(0) for k in ("eval_every", "eval_batches", "checkpoint_every")},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,13 +63,7 @@ class TrainerConfig:
   halt_on_nonfinite: bool = False  # NaN/Inf loss or grads: raise (checks every step) vs skip
 
   def validate(self):
-    for name in ("steps", "accum_steps", "log_every"):
-      if getattr(self, name) <= 0:
-        raise GemmaxError(f"trainer.{name} must be > 0, got {getattr(self, name)}")
-    for name in ("eval_every", "eval_batches", "checkpoint_every"):
-      if getattr(self, name) < 0:
-        raise GemmaxError(f"trainer.{name} must be >= 0, got {getattr(self, name)}")
-    return self
+    return check_fields(self, RULES, "trainer.")
 
 
 def _has_adapters(model) -> bool:

@@ -19,6 +19,7 @@ import tempfile
 from typing import Iterable
 
 from gemmax.errors import WorkdirError
+from gemmax.schema import flatten
 
 CONFIG = "config.json"
 
@@ -38,21 +39,10 @@ def write_atomic(path: str, text: str) -> None:
       os.remove(tmp)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict):
-      out.update(_flatten(v, key + "."))
-    else:
-      out[key] = v
-  return out
-
-
 def config_diff(old: dict, new: dict, may_differ: Iterable[str] = ()) -> list[str]:
   """Dotted keys whose values differ between two configs, as 'key old -> new'. Keys the old
   config lacks are skipped: options added since keep the old behaviour at their defaults."""
-  a, b, skip = _flatten(old), _flatten(new), set(may_differ)
+  a, b, skip = flatten(old), flatten(new), set(may_differ)
   keys = sorted(k for k in a if k not in skip and a[k] != b.get(k, "<unset>"))
   return [f"{k} {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys]
 
