@@ -60,9 +60,8 @@ def _make_runner(graphdef, k, temperature, gumbel, chunk):
     model = nnx.merge(graphdef, state)
     h = model.hidden_states(input_ids, positions=positions, segment_ids=segment_ids)
     b, t, d = h.shape
-    w, vocab_major = model.output_projection()
+    w, vocab_major, cap = model.output_head()
     w = w.astype(h.dtype)
-    cap = model.config.final_logit_softcapping if model.config.family == "gemma2" else None
     c = chunk or chunk_tokens_for(
       w.shape[0 if vocab_major else 1], b * t, DEFAULT_LOGIT_BUDGET // 2
     )

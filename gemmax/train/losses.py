@@ -206,9 +206,7 @@ def model_loss_sums(model, batch, *, chunk=None) -> CESums:
   h = model.hidden_states(
     batch["input_ids"], positions=batch.get("positions"), segment_ids=batch.get("segment_ids")
   )
-  cfg = model.config
-  cap = cfg.final_logit_softcapping if cfg.family == "gemma2" else None
-  w, vocab_major = model.output_projection()
+  w, vocab_major, cap = model.output_head()
   return cross_entropy_sums(
     h, w, batch["targets"], batch["loss_mask"], softcap=cap, chunk=chunk, vocab_major=vocab_major
   )
