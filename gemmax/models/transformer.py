@@ -10,6 +10,7 @@ from flax import nnx
 
 from gemmax.models.attention import Attention
 from gemmax.models.config import ModelConfig
+from gemmax.models.head import softcap
 from gemmax.models.layers import MLP, Embed, Linear, RMSNorm, matmul_t
 from gemmax.sharding import HIDDEN, constrain
 
@@ -164,7 +165,3 @@ class Transformer(nnx.Module):
       h, cache = out
       return self.logits(h), cache
     return self.logits(out)
-
-
-def softcap(x: jax.Array, cap):
-  return x if cap is None else jnp.tanh(x / cap) * cap
