@@ -32,7 +32,9 @@ class Chat:
     self.tok = build.tokenizer(c.model.tokenizer or base)
     own = "model" if self.tok.chat_template else None
     self.template = (
-      c.chat_template or own or ("gemma" if model.config.family == "gemma2" else "llama3")
+      c.chat_template
+      or own
+      or ("gemma" if "<start_of_turn>" in self.tok.special_tokens else "llama3")
     )
     if self.template != "none":
       check_template(self.template, ("gemma", "llama3", "model"))

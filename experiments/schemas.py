@@ -258,7 +258,7 @@ GENERATE = {
 PRETRAIN = {
   # Architecture (ModelConfig fields): every Gemma 2 mechanism at a size a CPU trains.
   "model": {
-    "family": Key("gemma2", str, one_of("gemma2", "llama")),
+    "family": Key("gemma2", str, one_of("gemma2", "gemma3", "llama")),
     "vocab_size": Key(8192, int, above(0)),  # = the tokenizer's
     "hidden_size": Key(256, int, above(0)),
     "intermediate_size": Key(768, int, above(0)),

@@ -39,7 +39,7 @@ def write_gguf(hf_model, path, qtype="F16", tokens=None):
   """hf_model (LlamaForCausalLM / Gemma2ForCausalLM) -> a GGUF file with 2-D weights in `qtype`
   (F16 where a row is not whole blocks, as llama.cpp does) and 1-D norms in F32."""
   cfg = hf_model.config
-  arch = {"llama": "llama", "gemma2": "gemma2"}[cfg.model_type]
+  arch = {"llama": "llama", "gemma2": "gemma2", "gemma3_text": "gemma3"}[cfg.model_type]
   arch_id = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}[arch]
   names = gguf.get_tensor_name_map(arch_id, cfg.num_hidden_layers)
   w = gguf.GGUFWriter(path, arch)
@@ -50,21 +50,24 @@ def write_gguf(hf_model, path, qtype="F16", tokens=None):
   w.add_head_count(cfg.num_attention_heads)
   w.add_head_count_kv(cfg.num_key_value_heads)
   w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-  w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+  rope = cfg.rope_parameters
+  rope = rope.get("full_attention", rope)  # Gemma 3: the global layers' (llama.cpp's freq_base)
+  w.add_rope_freq_base(rope["rope_theta"])
   w.add_key_length(cfg.head_dim)
   w.add_value_length(cfg.head_dim)
   w.add_vocab_size(cfg.vocab_size)
   if arch == "llama":
     w.add_rope_dimension_count(cfg.head_dim)
-  else:
+  elif arch == "gemma2":
     w.add_sliding_window(cfg.sliding_window)
     w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
     w.add_final_logit_softcapping(cfg.final_logit_softcapping)
+  else:
+    w.add_sliding_window(cfg.sliding_window)
   w.add_tokenizer_model("gpt2")
   w.add_token_list(tokens or [f"<t{i}>" for i in range(cfg.vocab_size)])
   w.add_bos_token_id(cfg.bos_token_id)
   w.add_eos_token_id(cfg.eos_token_id)
-  rope = cfg.rope_parameters
   if rope.get("rope_type") == "llama3":  # llama.cpp's per-frequency divisors, as a tensor
     w.add_tensor("rope_freqs.weight", llama3_factors(cfg.head_dim, rope))
   qt = Q[qtype]
@@ -74,7 +77,7 @@ def write_gguf(hf_model, path, qtype="F16", tokens=None):
     a = t.detach().float().numpy()
     module = name[: -len(".weight")]
     gname = names.get_name(module) + ".weight"
-    if arch == "gemma2" and name.endswith("norm.weight"):
+    if arch in ("gemma2", "gemma3") and name.endswith("norm.weight"):
       a = a + 1.0
     if arch == "llama" and gname.split(".")[-2] in ("attn_q", "attn_k"):
       heads = cfg.num_attention_heads if "attn_q" in gname else cfg.num_key_value_heads

@@ -29,6 +29,33 @@ def gemma2_config(**kw):
   return transformers.Gemma2Config(**base)
 
 
+def gemma3_config(**kw):
+  """A tiny odd-shaped Gemma 3 text model: 7 layers (five sliding, one global, one sliding),
+  window 8, MQA, head_dim 24 != hidden / heads, linear RoPE scaling 8 on the global layers."""
+  base = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=7,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=24,
+    sliding_window=8,
+    query_pre_attn_scalar=20,
+    max_position_embeddings=256,
+    rms_norm_eps=1e-6,
+    rope_parameters={
+      "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
+      "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    },
+    pad_token_id=0,
+    bos_token_id=2,
+    eos_token_id=1,
+  )
+  base.update(kw)
+  return transformers.Gemma3TextConfig(**base)
+
+
 def llama_config(**kw):
   base = dict(
     vocab_size=256,

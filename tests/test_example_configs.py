@@ -34,7 +34,7 @@ def _run(script, config, *flags):
   return p.stdout
 
 
-@pytest.mark.parametrize("config", ["finetune_lora.py", "demo_tiny.py"])
+@pytest.mark.parametrize("config", ["finetune_lora.py", "demo_tiny.py", "demo_gemma3.py"])
 def test_finetune_recipes(tmp_path, config):
   work = tmp_path / "run"
   _run(

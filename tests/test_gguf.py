@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from gemmax.convert import load, load_gguf, load_hf
 from gemmax.errors import GemmaxError, MissingTensorError
 from gguf_files import QUANTIZABLE, write_gguf
-from hf_models import gemma2_config, llama_config, make_hf_model, save_hf_model
+from hf_models import gemma2_config, gemma3_config, llama_config, make_hf_model, save_hf_model
 
 _forward = nnx.jit(lambda model, ids: model(ids))
 IDS = np.random.RandomState(0).randint(0, 300, (2, 21))  # longer than the Gemma window (8)
@@ -31,6 +31,16 @@ SHAPE = dict(
 # transformers' Gemma 2 GGUF loader keeps its config defaults for what llama.cpp derives or
 # stores (query_pre_attn_scalar = head_dim here, the soft-caps): pass llama.cpp's values.
 GEMMA_KW = dict(query_pre_attn_scalar=24, attn_logit_softcapping=20.0, final_logit_softcapping=15.0)
+# Gemma 3 (seven layers: five sliding, one global, one sliding): llama.cpp keeps the global RoPE
+# base, derives the local one (10,000) and the scalar; transformers' loader takes its defaults.
+GEMMA3_KW = dict(
+  query_pre_attn_scalar=24,
+  rope_parameters={
+    "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+    "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+  },
+)
+LOADER_KW = {"llama": {}, "gemma2": GEMMA_KW, "gemma3": dict(query_pre_attn_scalar=24)}
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +48,7 @@ def hf_models():
   return {
     "llama": make_hf_model(llama_config(**SHAPE)),
     "gemma2": make_hf_model(gemma2_config(**SHAPE, **GEMMA_KW)),
+    "gemma3": make_hf_model(gemma3_config(**SHAPE, **GEMMA3_KW)),
   }
 
 
@@ -57,11 +68,11 @@ def _rel(a, b):
   return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3"])
 @pytest.mark.parametrize("qtype", QUANTIZABLE)
 def test_logits_equal_transformers_gguf_loader(tmp_path, hf_models, arch, qtype):
   path = write_gguf(hf_models[arch], str(tmp_path / f"{arch}-{qtype}.gguf"), qtype)
-  want = _transformers_logits(path, **(GEMMA_KW if arch == "gemma2" else {}))
+  want = _transformers_logits(path, **LOADER_KW[arch])
   model = load_gguf(path)
   assert model.config.family == arch and model.config.head_dim == 24
   assert _rel(np.asarray(_forward(model, IDS)), want) <= 1e-4

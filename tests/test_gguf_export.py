@@ -119,3 +119,28 @@ def test_bad_dtype_and_unrepresentable_config(tmp_path, tiny):
   with pytest.raises(ValueError, match="query_pre_attn_scalar 100 cannot be written to GGUF"):
     save_gguf(odd, str(tmp_path / "x.gguf"), tokenizer=tok)
   assert not os.listdir(tmp_path)  # nothing half-written left behind
+
+
+def test_gemma3_round_trip(tmp_path, tiny, ids):
+  """A random Gemma 3 (five sliding layers to one global, window 4, QK-norm) written as gemma3 and
+  read back by load_gguf and by transformers."""
+  from gemmax.models import ModelConfig, Transformer
+
+  _, tok = tiny
+  cfg = ModelConfig.preset(
+    "gemma3-tiny", vocab_size=tok.vocab_size, sliding_window=4, rope_scaling=None
+  )
+  model = Transformer(cfg.replace(query_pre_attn_scalar=cfg.head_dim), rngs=nnx.Rngs(1))
+  for path_, p in nnx.iter_graph(model):  # non-zero norms so a wrong offset would show
+    if isinstance(p, nnx.Param) and path_[-1] == "scale":
+      p.set_value(0.3 * np.random.RandomState(len(path_)).randn(*p.shape).astype(np.float32))
+  path = save_gguf(model, str(tmp_path / "g3.gguf"), tokenizer=tok, dtype="f32")
+  want = np.asarray(_forward(model, ids))
+  back = load_gguf(path)
+  assert back.config.family == "gemma3" and back.config.layer_window(5) is None
+  assert _rel(np.asarray(_forward(back, ids)), want) <= 1e-6
+  hf = _transformers(path, query_pre_attn_scalar=cfg.head_dim)
+  assert list(hf.config.layer_types)[:6] == ["sliding_attention"] * 5 + ["full_attention"]
+  with torch.no_grad():
+    theirs = hf(torch.tensor(ids)).logits.numpy()
+  assert _rel(theirs, want) <= 1e-4

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gemmax.convert import load_hf, save_hf
-from hf_models import gemma2_config, llama_config, make_hf_model, save_hf_model
+from hf_models import gemma2_config, gemma3_config, llama_config, make_hf_model, save_hf_model
 
 LLAMA31_ROPE = dict(
   rope_type="llama3",
@@ -27,6 +27,22 @@ CASES = {
   "gemma2-27b-style-scalar": (gemma2_config(query_pre_attn_scalar=144, head_dim=32), 20),
   "gemma2-gqa1": (gemma2_config(num_key_value_heads=4), 12),
   "gemma2-gqa4": (gemma2_config(num_key_value_heads=1), 12),
+  "gemma3-window<seq-mqa-linear-rope": (gemma3_config(), 30),
+  "gemma3-layer-types-list-gqa2": (
+    gemma3_config(
+      num_hidden_layers=4,
+      num_key_value_heads=2,
+      head_dim=32,
+      query_pre_attn_scalar=168,
+      layer_types=["full_attention", "sliding_attention", "full_attention", "sliding_attention"],
+      sliding_window=5,
+      rope_parameters={
+        "full_attention": {"rope_type": "default", "rope_theta": 50_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 777.0},
+      },
+    ),
+    17,
+  ),
   "llama3.1-untied": (llama_config(rope_scaling=LLAMA31_ROPE), 40),
   "llama3.2-tied": (
     llama_config(rope_scaling=LLAMA32_ROPE, tie_word_embeddings=True, num_key_value_heads=1),

@@ -29,6 +29,8 @@ _BIG_ARRAYS = (
   "tokenizer.ggml.merges",
 )
 SAVE_TYPES = ("f32", "f16", "bf16", "q8_0")
+# Architectures whose q/k rows llama.cpp's converter permutes for its interleaved rotary layout.
+_ROTARY_PERMUTED = {"llama": True}
 
 
 def _name_map(arch: str, layers: int):
@@ -123,8 +125,8 @@ def load_gguf(path: str | os.PathLike, dtype=None, *, compute_dtype=None, mesh=N
       )
     used.add(name)
     kind = name.split(".")[-2]
-    gemma_norm = config.family == "gemma2" and p[-1] == "scale"
-    permute = config.family == "llama" and kind in heads
+    gemma_norm = config.norm_offset and p[-1] == "scale"
+    permute = _ROTARY_PERMUTED.get(f.architecture, False) and kind in heads
     if not (gemma_norm or permute):  # dequantized straight into the storage dtype
       a = f.read(name, DTYPES[pdt])
       return a.T if transpose else a
@@ -208,9 +210,9 @@ def save_gguf(
     def make(p=p, transpose=transpose, kind=kind):
       a = effective_weight(model, p)
       a = a.T if transpose else a
-      if config.family == "gemma2" and p[-1] == "scale":
+      if config.norm_offset and p[-1] == "scale":
         a = a + 1.0
-      if config.family == "llama" and kind in heads:
+      if _ROTARY_PERMUTED.get(arch, False) and kind in heads:
         a = rotary_permute(a, heads[kind])
       return a
 

@@ -51,6 +51,23 @@ def hf_name(path: tuple) -> tuple[str, bool]:
   return prefix + ".".join(str(m) for m in modules) + ".weight", leaf == "kernel"
 
 
+# Where a multimodal checkpoint (Gemma3ForConditionalGeneration) keeps its text tower's
+# `model.*` tensors: transformers >= 4.52 writes `model.language_model.*`, the Hub's original
+# checkpoints `language_model.model.*`.
+_TEXT_TOWER_PREFIXES = ("model.language_model.", "language_model.model.")
+
+
+def text_tower_name(name: str, names) -> str:
+  """`name` as the checkpoint holding `names` spells it: a `model.*` tensor of a multimodal
+  checkpoint lives under its language-model prefix."""
+  if name in names or not name.startswith("model."):
+    return name
+  for prefix in _TEXT_TOWER_PREFIXES:
+    if prefix + name[len("model.") :] in names:
+      return prefix + name[len("model.") :]
+  return name
+
+
 def read_index(index: str) -> dict:
   """model.safetensors.index.json -> its weight_map, checked: a JSON object whose weight_map maps
   tensor names to .safetensors files beside the index (a bare file name: nothing outside the
@@ -156,6 +173,7 @@ def load_hf(path: str, dtype=None, *, compute_dtype=None, mesh=None, **overrides
 
   def get_tensor(p, shape):
     name, transpose = hf_name(p)
+    name = text_tower_name(name, ckpt)
     if name not in ckpt:
       raise MissingTensorError(f"{path}: checkpoint is missing tensor {name}")
     want = shape[::-1] if transpose else shape

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from gemmax.distill import losses
 from gemmax.errors import GemmaxError
-from gemmax.models.layers import dot2d
+from gemmax.models.head import head_logits, token_chunks
 from gemmax.train.losses import DEFAULT_LOGIT_BUDGET, chunk_tokens_for
 
 
@@ -62,18 +62,6 @@ class DistillLoss:
     return self
 
 
-def _softcap(x, cap):
-  return x if cap is None else jnp.tanh(x / cap) * cap
-
-
-def _chunked(x, n_chunks, chunk, fill=0):
-  """[B, T, ...] -> [n_chunks, chunk, ...], padded with `fill` past the B*T real tokens."""
-  flat = x.reshape(-1, *x.shape[2:])
-  pad = n_chunks * chunk - flat.shape[0]
-  flat = jnp.pad(flat, ((0, pad),) + ((0, 0),) * (flat.ndim - 1), constant_values=fill)
-  return flat.reshape(n_chunks, chunk, *flat.shape[1:])
-
-
 def distill_sums(
   hidden,
   weight,
@@ -110,9 +98,9 @@ def distill_sums(
   chunk = chunk or chunk_tokens_for(v, n, DEFAULT_LOGIT_BUDGET // 2)
   n_chunks = -(-n // chunk)
   xs = {
-    "h": _chunked(hidden, n_chunks, chunk),
-    "y": _chunked(targets.astype(jnp.int32), n_chunks, chunk),
-    "m": _chunked(loss_mask.astype(jnp.float32), n_chunks, chunk),
+    "h": token_chunks(hidden, n_chunks, chunk),
+    "y": token_chunks(targets.astype(jnp.int32), n_chunks, chunk),
+    "m": token_chunks(loss_mask.astype(jnp.float32), n_chunks, chunk),
   }
   if topk is not None:
     ids, probs, tail = topk
@@ -122,14 +110,14 @@ def distill_sums(
         f"[{b}, {t}, k], [{b}, {t}, k], [{b}, {t}]"
       )
     xs.update(
-      ids=_chunked(ids.astype(jnp.int32), n_chunks, chunk),
-      p=_chunked(probs, n_chunks, chunk),
-      tail=_chunked(tail, n_chunks, chunk),
+      ids=token_chunks(ids.astype(jnp.int32), n_chunks, chunk),
+      p=token_chunks(probs, n_chunks, chunk),
+      tail=token_chunks(tail, n_chunks, chunk),
     )
   t_w, t_cap = None, None
   if teacher is not None:
     t_h, t_w, t_cap = teacher
-    xs["th"] = _chunked(jax.lax.stop_gradient(t_h), n_chunks, chunk)
+    xs["th"] = token_chunks(jax.lax.stop_gradient(t_h), n_chunks, chunk)
     t_w = jax.lax.stop_gradient(t_w)
   w = weight.astype(hidden.dtype)
   # without a teacher the objective is the plain CE, whatever kd_ratio says
@@ -137,9 +125,7 @@ def distill_sums(
   temp = float(loss.temperature)
 
   def chunk_sums(w, t_w, x):
-    logits = _softcap(
-      dot2d(x["h"], w, w_t=vocab_major, preferred_element_type=jnp.float32), softcap
-    )  # [c, V]
+    logits = head_logits(x["h"], w, vocab_major=vocab_major, cap=softcap)  # [c, V]
     m = x["m"]
     lse = jax.nn.logsumexp(logits, axis=-1)
     ce = lse - jnp.take_along_axis(logits, x["y"][:, None], axis=-1)[:, 0]
@@ -152,9 +138,7 @@ def distill_sums(
       kd = losses.topk_distill_loss(student, x["ids"], x["p"], x["tail"], temp)
       kl = kd - losses.topk_teacher_entropy(x["p"], x["tail"])
     elif "th" in x:
-      t_logits = _softcap(
-        dot2d(x["th"], t_w.astype(x["th"].dtype), preferred_element_type=jnp.float32), t_cap
-      )
+      t_logits = head_logits(x["th"], t_w.astype(x["th"].dtype), vocab_major=False, cap=t_cap)
       kd = losses.divergence(loss.divergence, t_logits, student, beta=loss.beta, temperature=temp)
       kl = kd if loss.divergence == "forward_kl" else losses.forward_kl(t_logits, student, temp)
     if a == 0.0:

@@ -47,11 +47,6 @@ def student_filter(model):
   return trainable_filter(model)
 
 
-def _softcap_of(model):
-  cfg = model.config
-  return cfg.final_logit_softcapping if cfg.family == "gemma2" else None
-
-
 def model_distill_sums(model, batch: dict, loss: DistillLoss, *, chunk=None) -> DistillSums:
   """Run the student (and the teacher when the batch has no stored top-k) on a batch dict.
 
@@ -67,15 +62,15 @@ def model_distill_sums(model, batch: dict, loss: DistillLoss, *, chunk=None) -> 
     topk = tuple(batch[k] for k in TOPK_KEYS)
   elif isinstance(model, TeacherStudent) and (loss.kd_ratio > 0 or model.deterministic):
     t = model.teacher
-    teacher = (t.hidden_states(batch["input_ids"], **kw), t.output_weight(), _softcap_of(t))
-  w, vocab_major = student.output_projection()
+    teacher = (t.hidden_states(batch["input_ids"], **kw), t.output_weight(), t.output_head()[2])
+  w, vocab_major, cap = student.output_head()
   return distill_sums(
     h,
     w,
     batch["targets"],
     batch["loss_mask"],
     loss=loss,
-    softcap=_softcap_of(student),
+    softcap=cap,
     topk=topk,
     teacher=teacher,
     chunk=chunk,

@@ -32,7 +32,7 @@ from flax import nnx
 
 from gemmax.distill import store as st
 from gemmax.distill.losses import _NEG, _not_in
-from gemmax.models.layers import dot2d
+from gemmax.models.head import head_logits, token_chunks
 from gemmax.train.losses import DEFAULT_LOGIT_BUDGET, chunk_tokens_for
 
 
@@ -59,26 +59,23 @@ def _make_runner(graphdef, k, temperature, gumbel, chunk):
   def run(state, input_ids, positions, segment_ids, rng):
     model = nnx.merge(graphdef, state)
     h = model.hidden_states(input_ids, positions=positions, segment_ids=segment_ids)
-    b, t, d = h.shape
-    w, vocab_major = model.output_projection()
+    b, t = h.shape[:2]
+    w, vocab_major, cap = model.output_head()
     w = w.astype(h.dtype)
-    cap = model.config.final_logit_softcapping if model.config.family == "gemma2" else None
     c = chunk or chunk_tokens_for(
       w.shape[0 if vocab_major else 1], b * t, DEFAULT_LOGIT_BUDGET // 2
     )
     n_chunks = -(-(b * t) // c)
-    flat = jnp.pad(h.reshape(b * t, d), ((0, n_chunks * c - b * t), (0, 0)))
 
     def body(_, xs):
       i, hc = xs
-      logits = dot2d(hc, w, w_t=vocab_major, preferred_element_type=jnp.float32)
-      logits = logits if cap is None else jnp.tanh(logits / cap) * cap
+      logits = head_logits(hc, w, vocab_major=vocab_major, cap=cap)
       key = jax.random.fold_in(rng, i) if gumbel else None
       ids, p, tail = select_topk(logits, k, temperature=temperature, rng=key)
       return None, (ids, p.astype(jnp.float16), tail.astype(jnp.float16))
 
     _, (ids, p, tail) = jax.lax.scan(
-      body, None, (jnp.arange(n_chunks), flat.reshape(n_chunks, c, d))
+      body, None, (jnp.arange(n_chunks), token_chunks(h, n_chunks, c))
     )
     cut = lambda x: x.reshape(n_chunks * c, *x.shape[2:])[: b * t].reshape(b, t, *x.shape[2:])
     return cut(ids), cut(p), cut(tail)

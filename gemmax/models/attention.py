@@ -1,11 +1,11 @@
-"""Self-attention block: projections, RoPE, GQA, local/global window, softcap, optional KV cache."""
+"""Self-attention block: projections, QK-norm, RoPE, GQA, local/global window, softcap, KV cache."""
 
 from __future__ import annotations
 
 import jax
 from flax import nnx
 
-from gemmax.models.layers import Linear, project_shared
+from gemmax.models.layers import Linear, RMSNorm, project_shared
 from gemmax.models.rope import apply_rope, inverse_frequencies
 from gemmax.ops import attention
 from gemmax.ops.decode import attention_decode
@@ -14,7 +14,8 @@ from gemmax.ops.decode import attention_decode
 class Attention(nnx.Module):
   """q/k/v/o projections around `gemmax.ops.attention`.
 
-  Layer `layer_idx` gets the config's sliding window when `config.layer_window` says so.
+  Layer `layer_idx` gets its window and RoPE from `config.layer_window` / `config.layer_rope`;
+  with `config.qk_norm`, queries and keys are RMS-normed over head_dim before RoPE.
   """
 
   def __init__(self, config, layer_idx: int, *, dtype, param_dtype, rngs: nnx.Rngs):
@@ -32,9 +33,14 @@ class Attention(nnx.Module):
     self.num_heads, self.num_kv_heads, self.head_dim = n, k, h
     self.sliding_window = config.layer_window(layer_idx)
     self.scale = config.query_scale
-    self.softcap = config.attn_logit_softcapping if config.family == "gemma2" else None
+    self.softcap = config.attn_logit_softcapping
     self.impl = config.attn_impl
-    self.rope = (h, config.rope_theta, config.rope_scaling)  # static; frequencies built per call
+    self.rope = (h, *config.layer_rope(layer_idx))  # static; frequencies built per call
+    if config.qk_norm:
+      norm = dict(eps=config.rms_norm_eps, offset=config.norm_offset, param_dtype=param_dtype)
+      self.q_norm = RMSNorm(h, **norm)
+      self.k_norm = RMSNorm(h, **norm)
+    self.qk_norm = config.qk_norm
 
   def __call__(self, x: jax.Array, positions: jax.Array, segment_ids=None, cache=None):
     """x: [B, T, D]; positions, segment_ids: [B, T]. Returns [B, T, D] (and the new cache)."""
@@ -43,6 +49,8 @@ class Attention(nnx.Module):
     q = q.reshape(b, t, self.num_heads, self.head_dim)
     k = k.reshape(b, t, self.num_kv_heads, self.head_dim)
     v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
+    if self.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
     inv_freq = inverse_frequencies(*self.rope)
     q = apply_rope(q, positions, inv_freq)
     k = apply_rope(k, positions, inv_freq)

@@ -11,11 +11,64 @@ from gemmax.errors import GemmaxError
 from gemmax.models.config_fields import check_fields, is_int
 from gemmax.models.presets import PRESETS
 
-FAMILIES = ("gemma2", "llama")
-_GGUF_ARCH = {"llama": "llama", "gemma2": "gemma2"}  # GGUF general.architecture -> family
-_HF_ARCH = {"Gemma2ForCausalLM": "gemma2", "LlamaForCausalLM": "llama"}
-_HF_MODEL_TYPE = {"gemma2": "gemma2", "llama": "llama"}
+FAMILIES = ("gemma2", "gemma3", "llama")
+_GGUF_ARCH = {"llama": "llama", "gemma2": "gemma2", "gemma3": "gemma3"}  # GGUF arch -> family
+_HF_ARCH = {
+  "Gemma2ForCausalLM": "gemma2",
+  "Gemma3ForCausalLM": "gemma3",
+  "Gemma3ForConditionalGeneration": "gemma3",
+  "LlamaForCausalLM": "llama",
+}
+_HF_MODEL_TYPE = {"gemma2": "gemma2", "gemma3_text": "gemma3", "gemma3": "gemma3", "llama": "llama"}
 ROPE_TYPES = ("default", "linear", "llama3")
+LAYER_TYPES = ("sliding_attention", "full_attention")
+SLIDING, FULL = LAYER_TYPES
+
+# The architecture each family name stands for, as resolved fields (see ModelConfig): a field the
+# caller leaves None takes its family's value once, in __post_init__; nothing else reads `family`.
+FAMILY_DEFAULTS = {
+  "gemma2": dict(
+    norm_offset=True,
+    post_norms=True,
+    qk_norm=False,
+    scale_embeddings=True,
+    sliding_window_pattern=2,
+  ),
+  "gemma3": dict(
+    norm_offset=True,
+    post_norms=True,
+    qk_norm=True,
+    scale_embeddings=True,
+    sliding_window_pattern=6,
+  ),
+  "llama": dict(
+    norm_offset=False,
+    post_norms=False,
+    qk_norm=False,
+    scale_embeddings=False,
+    sliding_window_pattern=None,
+  ),
+}
+# Gemma3TextConfig's defaults: the text_config of a Gemma3ForConditionalGeneration config.json
+# on the Hub names only the fields that differ from them.
+_GEMMA3_TEXT_DEFAULTS = dict(
+  vocab_size=262_208,
+  hidden_size=2304,
+  intermediate_size=9216,
+  num_hidden_layers=26,
+  num_attention_heads=8,
+  num_key_value_heads=4,
+  head_dim=256,
+  rope_theta=1_000_000.0,
+  rope_local_base_freq=10_000.0,
+  query_pre_attn_scalar=256,
+  sliding_window=4096,
+  max_position_embeddings=131_072,
+  rms_norm_eps=1e-6,
+  bos_token_id=2,
+  eos_token_id=1,
+  pad_token_id=0,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +100,23 @@ class RopeScaling:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Architecture of a Gemma 2 or Llama model plus how to run it (dtype, attention impl, remat)."""
+  """Architecture of a Gemma 2 / Gemma 3 / Llama model plus how to run it (dtype, attention impl,
+  remat).
+
+  Every architecture difference is a field. `family` names the architecture for export
+  (config.json / GGUF names) and supplies defaults: fields left None (norm_offset, post_norms,
+  qk_norm, scale_embeddings, sliding_window_pattern) take its values once, at construction.
+  - norm_offset: RMSNorm scales by (1 + w) in float32 (Gemma) instead of w after the cast (Llama).
+  - post_norms: norms after attention and MLP too (Gemma's pre + post "sandwich").
+  - qk_norm: RMSNorm over head_dim on queries and keys before RoPE (Gemma 3).
+  - scale_embeddings: embeddings times sqrt(hidden_size), cast to the activation dtype first.
+  - layer_types: "sliding_attention" | "full_attention" per layer; when None, every
+    `sliding_window_pattern`-th layer (1-based) is global and the others sliding, or every layer
+    global where there is no pattern or no window.
+  - rope_local_base_freq / rope_local_scaling: RoPE of the sliding layers when set (Gemma 3: base
+    10,000, no scaling); otherwise they share rope_theta / rope_scaling with the global layers.
+  - soft-caps and query_pre_attn_scalar: None or a value, used as given.
+  """
 
   family: str
   vocab_size: int
@@ -71,6 +140,14 @@ class ModelConfig:
   bos_token_id: Optional[int] = None
   eos_token_id: Any = None
   pad_token_id: Optional[int] = None
+  layer_types: Optional[tuple] = None
+  sliding_window_pattern: Optional[int] = None
+  rope_local_base_freq: Optional[float] = None
+  rope_local_scaling: Optional[RopeScaling] = None
+  norm_offset: Optional[bool] = None
+  post_norms: Optional[bool] = None
+  qk_norm: Optional[bool] = None
+  scale_embeddings: Optional[bool] = None
   # How to run it (not part of HF config.json).
   dtype: str = "float32"  # activation / compute dtype
   param_dtype: str = "float32"  # storage dtype of the base weights
@@ -80,8 +157,21 @@ class ModelConfig:
   def __post_init__(self):
     if self.family not in FAMILIES:
       raise GemmaxError(f"ModelConfig.family {self.family!r} is not one of {FAMILIES}")
-    if isinstance(self.rope_scaling, dict):
-      object.__setattr__(self, "rope_scaling", RopeScaling.from_dict(self.rope_scaling))
+    for name, value in FAMILY_DEFAULTS[self.family].items():
+      if getattr(self, name) is None:
+        object.__setattr__(self, name, value)
+    for name in ("rope_scaling", "rope_local_scaling"):
+      if isinstance(getattr(self, name), dict):
+        object.__setattr__(self, name, RopeScaling.from_dict(getattr(self, name)))
+    if self.layer_types is not None:
+      object.__setattr__(self, "layer_types", tuple(self.layer_types))
+      if len(self.layer_types) != self.num_hidden_layers or not set(self.layer_types) <= set(
+        LAYER_TYPES
+      ):
+        raise GemmaxError(
+          f"ModelConfig.layer_types must list {self.num_hidden_layers} entries of "
+          f"{LAYER_TYPES}, got {self.layer_types!r}"
+        )
     if isinstance(self.eos_token_id, list):
       object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
     check_fields(self)
@@ -126,15 +216,24 @@ class ModelConfig:
         f"{source}: unsupported architecture {archs or config.get('model_type')!r}; "
         f"gemmax supports {sorted(_HF_ARCH)}"
       )
-    names = {f.name for f in dataclasses.fields(cls)}
+    outer_dtype = config.get("torch_dtype") or config.get("dtype")
+    if isinstance(config.get("text_config"), dict):  # Gemma3ForConditionalGeneration: text tower
+      config = config["text_config"]
+    if family == "gemma3":
+      config = {**_GEMMA3_TEXT_DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    names = {f.name for f in dataclasses.fields(cls)} - {"family", "norm_offset", "post_norms"}
+    names -= {"qk_norm", "scale_embeddings", "rope_local_scaling"}
     kw = {k: v for k, v in config.items() if k in names and k not in ("dtype",)}
     rope = config.get("rope_parameters")  # transformers >= 5 keeps theta and scaling together
-    if isinstance(rope, dict):
-      kw["rope_theta"] = rope.get("rope_theta", kw.get("rope_theta", 10000.0))
-      kind = rope.get("rope_type", rope.get("type", "default"))
-      kw["rope_scaling"] = (
-        None if kind == "default" else {k: v for k, v in rope.items() if k != "rope_theta"}
-      )
+    if isinstance(rope, dict) and isinstance(rope.get("full_attention"), dict):
+      # per layer type (Gemma 3): global RoPE and the sliding layers' own
+      kw["rope_theta"], kw["rope_scaling"] = _hf_rope(rope["full_attention"], kw)
+      if isinstance(rope.get("sliding_attention"), dict):
+        local = rope["sliding_attention"]
+        kw["rope_local_base_freq"] = local.get("rope_theta", kw.get("rope_local_base_freq"))
+        kw["rope_local_scaling"] = _hf_rope(local, kw)[1]
+    elif isinstance(rope, dict):
+      kw["rope_theta"], kw["rope_scaling"] = _hf_rope(rope, kw)
     elif (
       isinstance(kw.get("rope_scaling"), dict)
       and kw["rope_scaling"].get("rope_type", kw["rope_scaling"].get("type")) == "default"
@@ -159,17 +258,22 @@ class ModelConfig:
     if kw.get("head_dim") is None:
       kw["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
     kw.setdefault("num_key_value_heads", config["num_attention_heads"])
-    if family == "gemma2":
+    if family in ("gemma2", "gemma3"):
       kw["hidden_activation"] = config.get("hidden_activation") or config.get(
         "hidden_act", "gelu_pytorch_tanh"
       )
       kw.setdefault("tie_word_embeddings", True)
     else:
       kw["hidden_activation"] = config.get("hidden_act", "silu")
-      kw.pop("sliding_window", None)
-      kw.pop("query_pre_attn_scalar", None)
-    if config.get("torch_dtype") or config.get("dtype"):
-      kw["param_dtype"] = str(config.get("torch_dtype") or config.get("dtype"))
+      for k in ("sliding_window", "query_pre_attn_scalar", "layer_types"):
+        kw.pop(k, None)
+      for k in ("attn_logit_softcapping", "final_logit_softcapping"):
+        kw.pop(k, None)
+    if kw.get("layer_types") is not None:
+      kw.pop("sliding_window_pattern", None)
+    dtype = config.get("torch_dtype") or config.get("dtype") or outer_dtype
+    if dtype:
+      kw["param_dtype"] = str(dtype)
     try:
       return cls(**{**kw, **overrides})
     except GemmaxError as e:  # name the file the bad value came from
@@ -192,7 +296,7 @@ class ModelConfig:
     if arch not in _GGUF_ARCH:
       raise GemmaxError(
         f"{source}: GGUF architecture {arch!r} is not supported (supported: "
-        f"{', '.join(_GGUF_ARCH)}; gemma3 lands with Gemma 3 support)"
+        f"{', '.join(_GGUF_ARCH)})"
       )
     family = _GGUF_ARCH[arch]
     key = lambda name, default=None: meta.get(f"{arch}.{name}", default)
@@ -225,16 +329,23 @@ class ModelConfig:
       eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
       pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
     )
+    if family in ("gemma2", "gemma3"):
+      # llama.cpp's Gemma graphs scale queries by hidden / heads for the 27B models (Gemma 2: 46
+      # blocks, Gemma 3: 62) and by head_dim otherwise; the file has no query_pre_attn_scalar.
+      scalar = hidden // heads if kw["num_hidden_layers"] == _GGUF_27B[family] else head_dim
+      kw.update(hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=scalar)
     if family == "gemma2":
-      # llama.cpp's Gemma 2 graph: the 27B (46 blocks) scales queries by hidden / heads, the
-      # others by head_dim; the file does not store query_pre_attn_scalar.
-      scalar = hidden // heads if kw["num_hidden_layers"] == 46 else head_dim
       kw.update(
-        hidden_activation="gelu_pytorch_tanh",
-        query_pre_attn_scalar=scalar,
         sliding_window=key("attention.sliding_window", 4096),
         attn_logit_softcapping=_f32(key("attn_logit_softcapping", 50.0)),
         final_logit_softcapping=_f32(key("final_logit_softcapping", 30.0)),
+      )
+    if family == "gemma3":
+      # llama.cpp's Gemma 3: five sliding layers to one global, local RoPE base 10,000 without
+      # scaling (neither is in the file), no soft-caps.
+      kw.update(
+        sliding_window=int(key("attention.sliding_window", 4096)),
+        rope_local_base_freq=10_000.0,
       )
     kw["rope_scaling"] = _gguf_rope_scaling(key, kw, rope_factors, source)
     try:
@@ -246,6 +357,16 @@ class ModelConfig:
     """(architecture, {key: value}) of the model metadata llama.cpp reads; the llama3 RoPE factors
     go in a `rope_freqs` tensor (see `rope_factors`)."""
     arch = {v: k for k, v in _GGUF_ARCH.items()}[self.family]
+    if self.family == "gemma3" and (
+      [self.layer_type(i) for i in range(self.num_hidden_layers)]
+      != [SLIDING if (i + 1) % 6 else FULL for i in range(self.num_hidden_layers)]
+      or self.rope_local_base_freq != 10_000.0
+      or self.rope_local_scaling is not None
+    ):
+      raise GemmaxError(
+        "save_gguf: llama.cpp's gemma3 fixes five sliding layers to one global and local RoPE "
+        "base 10,000; this config differs"
+      )
     out = {
       "context_length": self.max_position_embeddings,
       "embedding_length": self.hidden_size,
@@ -263,13 +384,13 @@ class ModelConfig:
     else:
       scalar = (
         self.hidden_size // self.num_attention_heads
-        if self.num_hidden_layers == 46
+        if self.num_hidden_layers == _GGUF_27B[self.family]
         else self.head_dim
       )
       if float(self.query_pre_attn_scalar or self.head_dim) != float(scalar):
         raise GemmaxError(
           f"query_pre_attn_scalar {self.query_pre_attn_scalar} cannot be written to "
-          f"GGUF: llama.cpp derives {scalar} for a Gemma 2 model of this shape"
+          f"GGUF: llama.cpp derives {scalar} for a {self.family} model of this shape"
         )
       out.update(
         {
@@ -305,20 +426,37 @@ class ModelConfig:
       "remat",
       "hidden_activation",
       "rope_scaling",
+      "rope_local_scaling",
+      "norm_offset",
+      "post_norms",
+      "qk_norm",
+      "scale_embeddings",
+      "sliding_window_pattern",
     }
     out = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+    out["layer_types"] = [self.layer_type(i) for i in range(self.num_hidden_layers)]
     out["rope_scaling"] = self.rope_scaling.to_dict() if self.rope_scaling else None
     out["rope_parameters"] = {
       "rope_theta": self.rope_theta,
       **(out["rope_scaling"] or {"rope_type": "default"}),
     }
+    if self.rope_local_base_freq is not None:  # per layer type, as Gemma3TextConfig keeps it
+      local = self.rope_local_scaling.to_dict() if self.rope_local_scaling else None
+      out["rope_parameters"] = {
+        "full_attention": out["rope_parameters"],
+        "sliding_attention": {
+          "rope_theta": self.rope_local_base_freq,
+          **(local or {"rope_type": "default"}),
+        },
+      }
     if isinstance(out["eos_token_id"], tuple):
       out["eos_token_id"] = list(out["eos_token_id"])
     out["torch_dtype"] = self.param_dtype
-    if self.family == "gemma2":
+    out.pop("rope_local_base_freq")
+    if self.family in ("gemma2", "gemma3"):
       out.update(
-        architectures=["Gemma2ForCausalLM"],
-        model_type="gemma2",
+        architectures=["Gemma2ForCausalLM" if self.family == "gemma2" else "Gemma3ForCausalLM"],
+        model_type="gemma2" if self.family == "gemma2" else "gemma3_text",
         hidden_activation=self.hidden_activation,
         hidden_act=self.hidden_activation,
       )
@@ -334,6 +472,7 @@ class ModelConfig:
         "query_pre_attn_scalar",
         "attn_logit_softcapping",
         "final_logit_softcapping",
+        "layer_types",
       ):
         out.pop(k)
     return out
@@ -342,16 +481,41 @@ class ModelConfig:
     return dataclasses.replace(self, **kw)
 
   # --- derived ------------------------------------------------------------------------------
+  def layer_type(self, layer: int) -> str:
+    """ "sliding_attention" or "full_attention": `layer_types`, else the pattern (Gemma 2: even
+    layers 0, 2, ... slide; Gemma 3: five of every six), else global."""
+    if self.layer_types is not None:
+      return self.layer_types[layer]
+    pattern = self.sliding_window_pattern
+    if self.sliding_window is not None and pattern and (layer + 1) % pattern:
+      return SLIDING
+    return FULL
+
   def layer_window(self, layer: int) -> Optional[int]:
-    """Gemma 2 uses the sliding window on even layers (0, 2, ...), global attention on odd."""
-    if self.family == "gemma2" and self.sliding_window is not None and layer % 2 == 0:
-      return self.sliding_window
-    return None
+    """The sliding window of layer `layer`, None for a global layer."""
+    return self.sliding_window if self.layer_type(layer) == SLIDING else None
+
+  def layer_rope(self, layer: int) -> tuple:
+    """(theta, RopeScaling or None) of layer `layer`: the local RoPE on sliding layers when the
+    config has one, else the global one."""
+    if self.layer_type(layer) == SLIDING and self.rope_local_base_freq is not None:
+      return float(self.rope_local_base_freq), self.rope_local_scaling
+    return self.rope_theta, self.rope_scaling
 
   @property
   def query_scale(self) -> float:
-    scalar = self.query_pre_attn_scalar if self.family == "gemma2" else None
+    scalar = self.query_pre_attn_scalar
     return float(scalar if scalar is not None else self.head_dim) ** -0.5
+
+
+_GGUF_27B = {"gemma2": 46, "gemma3": 62}  # block counts of the 27B models (see from_gguf)
+
+
+def _hf_rope(rope: dict, kw: dict) -> tuple:
+  """(theta, scaling dict or None) of one HF `rope_parameters` entry."""
+  kind = rope.get("rope_type", rope.get("type", "default"))
+  theta = rope.get("rope_theta", kw.get("rope_theta", 10000.0))
+  return theta, None if kind == "default" else {k: v for k, v in rope.items() if k != "rope_theta"}
 
 
 def _f32(x):

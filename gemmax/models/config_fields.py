@@ -54,7 +54,21 @@ def check_fields(config) -> None:
     or (isinstance(eos, tuple) and all(is_int(e) and e >= 0 for e in eos))
   ):
     bad("eos_token_id", "a token id, a list of token ids, or None")
-  for name in ("tie_word_embeddings", "attention_bias"):
+  if config.sliding_window_pattern is not None and (
+    not is_int(config.sliding_window_pattern) or config.sliding_window_pattern < 1
+  ):
+    bad("sliding_window_pattern", "an integer >= 1 or None")
+  v = config.rope_local_base_freq
+  if v is not None and not (is_number(v) and math.isfinite(v) and v > 0):
+    bad("rope_local_base_freq", "a finite number > 0 or None")
+  for name in (
+    "tie_word_embeddings",
+    "attention_bias",
+    "norm_offset",
+    "post_norms",
+    "qk_norm",
+    "scale_embeddings",
+  ):
     if not isinstance(getattr(config, name), bool):
       bad(name, "true or false")
   for name in ("dtype", "param_dtype"):

@@ -75,20 +75,20 @@ class Embed(nnx.Module):
 class RMSNorm(nnx.Module):
   """RMSNorm computed in float32.
 
-  gemma2: y = x / rms(x) * (1 + w), cast at the end (weights stored as offsets from 1).
-  llama:  y = w * cast(x / rms(x)), cast before the scale.
+  offset (Gemma): y = x / rms(x) * (1 + w), cast at the end (weights stored as offsets from 1).
+  else (Llama):   y = w * cast(x / rms(x)), cast before the scale.
   """
 
-  def __init__(self, dim: int, *, eps: float, family: str, param_dtype):
-    self.eps, self.family = eps, family
-    init = jnp.zeros if family == "gemma2" else jnp.ones
+  def __init__(self, dim: int, *, eps: float, offset: bool, param_dtype):
+    self.eps, self.offset = eps, offset
+    init = jnp.zeros if offset else jnp.ones
     self.scale = nnx.Param(init((dim,), param_dtype), axes=("norm",))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     w = self.scale[...]
-    if self.family == "gemma2":
+    if self.offset:
       return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
     return w.astype(x.dtype) * y.astype(x.dtype)
 
@@ -113,7 +113,7 @@ def activation(name: str):
 
 
 class MLP(nnx.Module):
-  """Gated MLP: down(act(gate(x)) * up(x)) — GeGLU(tanh) for Gemma 2, SwiGLU for Llama."""
+  """Gated MLP: down(act(gate(x)) * up(x)) — GeGLU(tanh) for Gemma, SwiGLU for Llama."""
 
   def __init__(self, config, *, dtype, param_dtype, rngs: nnx.Rngs):
     d, f = config.hidden_size, config.intermediate_size

@@ -20,6 +20,28 @@ _GEMMA2 = dict(
   pad_token_id=0,
 )
 
+_GEMMA3 = dict(
+  family="gemma3",
+  vocab_size=262_208,
+  head_dim=256,
+  rope_theta=1_000_000.0,
+  rope_local_base_freq=10_000.0,
+  rms_norm_eps=1e-6,
+  sliding_window=1024,
+  sliding_window_pattern=6,
+  query_pre_attn_scalar=256,
+  tie_word_embeddings=True,
+  max_position_embeddings=131_072,
+  hidden_activation="gelu_pytorch_tanh",
+  bos_token_id=2,
+  eos_token_id=1,
+  pad_token_id=0,
+)
+_GEMMA3_SMALL = dict(
+  _GEMMA3, vocab_size=262_144, sliding_window=512, max_position_embeddings=32_768
+)
+_GEMMA3_LINEAR8 = dict(rope_type="linear", factor=8.0)
+
 _LLAMA3_ROPE = dict(
   rope_type="llama3",
   factor=8.0,
@@ -73,6 +95,51 @@ PRESETS: dict[str, dict] = {
     num_key_value_heads=16,
     head_dim=128,
     query_pre_attn_scalar=144,
+  ),
+  "gemma3-270m": dict(
+    _GEMMA3_SMALL,
+    hidden_size=640,
+    intermediate_size=2048,
+    num_hidden_layers=18,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+  ),
+  "gemma3-1b": dict(
+    _GEMMA3_SMALL,
+    hidden_size=1152,
+    intermediate_size=6912,
+    num_hidden_layers=26,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+  ),
+  "gemma3-4b": dict(
+    _GEMMA3,
+    hidden_size=2560,
+    intermediate_size=10240,
+    num_hidden_layers=34,
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    rope_scaling=_GEMMA3_LINEAR8,
+  ),
+  "gemma3-12b": dict(
+    _GEMMA3,
+    hidden_size=3840,
+    intermediate_size=15360,
+    num_hidden_layers=48,
+    num_attention_heads=16,
+    num_key_value_heads=8,
+    rope_scaling=_GEMMA3_LINEAR8,
+  ),
+  "gemma3-27b": dict(
+    _GEMMA3,
+    hidden_size=5376,
+    intermediate_size=21504,
+    num_hidden_layers=62,
+    num_attention_heads=32,
+    num_key_value_heads=16,
+    head_dim=128,
+    query_pre_attn_scalar=168,
+    rope_scaling=_GEMMA3_LINEAR8,
   ),
   "llama2-7b": dict(
     _LLAMA3,
@@ -129,6 +196,20 @@ PRESETS: dict[str, dict] = {
     query_pre_attn_scalar=24,
     max_position_embeddings=512,
   ),
+  "gemma3-tiny": dict(
+    _GEMMA3,
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    head_dim=32,
+    sliding_window=8,
+    query_pre_attn_scalar=24,
+    max_position_embeddings=512,
+    rope_scaling=_GEMMA3_LINEAR8,
+  ),
   "llama3-tiny": dict(
     _LLAMA3,
     vocab_size=256,
@@ -150,6 +231,12 @@ PUBLISHED_PARAMS = {
   "gemma2-2b": 2_614_341_888,
   "gemma2-9b": 9_241_705_984,
   "gemma2-27b": 27_227_128_320,
+  # Gemma 3: the text tower. 270M and 1B are text-only checkpoints (their safetensors totals);
+  # the 4B/12B/27B totals of the multimodal checkpoints (4,300,079,472 / 12,187,325,040 /
+  # 27,432,406,640) less the SigLIP vision tower and projector (tests count those with
+  # transformers' own modules: test_config.py).
+  "gemma3-270m": 268_098_176,
+  "gemma3-1b": 999_885_952,
   "llama2-7b": 6_738_415_616,
   "llama3-8b": 8_030_261_248,
   "llama3.1-8b": 8_030_261_248,

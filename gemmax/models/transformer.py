@@ -1,6 +1,8 @@
-"""The decoder-only Transformer for both families (Gemma 2 and Llama)."""
+"""The decoder-only Transformer (Gemma 2, Gemma 3, Llama: the config's fields say which parts)."""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ from flax import nnx
 
 from gemmax.models.attention import Attention
 from gemmax.models.config import ModelConfig
+from gemmax.models.head import softcap
 from gemmax.models.layers import MLP, Embed, Linear, RMSNorm, matmul_t
 from gemmax.sharding import HIDDEN, constrain
 
@@ -22,27 +25,27 @@ def _dtype(name):
 
 
 class Block(nnx.Module):
-  """One decoder layer. Gemma 2 adds post-norms after attention and MLP (pre+post norms)."""
+  """One decoder layer; `config.post_norms` adds norms after attention and MLP (pre+post norms)."""
 
   def __init__(self, config: ModelConfig, layer_idx: int, *, rngs: nnx.Rngs):
     dt, pdt = _dtype(config.dtype), _dtype(config.param_dtype)
     norm = lambda: RMSNorm(
-      config.hidden_size, eps=config.rms_norm_eps, family=config.family, param_dtype=pdt
+      config.hidden_size, eps=config.rms_norm_eps, offset=config.norm_offset, param_dtype=pdt
     )
     self.input_layernorm = norm()
     self.self_attn = Attention(config, layer_idx, dtype=dt, param_dtype=pdt, rngs=rngs)
     self.post_attention_layernorm = norm()
-    if config.family == "gemma2":
+    if config.post_norms:
       self.pre_feedforward_layernorm = norm()
       self.post_feedforward_layernorm = norm()
     self.mlp = MLP(config, dtype=dt, param_dtype=pdt, rngs=rngs)
-    self.gemma = config.family == "gemma2"
+    self.post_norms = config.post_norms
 
   def __call__(self, h, positions, segment_ids=None, cache=None):
     attn = self.self_attn(self.input_layernorm(h), positions, segment_ids, cache)
     if cache is not None:
       attn, cache = attn
-    if self.gemma:
+    if self.post_norms:
       h = h + self.post_attention_layernorm(attn)
       h = h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
     else:
@@ -65,7 +68,7 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
 class Transformer(nnx.Module):
   """`model(input_ids, positions=None, segment_ids=None, cache=None) -> logits [B, T, vocab]`.
 
-  Logits are float32 (final soft-cap applied for Gemma 2). With a cache, returns (logits, cache).
+  Logits are float32 (the config's final soft-cap applied). With a cache, returns (logits, cache).
   """
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -76,7 +79,7 @@ class Transformer(nnx.Module):
     )
     self.layers = nnx.List([Block(config, i, rngs=rngs) for i in range(config.num_hidden_layers)])
     self.norm = RMSNorm(
-      config.hidden_size, eps=config.rms_norm_eps, family=config.family, param_dtype=pdt
+      config.hidden_size, eps=config.rms_norm_eps, offset=config.norm_offset, param_dtype=pdt
     )
     if not config.tie_word_embeddings:
       self.lm_head = Linear(
@@ -93,7 +96,7 @@ class Transformer(nnx.Module):
   ):
     """Final-normed hidden states [B, T, D] (and the new cache when one is given).
 
-    `inputs_embeds` [B, T, D] replaces the (scaled, for Gemma 2) embedding lookup, as in
+    `inputs_embeds` [B, T, D] replaces the (scaled, for Gemma) embedding lookup, as in
     transformers >= 5 where the sqrt(hidden) normalizer lives in the embedding module.
     """
     cfg = self.config
@@ -109,7 +112,7 @@ class Transformer(nnx.Module):
       h = inputs_embeds
     else:
       h = self.embed_tokens(input_ids)
-      if cfg.family == "gemma2":  # normalizer cast to the activation dtype first
+      if cfg.scale_embeddings:  # normalizer cast to the activation dtype first
         h = h * jnp.asarray(cfg.hidden_size**0.5, dtype=h.dtype)
     h = constrain(h, HIDDEN)  # block boundary: a no-op unless under jax.set_mesh(mesh)
     if cache is not None:
@@ -133,22 +136,26 @@ class Transformer(nnx.Module):
       return self.embed_tokens.embedding[...], True
     return self.lm_head.kernel[...], False
 
+  def output_head(self) -> tuple[jax.Array, bool, Optional[float]]:
+    """(weight, vocab_major, softcap): the one output head the loss, distillation and the sampler
+    use — the projection as stored (see `output_projection`) and the final soft-cap or None."""
+    w, vocab_major = self.output_projection()
+    return w, vocab_major, self.config.final_logit_softcapping
+
   def output_weight(self) -> jax.Array:
     """The [hidden, vocab] output projection (tied embeddings transposed, or lm_head)."""
     w, vocab_major = self.output_projection()
     return w.T if vocab_major else w
 
   def logits(self, h: jax.Array) -> jax.Array:
-    """[..., D] hidden states -> float32 [..., vocab] logits, soft-capped for Gemma 2."""
+    """[..., D] hidden states -> float32 [..., vocab] logits, soft-capped when the config says."""
     if self.config.tie_word_embeddings:  # the table is already [vocab, D]: matmul_t's layout
       logits = matmul_t(
         h, self.embed_tokens.embedding[...].astype(h.dtype), preferred_element_type=jnp.float32
       )
     else:
       logits = self.lm_head(h, out_dtype=jnp.float32)
-    return softcap(
-      logits, self.config.final_logit_softcapping if self.config.family == "gemma2" else None
-    )
+    return softcap(logits, self.config.final_logit_softcapping)
 
   def __call__(
     self, input_ids, positions=None, segment_ids=None, cache=None, *, inputs_embeds=None
@@ -158,7 +165,3 @@ class Transformer(nnx.Module):
       h, cache = out
       return self.logits(h), cache
     return self.logits(out)
-
-
-def softcap(x: jax.Array, cap):
-  return x if cap is None else jnp.tanh(x / cap) * cap

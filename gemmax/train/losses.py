@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from gemmax.errors import GemmaxError
+from gemmax.models.head import head_logits, softcap as _softcap
 from gemmax.models.layers import contract_tokens, dot2d
 from gemmax.ops.common import index_equals
 
@@ -37,10 +38,6 @@ class CESums(NamedTuple):
   loss_sum: jax.Array
   correct: jax.Array
   count: jax.Array
-
-
-def _softcap(x, cap):
-  return x if cap is None else jnp.tanh(x / cap) * cap
 
 
 def _scored_rows(m: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
@@ -59,7 +56,7 @@ def _chunk_logits(w, h, y, m, rows, count, j, chunk, softcap, vocab_major):
   r = jax.lax.dynamic_slice_in_dim(rows, j * chunk, chunk)
   mc = jnp.where(j * chunk + jnp.arange(chunk) < count, m[r], 0.0)
   hc, yc = jnp.take(h, r, axis=0), y[r]
-  logits = _softcap(dot2d(hc, w, w_t=vocab_major, preferred_element_type=jnp.float32), softcap)
+  logits = head_logits(hc, w, vocab_major=vocab_major, cap=softcap)
   # One max serves the logsumexp and the accuracy: top-1 is correct when the target's logit is
   # the maximum (argmax, a variadic reduce, took longer on XLA:CPU than the whole matmul).
   mx = jnp.max(logits, axis=-1)
@@ -206,9 +203,7 @@ def model_loss_sums(model, batch, *, chunk=None) -> CESums:
   h = model.hidden_states(
     batch["input_ids"], positions=batch.get("positions"), segment_ids=batch.get("segment_ids")
   )
-  cfg = model.config
-  cap = cfg.final_logit_softcapping if cfg.family == "gemma2" else None
-  w, vocab_major = model.output_projection()
+  w, vocab_major, cap = model.output_head()
   return cross_entropy_sums(
     h, w, batch["targets"], batch["loss_mask"], softcap=cap, chunk=chunk, vocab_major=vocab_major
   )

@@ -1,0 +1,102 @@
+"""The real Gemma 3 270M GGUF file (Q4_K / Q5_0 / Q6_K / Q8_0) against transformers' GGUF loader
+of the same file: logits across the 512 window, and perplexity on data/pretrain_sample.txt."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+from gemmax.convert import load_gguf
+from gemmax.data import load_tokenizer
+from gemmax.evals.perplexity import perplexity
+from gemmax.fetch import resolve
+
+pytestmark = pytest.mark.slow
+SAMPLE = os.path.join(os.path.dirname(__file__), "..", "data", "pretrain_sample.txt")
+WINDOW, STRIDE = 1024, 768  # past the 512 window: local and global layers both matter
+
+
+@pytest.fixture(scope="module")
+def path():
+  return resolve("gemma3-270m")
+
+
+@pytest.fixture(scope="module")
+def ours(path):
+  return load_gguf(path)
+
+
+@pytest.fixture(scope="module")
+def theirs(path):
+  from transformers import AutoModelForCausalLM
+
+  return AutoModelForCausalLM.from_pretrained(
+    os.path.dirname(path),
+    gguf_file=os.path.basename(path),
+    dtype=torch.float32,
+    attn_implementation="eager",
+  ).eval()
+
+
+def _text_ids(path, n):
+  tok = load_tokenizer(path)
+  with open(SAMPLE, encoding="utf-8") as f:
+    return tok.encode(f.read(), add_bos=True)[:n]
+
+
+def test_config_of_the_real_file(ours, theirs):
+  c, h = ours.config, theirs.config
+  assert type(theirs).__name__ == "Gemma3ForCausalLM"
+  assert [c.layer_type(i) for i in range(c.num_hidden_layers)] == list(h.layer_types)
+  assert c.sliding_window == h.sliding_window == 512
+  assert c.query_pre_attn_scalar == h.query_pre_attn_scalar
+  assert c.layer_rope(0) == (h.rope_parameters["sliding_attention"]["rope_theta"], None)
+  assert c.layer_rope(5) == (h.rope_parameters["full_attention"]["rope_theta"], None)
+
+
+def test_logits_equal_transformers_across_the_window(path, ours, theirs):
+  ids = np.asarray([_text_ids(path, 700)])
+  got = np.asarray(nnx.jit(lambda m, x: m(x))(ours, ids))
+  with torch.no_grad():
+    want = theirs(torch.tensor(ids)).logits.numpy()
+  err = np.abs(got - want).max() / np.abs(want).max()
+  print(f"gemma3-270m: max relative |dlogit| {err:.2e} over {ids.shape[1]} tokens")
+  assert err <= 1e-4
+  assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.999
+
+
+def _hf_perplexity(model, ids):
+  """transformers' perplexity with gemmax's windows (evals.perplexity): tokens [done, end) of
+  each window scored after its earlier tokens; logits kept only for the scored positions and
+  normalised in row chunks (a window's full float32 logits are 1 GiB)."""
+  total, n, done, begin = 0.0, 0, 1, 0
+  while done < len(ids):
+    end = min(begin + WINDOW, len(ids))
+    x = torch.tensor([ids[begin:end]])
+    with torch.no_grad():
+      logits = model(x, logits_to_keep=end - done + 1).logits[0, :-1]  # predicts [done, end)
+      tgt = torch.tensor(ids[done:end])
+      for i in range(0, len(tgt), 128):
+        rows = logits[i : i + 128].float()
+        lse = torch.logsumexp(rows, -1).double()
+        total -= float((rows.gather(1, tgt[i : i + 128, None])[:, 0].double() - lse).sum())
+    n += end - done
+    done = end
+    begin = max(end - (WINDOW - STRIDE), 0) if end < len(ids) else end
+  return math.exp(total / n), n
+
+
+def test_perplexity_equals_transformers(path, ours, theirs):
+  tok = load_tokenizer(path)
+  with open(SAMPLE, encoding="utf-8") as f:
+    text = f.read()
+  got = perplexity(ours, tok, text, window=WINDOW, stride=STRIDE, batch_size=1, progress=False)
+  want, n = _hf_perplexity(theirs, tok.encode(text, add_bos=True))
+  print(
+    f"gemma3-270m perplexity on {n} tokens: gemmax {got['perplexity']:.4f}, transformers {want:.4f}"
+  )
+  assert got["tokens"] == n
+  assert abs(got["perplexity"] / want - 1) <= 0.005
