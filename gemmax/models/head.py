@@ -13,7 +13,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from gemmax.models.layers import dot2d
+from gemmax.ops.matmul import dot2d
 
 
 def softcap(x: jax.Array, cap: Optional[float]) -> jax.Array:

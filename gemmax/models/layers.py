@@ -10,7 +10,6 @@ from flax import nnx
 
 from gemmax.ops.fused import gated
 from gemmax.ops.matmul import matmul, matmul_t
-from gemmax.ops.matmul import contract_tokens, dot2d  # noqa: F401 (for train/losses.py, distill/)
 
 _init = nnx.initializers.normal(stddev=0.02)
 

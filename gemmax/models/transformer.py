@@ -11,7 +11,8 @@ from flax import nnx
 from gemmax.models.attention import Attention
 from gemmax.models.config import ModelConfig
 from gemmax.models.head import softcap
-from gemmax.models.layers import MLP, Embed, Linear, RMSNorm, matmul_t
+from gemmax.models.layers import MLP, Embed, Linear, RMSNorm
+from gemmax.ops.matmul import matmul_t
 from gemmax.sharding import HIDDEN, constrain
 
 _REMAT_POLICIES = {

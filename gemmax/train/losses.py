@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from gemmax.errors import GemmaxError
 from gemmax.models.head import head_logits, softcap as _softcap
-from gemmax.models.layers import contract_tokens, dot2d
+from gemmax.ops.matmul import contract_tokens, dot2d
 from gemmax.ops.common import index_equals
 
 # Default number of float32 logits per chunk (2**24 = 64 MiB): the chunk length in tokens is
