@@ -12,6 +12,7 @@ from ml_collections import config_dict
 from gemmax.errors import ConfigError
 from gemmax.ops.attention import IMPLS
 from gemmax.schema import Key, above, at_least, between, nonempty, one_of
+from gemmax.distill.chunked import RULES as KD
 from gemmax.train.optimizer import RULES as OPT
 from gemmax.train.trainer import RULES as LOOP
 
@@ -164,10 +165,10 @@ DISTILL = {
   },
   # Loss: kd_ratio * t^2 * KD + (1 - kd_ratio) * CE, at temperature t.
   "distill": {
-    "kd_ratio": Key(1.0, float, between(0, 1)),
-    "temperature": Key(1.0, float, above(0)),  # offline: must equal the store's
-    "divergence": Key("forward_kl", str, one_of("forward_kl", "reverse_kl", "jsd")),
-    "beta": Key(0.5, float, between(0, 1)),  # JSD(beta): 0 forward, 1 reverse KL
+    "kd_ratio": Key(1.0, float, KD["kd_ratio"]),
+    "temperature": Key(1.0, float, KD["temperature"]),  # offline: must equal the store's
+    "divergence": Key("forward_kl", str, KD["divergence"]),
+    "beta": Key(0.5, float, KD["beta"]),  # JSD(beta): 0 forward, 1 reverse KL
   },
   # On-policy (online stage): the share of batches whose responses the student samples.
   "onpolicy": {

@@ -92,3 +92,36 @@ def write_gguf(hf_model, path, qtype="F16", tokens=None):
   w.write_tensors_to_file()
   w.close()
   return path
+
+
+def rewrite_gguf(src, dst, *, tensor=None, meta=None, arch=None):
+  """Copies a GGUF file through gguf's reader and writer; `tensor(t)` -> (name, data, type) or
+  None (dropped); `meta(key, value)` -> value, None (dropped) or (value, GGUFValueType)."""
+  r = gguf.GGUFReader(src)
+  w = gguf.GGUFWriter(dst, arch or r.fields["general.architecture"].contents())
+  for k, f in r.fields.items():
+    if k.startswith("GGUF.") or k == "general.architecture":
+      continue
+    v, vtype = f.contents(), f.types[0]
+    if meta:
+      v = meta(k, v)
+      if isinstance(v, tuple):
+        v, vtype = v
+    if v is None:
+      continue
+    if vtype == gguf.GGUFValueType.ARRAY:
+      w.add_array(k, v)
+    else:
+      w.add_key_value(k, v, vtype)
+  for t in r.tensors:
+    out = tensor(t) if tensor else None
+    out = out if tensor else (t.name, np.array(t.data), t.tensor_type)
+    if out is None:
+      continue
+    name, data, qtype = out
+    w.add_tensor(name, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+  return dst

@@ -93,3 +93,29 @@ def make_hf_model(config, seed=0, scale_norms=True):
 def save_hf_model(model, path):
   model.save_pretrained(path, safe_serialization=True)
   return path
+
+
+def make_peft_model(hf, *, dora: bool, rslora: bool = False):
+  """A peft LoRA / DoRA (rank 4, alpha 16, every linear layer) around a copy of `hf`, with
+  random adapters (and DoRA magnitudes scaled off their initial norms), seeded."""
+  import copy
+
+  import peft
+
+  torch.manual_seed(3)
+  lcfg = peft.LoraConfig(
+    r=4,
+    lora_alpha=16,
+    target_modules="all-linear",
+    use_dora=dora,
+    use_rslora=rslora,
+    init_lora_weights=False,
+    task_type="CAUSAL_LM",
+  )
+  pm = peft.get_peft_model(copy.deepcopy(hf), lcfg).eval()
+  if dora:
+    with torch.no_grad():
+      for name, p in pm.named_parameters():
+        if "lora_magnitude_vector" in name:
+          p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+  return pm

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from finetune_assets import ROOT, base_args, invoke, make_assets
-from gguf_files import write_gguf
+from gguf_files import rewrite_gguf, write_gguf
 from hf_models import llama_config, make_hf_model
 
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -28,39 +28,6 @@ SHAPE = dict(
   intermediate_size=128,
   num_hidden_layers=2,
 )
-
-
-def _rewrite(src, dst, *, tensor=None, meta=None, arch=None):
-  """Copies a GGUF file through gguf's reader and writer; `tensor(t)` -> (name, data, type) or
-  None (dropped); `meta(key, value)` -> value, None (dropped) or (value, GGUFValueType)."""
-  r = gguf.GGUFReader(src)
-  w = gguf.GGUFWriter(dst, arch or r.fields["general.architecture"].contents())
-  for k, f in r.fields.items():
-    if k.startswith("GGUF.") or k == "general.architecture":
-      continue
-    v, vtype = f.contents(), f.types[0]
-    if meta:
-      v = meta(k, v)
-      if isinstance(v, tuple):
-        v, vtype = v
-    if v is None:
-      continue
-    if vtype == gguf.GGUFValueType.ARRAY:
-      w.add_array(k, v)
-    else:
-      w.add_key_value(k, v, vtype)
-  for t in r.tensors:
-    out = tensor(t) if tensor else None
-    out = out if tensor else (t.name, np.array(t.data), t.tensor_type)
-    if out is None:
-      continue
-    name, data, qtype = out
-    w.add_tensor(name, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
-  w.write_header_to_file()
-  w.write_kv_data_to_file()
-  w.write_tensors_to_file()
-  w.close()
-  return dst
 
 
 def _keep(t):
@@ -99,22 +66,28 @@ def d(tmp_path_factory):
   _cut(good, p("bad_magic.gguf"), lambda b: b"GGUX" + b[4:])
   _cut(good, p("empty.gguf"), b"")
   _cut(good, p("garbage_counts.gguf"), b"GGUF" + b"\xff" * 60)
-  _rewrite(good, p("tq1.gguf"), tensor=_tq1)
-  _rewrite(
+  rewrite_gguf(good, p("tq1.gguf"), tensor=_tq1)
+  rewrite_gguf(
     good,
     p("no_gate.gguf"),
     tensor=lambda t: None if t.name == "blk.0.ffn_gate.weight" else _keep(t),
   )
-  _rewrite(good, p("nan.gguf"), tensor=_nan)
-  _rewrite(good, p("ffn_96.gguf"), meta=lambda k, v: 96 if k == "llama.feed_forward_length" else v)
-  _rewrite(good, p("no_width.gguf"), meta=lambda k, v: None if k == "llama.embedding_length" else v)
-  _rewrite(good, p("heads_0.gguf"), meta=lambda k, v: 0 if k == "llama.attention.head_count" else v)
-  _rewrite(
+  rewrite_gguf(good, p("nan.gguf"), tensor=_nan)
+  rewrite_gguf(
+    good, p("ffn_96.gguf"), meta=lambda k, v: 96 if k == "llama.feed_forward_length" else v
+  )
+  rewrite_gguf(
+    good, p("no_width.gguf"), meta=lambda k, v: None if k == "llama.embedding_length" else v
+  )
+  rewrite_gguf(
+    good, p("heads_0.gguf"), meta=lambda k, v: 0 if k == "llama.attention.head_count" else v
+  )
+  rewrite_gguf(
     good,
     p("blocks_str.gguf"),
     meta=lambda k, v: ("two", gguf.GGUFValueType.STRING) if k == "llama.block_count" else v,
   )
-  _rewrite(
+  rewrite_gguf(
     good, p("falcon.gguf"), arch="falcon", meta=lambda k, v: None if k.startswith("llama.") else v
   )
   os.makedirs(p("two_files"))

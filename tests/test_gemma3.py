@@ -18,7 +18,7 @@ from gemmax.convert import load_hf, save_hf
 from gemmax.io.safetensors import SafetensorsFile, save_lazy
 from gemmax.models import PUBLISHED_PARAMS, ModelConfig, param_count
 from gemmax.sampling import Sampler
-from hf_models import gemma3_config, make_hf_model, save_hf_model
+from hf_models import gemma3_config, make_hf_model, make_peft_model, save_hf_model
 
 # Published totals of the multimodal 4B / 12B / 27B checkpoints (safetensors metadata); their
 # text tower is the total less the SigLIP vision tower and the projector.
@@ -205,21 +205,7 @@ def test_save_hf_writes_gemma3_for_causal_lm(gemma3, tmp_path):
 def test_peft_adapters_both_ways(gemma3, tmp_path, dora):
   """A peft-made LoRA / DoRA adapter loads here with peft's logits, and ours loads in peft."""
   hf, path = gemma3
-  torch.manual_seed(3)
-  lcfg = peft.LoraConfig(
-    r=4,
-    lora_alpha=16,
-    target_modules="all-linear",
-    use_dora=dora,
-    init_lora_weights=False,
-    task_type="CAUSAL_LM",
-  )
-  pm = peft.get_peft_model(copy.deepcopy(hf), lcfg).eval()
-  if dora:
-    with torch.no_grad():
-      for name, p in pm.named_parameters():
-        if "lora_magnitude_vector" in name:
-          p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+  pm = make_peft_model(hf, dora=dora)
   pm.save_pretrained(str(tmp_path / "peft"))
   ids = _ids(12)
   ref = _logits(pm, ids)

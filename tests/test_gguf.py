@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from gemmax.convert import load, load_gguf, load_hf
 from gemmax.errors import GemmaxError, MissingTensorError
-from gguf_files import QUANTIZABLE, write_gguf
+from gguf_files import QUANTIZABLE, rewrite_gguf, write_gguf
 from hf_models import gemma2_config, gemma3_config, llama_config, make_hf_model, save_hf_model
 
 _forward = nnx.jit(lambda model, ids: model(ids))
@@ -153,38 +153,6 @@ def test_truncated_file_is_refused(tmp_path, hf_models):
     load_gguf(path)
 
 
-def _rewrite(src, dst, edit_tensor=None, edit_meta=None):
-  """Copies a GGUF file through gguf's reader and writer, editing tensors / metadata."""
-  r = gguf.GGUFReader(src)
-  arch = r.fields["general.architecture"].contents()
-  w = gguf.GGUFWriter(dst, arch)
-  meta = {
-    k: f for k, f in r.fields.items() if not k.startswith("GGUF.") and k != "general.architecture"
-  }
-  for k, f in meta.items():
-    v = f.contents()
-    if edit_meta:
-      v = edit_meta(k, v)
-    if v is None:
-      continue
-    vtype = f.types[0]
-    if vtype == gguf.GGUFValueType.ARRAY:
-      w.add_array(k, v)
-    else:
-      w.add_key_value(k, v, vtype)
-  for t in r.tensors:
-    out = edit_tensor(t) if edit_tensor else (t.name, np.array(t.data), t.tensor_type)
-    if out is None:
-      continue
-    name, data, qtype = out
-    w.add_tensor(name, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
-  w.write_header_to_file()
-  w.write_kv_data_to_file()
-  w.write_tensors_to_file()
-  w.close()
-  return dst
-
-
 def test_unsupported_tensor_type_names_tensor_and_type(tmp_path, hf_models):
   src = _tiny(tmp_path, hf_models)
 
@@ -195,17 +163,17 @@ def test_unsupported_tensor_type_names_tensor_and_type(tmp_path, hf_models):
     rows, cols = int(t.shape[1]), 256
     return t.name, np.zeros((rows, cols // block * size), np.uint8), gguf.GGMLQuantizationType.TQ1_0
 
-  path = _rewrite(src, str(tmp_path / "q.gguf"), edit_tensor=to_tq1)
+  path = rewrite_gguf(src, str(tmp_path / "q.gguf"), tensor=to_tq1)
   with pytest.raises(GemmaxError, match=r"tensor blk\.1\.ffn_up\.weight has type TQ1_0"):
     load_gguf(path)
 
 
 def test_missing_tensor_wrong_shape_and_non_finite(tmp_path, hf_models):
   src = _tiny(tmp_path, hf_models)
-  drop = _rewrite(
+  drop = rewrite_gguf(
     src,
     str(tmp_path / "d.gguf"),
-    edit_tensor=lambda t: (
+    tensor=lambda t: (
       None if t.name == "blk.0.ffn_gate.weight" else (t.name, np.array(t.data), t.tensor_type)
     ),
   )
@@ -219,11 +187,11 @@ def test_missing_tensor_wrong_shape_and_non_finite(tmp_path, hf_models):
     return t.name, data, t.tensor_type
 
   with pytest.raises(GemmaxError, match=r"blk\.0\.attn_norm\.weight holds non-finite values"):
-    load_gguf(_rewrite(src, str(tmp_path / "n.gguf"), edit_tensor=nan))
-  wide = _rewrite(
+    load_gguf(rewrite_gguf(src, str(tmp_path / "n.gguf"), tensor=nan))
+  wide = rewrite_gguf(
     src,
     str(tmp_path / "w.gguf"),
-    edit_meta=lambda k, v: 96 if k == "llama.feed_forward_length" else v,
+    meta=lambda k, v: 96 if k == "llama.feed_forward_length" else v,
   )
   with pytest.raises(GemmaxError, match=r"blk\.0\.ffn_(down|gate|up)\.weight has shape"):
     load_gguf(wide)
@@ -231,8 +199,8 @@ def test_missing_tensor_wrong_shape_and_non_finite(tmp_path, hf_models):
 
 def test_unsupported_architecture_and_missing_metadata(tmp_path, hf_models):
   src = _tiny(tmp_path, hf_models)
-  phi = _rewrite(
-    src, str(tmp_path / "p.gguf"), edit_meta=lambda k, v: None if k.startswith("llama.") else v
+  phi = rewrite_gguf(
+    src, str(tmp_path / "p.gguf"), meta=lambda k, v: None if k.startswith("llama.") else v
   )
   with pytest.raises(GemmaxError, match=r"p\.gguf: lacks llama\.embedding_length"):
     load_gguf(phi)

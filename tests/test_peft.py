@@ -15,7 +15,7 @@ peft = pytest.importorskip("peft")
 
 import gemmax.peft as gp  # noqa: E402
 from gemmax.convert import load_hf  # noqa: E402
-from hf_models import gemma2_config, llama_config, make_hf_model, save_hf_model  # noqa: E402
+from hf_models import gemma2_config, llama_config, make_hf_model, make_peft_model, save_hf_model  # noqa: E402
 
 IDS = np.random.default_rng(0).integers(0, 256, size=(2, 12))
 
@@ -99,22 +99,7 @@ def test_gemmax_adapter_loads_in_peft(bases, tmp_path, family, method, targets, 
 )
 def test_peft_adapter_loads_here(bases, tmp_path, family, dora, rslora):
   hf, path = bases(family)
-  torch.manual_seed(3)
-  lcfg = peft.LoraConfig(
-    r=4,
-    lora_alpha=16,
-    target_modules="all-linear",
-    use_dora=dora,
-    use_rslora=rslora,
-    init_lora_weights=False,
-    task_type="CAUSAL_LM",
-  )
-  pm = peft.get_peft_model(copy.deepcopy(hf), lcfg).eval()
-  if dora:
-    with torch.no_grad():
-      for name, p in pm.named_parameters():
-        if "lora_magnitude_vector" in name:
-          p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
+  pm = make_peft_model(hf, dora=dora, rslora=rslora)
   pm.save_pretrained(str(tmp_path / "peft"))
   model = gp.load_adapter(load_hf(path), str(tmp_path / "peft"))
   q = model.layers[0].self_attn.q_proj

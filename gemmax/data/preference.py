@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from gemmax.data.formats import resolve_template, tokenize_example
-from gemmax.data.sources import BadRows, SourceSpec, read_rows
+from gemmax.data.sources import BadRows, SourceSpec, check_rows, read_rows
 from gemmax.errors import GemmaxError
 
 __all__ = ["PairSpec", "Pair", "load_pairs", "tokenize_pairs", "preference_batches"]
@@ -136,15 +136,7 @@ def load_pairs(spec: PairSpec, on_bad_rows: str = "fail") -> tuple[list[Pair], B
       bad.rows.append((path, n, err))
     else:
       pairs.append(Pair((path, n), got[0], got[1], got[2]))
-  if bad.count and on_bad_rows == "fail":
-    raise GemmaxError(f"{spec.path}: {bad.summary(limit=3)} (set on_bad_rows='skip' to drop them)")
-  if bad.count:
-    log.warning("skipped %s", bad.summary())
-  if not pairs:
-    raise GemmaxError(
-      f"no valid pairs in {spec.path}" + (f": {bad.summary(3)}" if bad.count else "")
-    )
-  return pairs, bad
+  return check_rows(spec.path, pairs, bad, on_bad_rows, "pairs")
 
 
 def tokenize_pairs(pairs, tokenizer, template: str | None, seq_len: int):

@@ -305,12 +305,16 @@ def load_numbered(
       bad.rows.append((path, n, err))
     else:
       records.append((path, n, rec))
+  return check_rows(spec.path, records, bad, on_bad_rows)
+
+
+def check_rows(path, records: list, bad: BadRows, on_bad_rows: str, what: str = "rows"):
+  """(records, bad) after the bad-row policy: "fail" raises naming the first bad rows, "skip"
+  logs them; no valid record at all raises."""
   if bad.count and on_bad_rows == "fail":
-    raise GemmaxError(f"{spec.path}: {bad.summary(limit=3)} (set on_bad_rows='skip' to drop them)")
+    raise GemmaxError(f"{path}: {bad.summary(limit=3)} (set on_bad_rows='skip' to drop them)")
   if bad.count:
     log.warning("skipped %s", bad.summary())
   if not records:
-    raise GemmaxError(
-      f"no valid rows in {spec.path}" + (f": {bad.summary(limit=3)}" if bad.count else "")
-    )
+    raise GemmaxError(f"no valid {what} in {path}" + (f": {bad.summary(3)}" if bad.count else ""))
   return records, bad

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from gemmax.distill import losses
 from gemmax.errors import GemmaxError
 from gemmax.models.head import head_logits, token_chunks
+from gemmax.schema import above, between, check_fields, one_of
 from gemmax.train.losses import DEFAULT_LOGIT_BUDGET, chunk_tokens_for
 
 
@@ -41,6 +42,15 @@ class DistillSums(NamedTuple):
   kl_sum: jax.Array
 
 
+# The ranges of DistillLoss's fields (experiments/schemas.py checks a recipe's distill keys by them).
+RULES = {
+  "kd_ratio": between(0, 1),
+  "temperature": above(0),
+  "divergence": one_of(*losses.DIVERGENCES),
+  "beta": between(0, 1),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillLoss:
   """The recipe: kd_ratio a mixes a*KD + (1-a)*CE; divergence/beta are for the online teacher."""
@@ -51,15 +61,7 @@ class DistillLoss:
   beta: float = 0.5  # JSD(beta) mixture weight of the teacher
 
   def validate(self):
-    if not 0.0 <= self.kd_ratio <= 1.0:
-      raise GemmaxError(f"kd_ratio must be in [0, 1], got {self.kd_ratio}")
-    if not self.temperature > 0:
-      raise GemmaxError(f"temperature must be > 0, got {self.temperature}")
-    if self.divergence not in losses.DIVERGENCES:
-      raise GemmaxError(f"divergence must be one of {losses.DIVERGENCES}, got {self.divergence!r}")
-    if not 0.0 <= self.beta <= 1.0:
-      raise GemmaxError(f"beta must be in [0, 1], got {self.beta}")
-    return self
+    return check_fields(self, RULES, "distill.")
 
 
 def distill_sums(
