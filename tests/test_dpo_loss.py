@@ -8,12 +8,12 @@ import types
 import jax
 import numpy as np
 import pytest
+import torch
+import trl
 
 from gemmax.errors import ConfigError
 from gemmax.train import dpo_loss
 
-torch = pytest.importorskip("torch")
-trl = pytest.importorskip("trl")
 
 B, T = 5, 7
 
