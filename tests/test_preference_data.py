@@ -38,13 +38,19 @@ def _write(path, rows):
   return str(path)
 
 
+def _chosen_first(batch):
+  """[B, 2, T] pairs -> [2B, T] rows, the B chosen completions first."""
+  return {k: np.concatenate([v[:, 0], v[:, 1]]) for k, v in batch.items()}
+
+
 def test_string_pairs_mask_only_the_answers(tmp_path, tok):
   pairs, bad = load_pairs(PairSpec(_write(tmp_path / "p.jsonl", ROWS[:2])))
   assert bad.count == 0 and [p.kind for p in pairs] == ["alpaca", "alpaca"]
   tokenized, dropped = tokenize_pairs(pairs, tok, "alpaca", seq_len=96)
   assert dropped == []
   batch = next(preference_batches(tokenized, 2, 96, shuffle=False))
-  assert batch["input_ids"].shape == (4, 96)
+  assert batch["input_ids"].shape == (2, 2, 96)
+  batch = _chosen_first(batch)
   for row, pair, which in [
     (0, 0, "chosen"),
     (1, 1, "chosen"),
@@ -76,7 +82,7 @@ def test_message_pairs_under_a_chat_template_from_parquet(tmp_path, tok):
   pairs, _ = load_pairs(PairSpec(path))
   assert [p.kind for p in pairs] == ["chat", "chat"]
   tokenized, _ = tokenize_pairs(pairs, tok, "gemma", seq_len=64)
-  batch = next(preference_batches(tokenized, 2, 64, shuffle=False))
+  batch = _chosen_first(next(preference_batches(tokenized, 2, 64, shuffle=False)))
   text = _decode(tok, batch["input_ids"][0][: int(batch["segment_ids"][0].sum())])
   assert text == "user\nTranslate cat to French.\nmodel\nchat"  # special tokens not shown
   end = tok.encode("<end_of_turn>")[-1]
@@ -115,7 +121,7 @@ def test_long_pairs_are_cut_or_dropped(tmp_path, tok):
   pairs, _ = load_pairs(PairSpec(_write(tmp_path / "l.jsonl", rows)))
   tokenized, dropped = tokenize_pairs(pairs, tok, "alpaca", seq_len=64)
   assert len(tokenized) == 1 and dropped == [(os.path.join(str(tmp_path), "l.jsonl"), 2)]
-  batch = next(preference_batches(tokenized, 1, 64, shuffle=False))
+  batch = _chosen_first(next(preference_batches(tokenized, 1, 64, shuffle=False)))
   assert batch["loss_mask"][0].sum() > 0 and batch["segment_ids"][0].sum() == 64
   with pytest.raises(GemmaxError, match="every pair loses its completions at seq_len 8"):
     tokenize_pairs(pairs, tok, "alpaca", seq_len=8)

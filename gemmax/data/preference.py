@@ -9,8 +9,9 @@ so prompt tokens, the template's markup and padding carry no loss; the answer an
 that closes it do. Rows are checked before any batch is made (missing field, non-string, empty or
 identical completions, bad messages), each bad row named by file and row number.
 
-Batches never split a pair: `preference_batches` yields [2B, T] arrays whose rows 0..B-1 are the
-chosen completions and B..2B-1 the rejected ones of the same B pairs, with the fields of the
+Batches never split a pair: `preference_batches` yields [B, 2, T] arrays, [:, 0] the chosen and
+[:, 1] the rejected completion of each of B pairs (pairs first, so that micro-batches and
+data-parallel shards, which split the leading axis, keep pairs whole), with the fields of the
 training batch contract (input_ids, targets, loss_mask, positions, segment_ids; no packing).
 A pair longer than seq_len keeps its prompt and loses the end of its completions; a pair left
 with no target token in either completion is dropped and reported.
@@ -182,7 +183,7 @@ def _rows(seqs, seq_len):
 def preference_batches(
   tokenized, batch_size: int, seq_len: int, *, seed: int = 0, shuffle: bool = True, epochs=None
 ) -> Iterator[dict]:
-  """Batches of `batch_size` whole pairs: [2B, seq_len] arrays, chosen rows first. Shuffled per
+  """Batches of `batch_size` whole pairs: [B, 2, seq_len] arrays, chosen then rejected. Shuffled per
   epoch with `seed`; `epochs=None` repeats forever; the last partial batch of an epoch is kept
   only when it is the only one (tiny data)."""
   n = len(tokenized)
@@ -193,5 +194,6 @@ def preference_batches(
     stop = n - n % batch_size if n >= batch_size else n
     for s in range(0, stop, batch_size):
       chunk = [tokenized[i] for i in order[s : s + batch_size]]
-      yield _rows([(c, cm) for c, cm, _, _ in chunk] + [(r, rm) for _, _, r, rm in chunk], seq_len)
+      rows = _rows([x for c, cm, r, rm in chunk for x in ((c, cm), (r, rm))], seq_len)
+      yield {k: v.reshape(len(chunk), 2, seq_len) for k, v in rows.items()}
     epoch += 1

@@ -1,9 +1,9 @@
 """Distillation loss sums over token chunks: ground-truth CE mixed with a teacher term.
 
 Like gemmax.train.losses.cross_entropy_sums, the [batch, seq, vocab] logits are never built:
-tokens go `chunk` at a time through a `lax.scan`, and the chunk function is `jax.checkpoint`ed so
-the backward pass recomputes each chunk's logits (the student's, and the teacher's when it runs
-online) instead of keeping them. When every token fits in one chunk, both are skipped.
+tokens go `chunk` at a time through gemmax.models.head.scan_logits, rematerialised so the
+backward pass recomputes each chunk's logits (the student's, and the teacher's when it runs
+online) instead of keeping them.
 
 Per scored token (loss_mask = 1), with kd_ratio a and temperature t:
   loss = (1 - a) * CE(targets) + a * t^2 * KD
@@ -21,9 +21,8 @@ import jax.numpy as jnp
 
 from gemmax.distill import losses
 from gemmax.errors import GemmaxError
-from gemmax.models.head import head_logits, token_chunks
+from gemmax.models.head import DEFAULT_LOGIT_BUDGET, Head, chunk_tokens_for, scan_logits
 from gemmax.schema import above, between, check_fields, one_of
-from gemmax.train.losses import DEFAULT_LOGIT_BUDGET, chunk_tokens_for
 
 
 class DistillSums(NamedTuple):
@@ -98,12 +97,8 @@ def distill_sums(
   n = b * t
   # two [chunk, V] float32 arrays live at once (the teacher's logits or the top-k id mask)
   chunk = chunk or chunk_tokens_for(v, n, DEFAULT_LOGIT_BUDGET // 2)
-  n_chunks = -(-n // chunk)
-  xs = {
-    "h": token_chunks(hidden, n_chunks, chunk),
-    "y": token_chunks(targets.astype(jnp.int32), n_chunks, chunk),
-    "m": token_chunks(loss_mask.astype(jnp.float32), n_chunks, chunk),
-  }
+  flat = lambda x: x.reshape(n, *x.shape[2:])  # noqa: E731
+  xs = {"y": flat(targets.astype(jnp.int32)), "m": flat(loss_mask.astype(jnp.float32))}
   if topk is not None:
     ids, probs, tail = topk
     if ids.shape[:2] != (b, t) or probs.shape != ids.shape or tail.shape != (b, t):
@@ -111,24 +106,18 @@ def distill_sums(
         f"top-k arrays {ids.shape}, {probs.shape}, {tail.shape} do not match "
         f"[{b}, {t}, k], [{b}, {t}, k], [{b}, {t}]"
       )
-    xs.update(
-      ids=token_chunks(ids.astype(jnp.int32), n_chunks, chunk),
-      p=token_chunks(probs, n_chunks, chunk),
-      tail=token_chunks(tail, n_chunks, chunk),
-    )
-  t_w, t_cap = None, None
+    xs.update(ids=flat(ids.astype(jnp.int32)), p=flat(probs), tail=flat(tail))
+  t_head = None
   if teacher is not None:
     t_h, t_w, t_cap = teacher
-    xs["th"] = token_chunks(jax.lax.stop_gradient(t_h), n_chunks, chunk)
-    t_w = jax.lax.stop_gradient(t_w)
-  w = weight.astype(hidden.dtype)
+    xs["th"] = flat(jax.lax.stop_gradient(t_h))
+    t_head = Head(jax.lax.stop_gradient(t_w).astype(t_h.dtype), False, t_cap)
   # without a teacher the objective is the plain CE, whatever kd_ratio says
   a = float(loss.kd_ratio) if topk is not None or teacher is not None else 0.0
   temp = float(loss.temperature)
 
-  def chunk_sums(w, t_w, x):
-    logits = head_logits(x["h"], w, vocab_major=vocab_major, cap=softcap)  # [c, V]
-    m = x["m"]
+  def chunk_sums(acc, logits, x):
+    m = jnp.where(x["valid"], x["m"], 0.0)
     lse = jax.nn.logsumexp(logits, axis=-1)
     ce = lse - jnp.take_along_axis(logits, x["y"][:, None], axis=-1)[:, 0]
     correct = (jnp.argmax(logits, axis=-1) == x["y"]).astype(jnp.float32)
@@ -140,7 +129,7 @@ def distill_sums(
       kd = losses.topk_distill_loss(student, x["ids"], x["p"], x["tail"], temp)
       kl = kd - losses.topk_teacher_entropy(x["p"], x["tail"])
     elif "th" in x:
-      t_logits = head_logits(x["th"], t_w.astype(x["th"].dtype), vocab_major=False, cap=t_cap)
+      t_logits = t_head.logits(x["th"])
       kd = losses.divergence(loss.divergence, t_logits, student, beta=loss.beta, temperature=temp)
       kl = kd if loss.divergence == "forward_kl" else losses.forward_kl(t_logits, student, temp)
     if a == 0.0:
@@ -149,20 +138,14 @@ def distill_sums(
       obj = (temp * temp) * kd
     else:
       obj = (1.0 - a) * ce + (a * temp * temp) * kd
-    s = lambda x: jnp.sum(x * m)
-    return s(obj), s(correct), s(ce), s(kd), s(kl)
+    sums = [jnp.sum(x * m) for x in (obj, correct, ce, kd, kl)]
+    return tuple(c + s for c, s in zip(acc, sums)), None
 
-  if n_chunks == 1:
-    # one chunk within the budget: keeping its logits for the backward costs no more memory
-    # than the recompute would, and saves redoing the matmuls (as cross_entropy_sums does)
-    obj, correct, ce, kd, kl = chunk_sums(w, t_w, jax.tree.map(lambda x: x[0], xs))
-  else:
-    step = jax.checkpoint(chunk_sums)  # the backward recomputes each chunk's logits
-
-    def body(carry, x):
-      return tuple(c + v for c, v in zip(carry, step(w, t_w, x))), None
-
-    zero = jnp.zeros((), jnp.float32)
-    (obj, correct, ce, kd, kl), _ = jax.lax.scan(body, (zero,) * 5, xs)
+  zero = jnp.zeros((), jnp.float32)
+  head = Head(weight.astype(hidden.dtype), vocab_major, softcap)
+  # remat: the backward recomputes each chunk's logits (the student's, and the teacher's online)
+  (obj, correct, ce, kd, kl), _ = scan_logits(
+    chunk_sums, (zero,) * 5, hidden.reshape(n, d), head, xs, chunk=chunk, remat=True
+  )
   sg = jax.lax.stop_gradient
   return DistillSums(obj, sg(correct), jnp.sum(xs["m"]), sg(ce), sg(kd), sg(kl))

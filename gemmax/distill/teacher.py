@@ -32,8 +32,7 @@ from flax import nnx
 
 from gemmax.distill import store as st
 from gemmax.distill.losses import _NEG, _not_in
-from gemmax.models.head import head_logits, token_chunks
-from gemmax.train.losses import DEFAULT_LOGIT_BUDGET, chunk_tokens_for
+from gemmax.models.head import DEFAULT_LOGIT_BUDGET, chunk_tokens_for, scan_logits
 
 
 def select_topk(logits, k: int, *, temperature: float = 1.0, rng=None):
@@ -59,26 +58,18 @@ def _make_runner(graphdef, k, temperature, gumbel, chunk):
   def run(state, input_ids, positions, segment_ids, rng):
     model = nnx.merge(graphdef, state)
     h = model.hidden_states(input_ids, positions=positions, segment_ids=segment_ids)
-    b, t = h.shape[:2]
-    w, vocab_major, cap = model.output_head()
-    w = w.astype(h.dtype)
-    c = chunk or chunk_tokens_for(
-      w.shape[0 if vocab_major else 1], b * t, DEFAULT_LOGIT_BUDGET // 2
-    )
-    n_chunks = -(-(b * t) // c)
+    b, t, d = h.shape
+    head = model.output_head()
+    head = head._replace(weight=head.weight.astype(h.dtype))
+    c = chunk or chunk_tokens_for(head.vocab_size, b * t, DEFAULT_LOGIT_BUDGET // 2)
 
-    def body(_, xs):
-      i, hc = xs
-      logits = head_logits(hc, w, vocab_major=vocab_major, cap=cap)
-      key = jax.random.fold_in(rng, i) if gumbel else None
+    def body(_, logits, x):
+      key = jax.random.fold_in(rng, x["rows"][0] // c) if gumbel else None  # the chunk's index
       ids, p, tail = select_topk(logits, k, temperature=temperature, rng=key)
       return None, (ids, p.astype(jnp.float16), tail.astype(jnp.float16))
 
-    _, (ids, p, tail) = jax.lax.scan(
-      body, None, (jnp.arange(n_chunks), token_chunks(h, n_chunks, c))
-    )
-    cut = lambda x: x.reshape(n_chunks * c, *x.shape[2:])[: b * t].reshape(b, t, *x.shape[2:])
-    return cut(ids), cut(p), cut(tail)
+    _, out = scan_logits(body, None, h.reshape(b * t, d), head, chunk=c)
+    return tuple(x.reshape(b, t, *x.shape[1:]) for x in out)
 
   return run
 

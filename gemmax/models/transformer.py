@@ -10,9 +10,9 @@ from flax import nnx
 
 from gemmax.models.attention import Attention
 from gemmax.models.config import ModelConfig
-from gemmax.models.head import softcap
+from gemmax.models.head import Head, softcap
 from gemmax.models.layers import MLP, Embed, Linear, RMSNorm
-from gemmax.ops.matmul import matmul_t
+from gemmax.ops.matmul import matmul, matmul_t
 from gemmax.sharding import HIDDEN, constrain
 
 _REMAT_POLICIES = {
@@ -135,13 +135,14 @@ class Transformer(nnx.Module):
     view would send bf16 products down XLA:CPU's slow path (gemmax.ops.matmul)."""
     if self.config.tie_word_embeddings:
       return self.embed_tokens.embedding[...], True
-    return self.lm_head.kernel[...], False
+    # the sampler's decode copy stores lm_head [out, in] (gemmax.sampling.layout.OutInLinear)
+    return self.lm_head.kernel[...], getattr(self.lm_head, "out_in", False)
 
-  def output_head(self) -> tuple[jax.Array, bool, Optional[float]]:
-    """(weight, vocab_major, softcap): the one output head the loss, distillation and the sampler
-    use — the projection as stored (see `output_projection`) and the final soft-cap or None."""
+  def output_head(self) -> Head:
+    """The one output head the loss, distillation and the sampler use: the projection as stored
+    (see `output_projection`) and the final soft-cap or None."""
     w, vocab_major = self.output_projection()
-    return w, vocab_major, self.config.final_logit_softcapping
+    return Head(w, vocab_major, self.config.final_logit_softcapping)
 
   def output_weight(self) -> jax.Array:
     """The [hidden, vocab] output projection (tied embeddings transposed, or lm_head)."""
@@ -149,14 +150,12 @@ class Transformer(nnx.Module):
     return w.T if vocab_major else w
 
   def logits(self, h: jax.Array) -> jax.Array:
-    """[..., D] hidden states -> float32 [..., vocab] logits, soft-capped when the config says."""
-    if self.config.tie_word_embeddings:  # the table is already [vocab, D]: matmul_t's layout
-      logits = matmul_t(
-        h, self.embed_tokens.embedding[...].astype(h.dtype), preferred_element_type=jnp.float32
-      )
-    else:
-      logits = self.lm_head(h, out_dtype=jnp.float32)
-    return softcap(logits, self.config.final_logit_softcapping)
+    """[..., D] hidden states -> float32 [..., vocab] logits through `output_head` (what the
+    sampler calls; few-row products take matmul_t's decode form)."""
+    head = self.output_head()
+    w = head.weight.astype(h.dtype)
+    mm = matmul_t if head.vocab_major else matmul
+    return softcap(mm(h, w, preferred_element_type=jnp.float32), head.softcap)
 
   def __call__(
     self, input_ids, positions=None, segment_ids=None, cache=None, *, inputs_embeds=None

@@ -3,7 +3,13 @@ adapters in the HF PEFT on-disk format."""
 
 from gemmax.peft.adapter_io import fingerprint, load_adapter, save_adapter
 from gemmax.peft.apply import apply, merge, quantize_model
-from gemmax.peft.lora import LoRALinear, LoRAParam, has_adapters, trainable_filter
+from gemmax.peft.lora import (
+  LoRALinear,
+  LoRAParam,
+  adapters_disabled,
+  has_adapters,
+  trainable_filter,
+)
 from gemmax.quant.nf4 import NF4_CODE, NF4Data, NF4Linear
 
 __all__ = [
@@ -15,6 +21,7 @@ __all__ = [
   "fingerprint",
   "trainable_filter",
   "has_adapters",
+  "adapters_disabled",
   "LoRAParam",
   "LoRALinear",
   "NF4Linear",

@@ -9,6 +9,7 @@ A is [in, r] (peft's lora_A.weight transposed), B is [r, out]; both float32 LoRA
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import jax
@@ -77,6 +78,7 @@ class LoRALinear(nnx.Module):
     if self.use_dora:
       self.magnitude = LoRAParam(self.weight_norm(), axes=(out_axis,))
     self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+    self.disabled = False  # True inside `adapters_disabled`: the layer is its base
 
   def delta(self) -> jax.Array:
     """s * A @ B: the [in, out] update, float32."""
@@ -90,6 +92,8 @@ class LoRALinear(nnx.Module):
   def __call__(self, x: jax.Array, *, down=None) -> jax.Array:
     """`down`: the down-projection dropout(x) @ A, if already computed (see `shared_input`)."""
     dt = self.dtype
+    if self.disabled:
+      return self.base(x)
     # The base and adapter products are summed from their float32 accumulators and rounded
     # once: one full-width pass, where rounding each product first cost two more (and kept both
     # rounded arrays alive for the backward).
@@ -121,7 +125,7 @@ class LoRALinear(nnx.Module):
     product too, where separate rank-16 products each wrote a [tokens, in] float32 array.
     With adapter dropout (an independent mask per adapter) each adapter projects on its own."""
     dt = mods[0].dtype
-    if len(mods) < 2 or any(m.dropout_active() or m.dtype != dt for m in mods):
+    if len(mods) < 2 or any(m.dropout_active() or m.disabled or m.dtype != dt for m in mods):
       return tuple(m(x) for m in mods)
     down = matmul_narrow(x.astype(dt), jnp.concatenate([m.lora_a[...] for m in mods], 1).astype(dt))
     ends = np.cumsum([m.rank for m in mods])
@@ -133,6 +137,22 @@ class LoRALinear(nnx.Module):
     if self.use_dora:
       v = v * (self.magnitude[...] / self.weight_norm())[None, :]
     return v
+
+
+@contextlib.contextmanager
+def adapters_disabled(model):
+  """Within the block every LoRA/DoRA layer of `model` computes its base alone: the model is
+  its own reference (DPO, GRPO) with no second copy of the weights. Works inside jit."""
+  mods = [m for _, m in nnx.iter_graph(model) if isinstance(m, LoRALinear)]
+  if not mods:
+    raise GemmaxError("adapters_disabled: the model has no LoRA/DoRA adapters")
+  for m in mods:
+    m.disabled = True
+  try:
+    yield model
+  finally:
+    for m in mods:
+      m.disabled = False
 
 
 def has_adapters(model) -> bool:

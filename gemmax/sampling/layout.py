@@ -30,6 +30,8 @@ PACKED = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 class OutInLinear(nnx.Module):
   """`Linear` with its kernel stored [out, in]: y = x @ kernel^T, computed in `dtype`."""
 
+  out_in = True  # read by Transformer.output_projection
+
   def __init__(self, linear: Linear):
     self.in_features, self.out_features = linear.in_features, linear.out_features
     self.dtype = linear.dtype

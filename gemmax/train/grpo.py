@@ -10,14 +10,23 @@ averaged over each completion's tokens and then over completions ("grpo", the pa
 tokens of the batch ("bnpo"), or summed and divided by B x max completion length ("dr_grpo",
 Dr. GRPO), as TRL defines them. pi_old is the policy that sampled (its log-probs are passed; with
 one update per batch they equal the current ones, detached).
+
+`grpo_loss_fn` makes the trainer's objective of it (per-token log-probabilities through the
+chunked head, gemmax.train.logps; the reference is the model with its adapters switched off).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import NamedTuple, Optional
+
 import jax
 import jax.numpy as jnp
 
-from gemmax.errors import ConfigError
+from gemmax.errors import ConfigError, GemmaxError
+from gemmax.peft import adapters_disabled, has_adapters
+from gemmax.schema import above, at_least, between, check_fields, one_of
+from gemmax.train.logps import logp_objective, token_logps
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
 SCALES = ("group", "batch", "none")
@@ -106,3 +115,104 @@ def grpo_loss(
   for name, hit in (("clip_low", low), ("clip_high", high), ("clip_region", low | high)):
     metrics[name] = (hit * mask).sum() / tokens
   return loss, metrics
+
+
+# --- the training objective --------------------------------------------------------------------
+
+
+def _epsilon_high(x) -> bool:
+  return x is None or (isinstance(x, (int, float)) and x > 0)
+
+
+RULES = {
+  "beta": at_least(0),
+  "epsilon": between(0, 1, low_open=True, high_open=True),
+  "epsilon_high": (_epsilon_high, "None or > 0"),
+  "loss_type": one_of(*LOSS_TYPES),
+  "scale_rewards": one_of(*SCALES),
+  "max_completion_length": above(0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  """The objective's settings (see `grpo_loss`); max_completion_length also bounds sampling."""
+
+  beta: float = 0.04  # KL coefficient (DeepSeekMath's); 0 drops the reference pass
+  epsilon: float = 0.2
+  epsilon_high: Optional[float] = None  # None: epsilon (DAPO's clip-higher when larger)
+  loss_type: str = "grpo"
+  scale_rewards: str = "group"
+  max_completion_length: int = 64
+
+  def validate(self):
+    return check_fields(self, RULES, "grpo.")
+
+
+class GRPOSums(NamedTuple):
+  """Sums over completions; logged as per-completion means (kl and the clip fractions are
+  already token means of the micro-batch, weighted by its completions)."""
+
+  loss_sum: jax.Array
+  count: jax.Array
+  kl_sum: jax.Array
+  clip_low_sum: jax.Array
+  clip_high_sum: jax.Array
+  clip_region_sum: jax.Array
+  completion_length_sum: jax.Array
+
+  count_name = "completions"
+
+
+def grpo_loss_fn(config: GRPOConfig):
+  """loss_fn(model, batch, chunk=) -> GRPOSums for gemmax.train.Trainer / make_train_step.
+
+  batch: input_ids, targets, loss_mask (1 on completion tokens), positions, segment_ids [N, T];
+  advantages [N]; optional old_logps [N, T] (the sampling policy's, when a batch is trained on
+  more than once; else the current log-probs, detached) and ref_logps [N, T] (a frozen copy's;
+  else the model with its adapters switched off is the reference)."""
+  config.validate()
+
+  def loss_fn(model, batch, *, chunk=None) -> GRPOSums:
+    kw = dict(positions=batch.get("positions"), segment_ids=batch.get("segment_ids"))
+    ids, targets, mask = batch["input_ids"], batch["targets"], batch["loss_mask"]
+    ref = batch.get("ref_logps")
+    if config.beta and ref is None:
+      if not has_adapters(model):
+        raise GemmaxError(
+          "GRPO with beta > 0 and no adapters needs ref_logps in the batch (a frozen copy's)"
+        )
+      with adapters_disabled(model):
+        ref = token_logps(model.hidden_states(ids, **kw), model.output_head(), targets, mask)
+    h = model.hidden_states(ids, **kw)
+    n = ids.shape[0]
+
+    def objective(lp):
+      old = batch["old_logps"] if "old_logps" in batch else jax.lax.stop_gradient(lp)
+      loss, m = grpo_loss(
+        lp,
+        old,
+        ref,
+        batch["advantages"],
+        mask,
+        beta=config.beta,
+        epsilon_low=config.epsilon,
+        epsilon_high=config.epsilon_high,
+        loss_type=config.loss_type,
+        max_completion_length=config.max_completion_length,
+      )
+      return loss * n, m
+
+    loss_sum, m = logp_objective(h, model.output_head(), targets, mask, objective, chunk=chunk)
+    per = lambda x: jax.lax.stop_gradient(x) * n  # noqa: E731
+    return GRPOSums(
+      loss_sum,
+      jnp.asarray(n, jnp.float32),
+      per(m.get("kl", jnp.zeros(()))),
+      per(m["clip_low"]),
+      per(m["clip_high"]),
+      per(m["clip_region"]),
+      jnp.sum(mask != 0).astype(jnp.float32),
+    )
+
+  return loss_fn

@@ -22,13 +22,10 @@ import jax
 import jax.numpy as jnp
 
 from gemmax.errors import GemmaxError
-from gemmax.models.head import head_logits, softcap as _softcap
+from gemmax.models.head import Head, chunk_tokens_for, scan_logits
+from gemmax.models.head import softcap as _softcap
 from gemmax.ops.matmul import contract_tokens, dot2d
 from gemmax.ops.common import index_equals
-
-# Default number of float32 logits per chunk (2**24 = 64 MiB): the chunk length in tokens is
-# this budget divided by the vocabulary size, so memory stays flat as the vocabulary grows.
-DEFAULT_LOGIT_BUDGET = 2**24
 
 
 class CESums(NamedTuple):
@@ -40,29 +37,15 @@ class CESums(NamedTuple):
   count: jax.Array
 
 
-def _scored_rows(m: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
-  """(rows, count): the indices of the scored tokens (m != 0) in order, padded with 0 to a
-  whole number of chunks, and how many there are."""
-  keep = m != 0
-  size = -(-m.shape[0] // chunk) * chunk
-  return jnp.nonzero(keep, size=size, fill_value=0)[0].astype(jnp.int32), jnp.sum(
-    keep, dtype=jnp.int32
-  )
-
-
-def _chunk_logits(w, h, y, m, rows, count, j, chunk, softcap, vocab_major):
-  """Chunk j of the scored tokens: (h rows [c, D], targets, mask (0 past `count`), capped
-  logits [c, V] f32, max, logsumexp, target logit)."""
-  r = jax.lax.dynamic_slice_in_dim(rows, j * chunk, chunk)
-  mc = jnp.where(j * chunk + jnp.arange(chunk) < count, m[r], 0.0)
-  hc, yc = jnp.take(h, r, axis=0), y[r]
-  logits = head_logits(hc, w, vocab_major=vocab_major, cap=softcap)
+def _ce_terms(logits, x):
+  """A chunk's (mask (0 on padding), max, logsumexp, target logit) from its capped logits."""
+  mc = jnp.where(x["valid"], x["m"], 0.0)
   # One max serves the logsumexp and the accuracy: top-1 is correct when the target's logit is
   # the maximum (argmax, a variadic reduce, took longer on XLA:CPU than the whole matmul).
   mx = jnp.max(logits, axis=-1)
   lse = mx + jnp.log(jnp.sum(jnp.exp(logits - mx[:, None]), axis=-1))
-  tl = jnp.take_along_axis(logits, yc[:, None], axis=-1)[:, 0]
-  return r, hc, yc, mc, logits, mx, lse, tl
+  tl = jnp.take_along_axis(logits, x["y"][:, None], axis=-1)[:, 0]
+  return mc, mx, lse, tl
 
 
 def _sums(mc, mx, lse, tl):
@@ -73,22 +56,13 @@ def _sums(mc, mx, lse, tl):
 def _scored_ce(w, h, y, m, chunk, softcap, vocab_major):
   """(sum of masked CE, masked count of correct top-1) over h [n, D], y, m [n]: a loop over
   chunks of the scored tokens only, so unscored positions cost no logits at all."""
-  rows, count = _scored_rows(m, chunk)
 
-  def body(j, acc):
-    *_, mc, _, mx, lse, tl = _chunk_logits(w, h, y, m, rows, count, j, chunk, softcap, vocab_major)
-    return jax.tree.map(jnp.add, acc, _sums(mc, mx, lse, tl))
+  def fn(acc, logits, x):
+    return jax.tree.map(jnp.add, acc, _sums(*_ce_terms(logits, x))), None
 
   zero = jnp.zeros((), jnp.float32)
-  return _over_chunks(h.shape[0], chunk, count, body, (zero, zero))
-
-
-def _over_chunks(n: int, chunk: int, count, body, init):
-  """body over the chunks that hold scored tokens: a loop whose trip count is known only at run
-  time, or one call when a single chunk holds every token."""
-  if n <= chunk:
-    return body(0, init)
-  return jax.lax.fori_loop(0, (count + chunk - 1) // chunk, body, init)
+  head = Head(w, vocab_major, softcap)
+  return scan_logits(fn, (zero, zero), h, head, {"y": y, "m": m}, chunk=chunk, scored=m)[0]
 
 
 def _scored_ce_fwd(w, h, y, m, chunk, softcap, vocab_major):
@@ -98,29 +72,30 @@ def _scored_ce_fwd(w, h, y, m, chunk, softcap, vocab_major):
   backward pass computed them twice), and dw only when w is trained."""
   w_in, h_in = w, h
   w, h, y, m = w.value, h.value, y.value, m.value
-  rows, count = _scored_rows(m, chunk)
   want_w = w_in.perturbed
 
-  def body(j, acc):
+  def fn(acc, logits, x):
     sums, dh, dw = acc
-    r, hc, yc, mc, logits, mx, lse, tl = _chunk_logits(
-      w, h, y, m, rows, count, j, chunk, softcap, vocab_major
-    )
-    d = (jnp.exp(logits - lse[:, None]) - index_equals(yc, logits.shape[-1])) * mc[:, None]
+    mc, mx, lse, tl = _ce_terms(logits, x)
+    d = (jnp.exp(logits - lse[:, None]) - index_equals(x["y"], logits.shape[-1])) * mc[:, None]
     if softcap is not None:  # the capped logits are kept: t = logits / cap (one array, not two)
       t = logits / softcap
       d = d * (1.0 - t * t)
     d = d.astype(h.dtype)
     if h_in.perturbed:
-      dh = dh.at[r].add(dot2d(d, w, w_t=not vocab_major, preferred_element_type=jnp.float32))
+      dh = dh.at[x["rows"]].add(
+        dot2d(d, w, w_t=not vocab_major, preferred_element_type=jnp.float32)
+      )
     if want_w:
-      dw = dw + (contract_tokens(d, hc) if vocab_major else contract_tokens(hc, d))
-    return jax.tree.map(jnp.add, sums, _sums(mc, mx, lse, tl)), dh, dw
+      dw = dw + (contract_tokens(d, x["h"]) if vocab_major else contract_tokens(x["h"], d))
+    return (jax.tree.map(jnp.add, sums, _sums(mc, mx, lse, tl)), dh, dw), None
 
   zero = jnp.zeros((), jnp.float32)
   dh = jnp.zeros(h.shape if h_in.perturbed else (), jnp.float32)
   dw = jnp.zeros(w.shape if want_w else (), jnp.float32)
-  sums, dh, dw = _over_chunks(h.shape[0], chunk, count, body, ((zero, zero), dh, dw))
+  init = ((zero, zero), dh, dw)
+  head = Head(w, vocab_major, softcap)
+  (sums, dh, dw), _ = scan_logits(fn, init, h, head, {"y": y, "m": m}, chunk=chunk, scored=m)
   # (zero-size arrays carry the dtypes the cotangents must have)
   dtypes = jnp.zeros((0,), w.dtype), jnp.zeros((0,), h.dtype)
   return sums, (dw if want_w else None, dh if h_in.perturbed else None, dtypes)
@@ -134,11 +109,6 @@ def _scored_ce_bwd(chunk, softcap, vocab_major, res, g):
 
 
 _scored_ce.defvjp(_scored_ce_fwd, _scored_ce_bwd, symbolic_zeros=True)
-
-
-def chunk_tokens_for(vocab_size: int, n_tokens: int, budget: int = DEFAULT_LOGIT_BUDGET) -> int:
-  """Tokens per chunk so that one chunk's logits hold about `budget` floats (>= 1, <= n)."""
-  return int(max(1, min(n_tokens, budget // max(1, vocab_size))))
 
 
 def cross_entropy_sums(
@@ -157,7 +127,7 @@ def cross_entropy_sums(
   hidden: [B, T, D] (any float dtype; the matmul accumulates in float32); weight: [D, V], or
   [V, D] with `vocab_major` (a tied embedding table as stored); targets: [B, T] int next-token
   ids; loss_mask: [B, T] (1 where the token is scored; other values weight it). `chunk` is the
-  number of tokens per chunk (default from DEFAULT_LOGIT_BUDGET).
+  number of tokens per chunk (default: gemmax.models.head's logit budget).
   """
   b, t, d = hidden.shape
   if weight.ndim != 2 or weight.shape[1 if vocab_major else 0] != d:

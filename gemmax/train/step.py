@@ -63,13 +63,14 @@ def _loss_sums(graphdef, params, rest, batch, rng, chunk, loss_fn=None):
 
 
 def per_token_metrics(s) -> dict:
-  """A sums tuple (CESums or any NamedTuple with loss_sum, correct, count, ...) -> per-token
-  means: loss_sum -> loss, correct -> accuracy, <x>_sum -> x, and count -> tokens."""
+  """A sums tuple (CESums or any NamedTuple with loss_sum, correct, count, ...) -> means per
+  counted item: loss_sum -> loss, correct -> accuracy, <x>_sum -> x, and count -> tokens (or
+  the tuple's `count_name`, e.g. pairs)."""
   count = max(s.count, 1.0) if isinstance(s.count, float) else jnp.maximum(s.count, 1.0)
   out = {}
   for name, value in zip(s._fields, s):
     if name == "count":
-      out["tokens"] = value
+      out[getattr(s, "count_name", "tokens")] = value
     else:
       out["accuracy" if name == "correct" else name.removesuffix("_sum")] = value / count
   return out
