@@ -304,3 +304,26 @@ PRETRAIN = {
   "output": Key("checkpoints/gemmax-tiny", str, nonempty()),  # HF checkpoint + model card
   "save_dtype": Key("float32", str, DTYPES),
 }
+
+# experiments/best_of_n.py: rejection sampling (Llama 2's first RLHF stage) -- n samples per
+# prompt, the best by reward kept as SFT rows that finetune.py trains on.
+BEST_OF_N = {
+  "model": _MODEL,
+  "data": {
+    "file": Key("data/trec6/train.jsonl", str, nonempty()),  # Alpaca rows (JSONL/Parquet/CSV)
+    "template": Key("model", str),  # how prompts are put: alpaca | gemma | llama3 | model | jinja
+    "limit": Key(0, int, at_least(0)),  # 0 = every row
+  },
+  "rewards": Key("gemmax.evals.rewards:first_word_match", str, nonempty()),  # comma-separated
+  "weights": Key("", str),  # comma-separated floats, one per reward; "" = 1 each
+  "n": Key(4, int, above(0)),  # samples per prompt
+  "max_new_tokens": Key(16, int, above(0)),
+  "temperature": Key(1.0, float, above(0)),
+  "top_p": Key(1.0, float, between(0, 1, low_open=True)),  # 1.0 = off
+  "top_k": Key(0, int, at_least(0)),  # 0 = off
+  "min_reward": Key(1.0, float),  # keep a prompt's best only at or above this total
+  "batch_prompts": Key(8, int, above(0)),  # prompts per sampler call (x n rows)
+  "seed": Key(0, int),
+  "progress": Key(True, bool),
+  "workdir": Key("runs/best_of_n", str, nonempty()),  # writes sft.jsonl and stats.json
+}

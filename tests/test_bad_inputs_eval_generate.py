@@ -1,4 +1,4 @@
-"""Bad config values of experiments/evaluate.py, generate.py and pretrain.py: one line naming the
+"""Bad config values of experiments/evaluate.py, generate.py, pretrain.py and best_of_n.py: one line naming the
 key, exit 2, before any model loads and with no workdir (or pretrain output) created (subprocesses: each script
 defines its own --config flag)."""
 
@@ -100,6 +100,18 @@ CASES = [
   ),
   ("pretrain.py", "corpus_missing", ["--config.data.corpus=nope.txt"], ["data.corpus", "nope.txt"]),
   ("pretrain.py", "trec_row_bad", ["--config.data.trec_train={bad_rows}"], ["bad.jsonl row 2"]),
+  ("best_of_n.py", "n_zero", ["--config.n=0"], ["n must be > 0"]),
+  ("best_of_n.py", "temperature_zero", ["--config.temperature=0"], ["temperature must be > 0"]),
+  ("best_of_n.py", "file_missing", ["--config.data.file=nope.jsonl"], ["data.file", "nope.jsonl"]),
+  ("best_of_n.py", "unknown_reward", ["--config.rewards=nosuch:fn"], ["nosuch:fn", "import"]),
+  (
+    "best_of_n.py",
+    "reward_not_a_function",
+    ["--config.rewards=gemmax.evals.rewards:nothing"],
+    ["gemmax.evals.rewards:nothing", "no function nothing"],
+  ),
+  ("best_of_n.py", "weights_count", ["--config.weights=1,2"], ["1 reward functions but 2"]),
+  ("best_of_n.py", "weights_text", ["--config.weights=one"], ["weights", "'one'"]),
 ]
 
 
@@ -117,7 +129,7 @@ def test_bad_value_is_one_line_exit_2(tmp_path, script, flags, needles):
     os.path.join(ROOT, "experiments", "configs", script),
     *[f.replace("{bad_rows}", str(bad_rows)) for f in flags],
   ]
-  if script == "evaluate.py":
+  if script in ("evaluate.py", "best_of_n.py"):
     cmd.append(f"--config.workdir={work}")
   if script == "pretrain.py":
     cmd += [f"--config.workdir={work}", f"--config.output={tmp_path / 'out'}"]

@@ -102,3 +102,30 @@ def test_distill_demo_compare(tmp_path):
   summary = json.load(open(work / "summary.json"))
   assert summary["steps"] == 2 and summary["mode"] == "online"
   assert summary["heldout"]["distilled"]["tokens"] > 0 and (work / "compare.png").is_file()
+
+
+def test_rejection_sampling_best_of_n_then_finetune(tmp_path):
+  """Llama 2's rejection-sampling stage: best-of-n answers written as SFT rows, then the
+  ordinary finetune job trains on them."""
+  stage1, stage2 = tmp_path / "bon", tmp_path / "sft"
+  out = _run(
+    "best_of_n.py",
+    "best_of_n.py",
+    f"--config.workdir={stage1}",
+    "--config.data.limit=6",
+    "--config.n=2",
+    "--config.max_new_tokens=4",
+    "--config.min_reward=0",
+  )
+  stats = json.load(open(stage1 / "stats.json"))
+  assert stats["prompts"] == 6 and stats["samples"] == 12 and stats["kept"] == 6, out
+  rows = [json.loads(line) for line in open(stage1 / "sft.jsonl")]
+  assert len(rows) == 6 and all(r["instruction"] and r["input"] for r in rows)
+  _run(
+    "finetune.py",
+    "rejection_sampling.py",
+    f"--config.workdir={stage2}",
+    f"--config.data.train={stage1 / 'sft.jsonl'}",
+    "--config.steps=2",
+  )
+  assert json.load(open(stage2 / "summary.json"))["steps"] == 2
