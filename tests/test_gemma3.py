@@ -216,3 +216,38 @@ def test_peft_adapters_both_ways(gemma3, tmp_path, dora):
   gp.save_adapter(model, str(tmp_path / "ours"), base_model_name_or_path=path)
   back = peft.PeftModel.from_pretrained(copy.deepcopy(hf), str(tmp_path / "ours")).eval()
   np.testing.assert_allclose(_logits(back, ids), ref, atol=1e-4, rtol=0)
+
+
+def test_export_into_the_multimodal_checkpoint(tmp_path):
+  """A text tower loaded from a Gemma3ForConditionalGeneration checkpoint, changed (a LoRA
+  adapter merged in), goes back into that checkpoint's layout: transformers' multimodal class
+  loads it, its text logits equal ours, and the vision tower is the original byte for byte."""
+  import jax
+  from flax import nnx
+
+  from gemmax.errors import GemmaxError
+  from gemmax.models import Transformer
+
+  hf = _tiny_multimodal(seed=2)
+  src = str(tmp_path / "mm")
+  hf.save_pretrained(src, safe_serialization=True)
+  model = gp.apply(load_hf(src, dtype="float32"), "lora", rank=2, alpha=4)
+  for _, m in nnx.iter_graph(model):
+    if isinstance(m, gp.LoRALinear):
+      m.lora_b[...] = 0.05 * jax.random.normal(jax.random.key(3), m.lora_b.shape)
+  merged = gp.merge(model)
+  out = str(tmp_path / "out")
+  save_hf(merged, out, multimodal=src)
+  back = transformers.Gemma3ForConditionalGeneration.from_pretrained(out).float().eval()
+  ids = _ids(20)
+  err = _rel(np.asarray(merged(jnp.asarray(ids))), _logits(back, ids))
+  assert err <= 1e-4, err
+  assert _rel(_logits(back, ids), _logits(hf, ids)) > 1e-3  # the tower really changed
+  theirs = dict(hf.named_parameters())
+  for name, p in back.named_parameters():
+    if "vision" in name or "projector" in name:
+      assert torch.equal(p, theirs[name]), name
+  with pytest.raises(GemmaxError, match="text tower does not match"):
+    other = Transformer(ModelConfig.preset("gemma3-tiny"), rngs=nnx.Rngs(0))
+    save_hf(other, str(tmp_path / "bad"), multimodal=src)
+  assert not os.path.exists(tmp_path / "bad")

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from gemmax.io.safetensors import DTYPES as SAFETENSORS_DTYPES
 from gemmax.io.safetensors import SafetensorsFile, save_lazy
 from gemmax.errors import GemmaxError, MissingTensorError
 from gemmax.models.config import ModelConfig
@@ -200,11 +201,56 @@ def load_hf(path: str, dtype=None, *, compute_dtype=None, mesh=None, **overrides
   return model
 
 
+def _into_multimodal(source: str, config: dict, specs: list) -> tuple[dict, list]:
+  """(config.json, tensor specs) of a Gemma3ForConditionalGeneration checkpoint: `source`'s with
+  its text tower replaced by ours (same names and shapes, under the prefix `source` uses); the
+  vision tower, projector and the rest of its config as they were."""
+  cfg_path = os.path.join(source, "config.json")
+  try:
+    with open(cfg_path, encoding="utf-8") as f:
+      mm = json.load(f)
+  except (OSError, ValueError) as e:
+    raise GemmaxError(f"{cfg_path}: not a readable config ({e})") from None
+  if not isinstance(mm, dict) or not isinstance(mm.get("text_config"), dict):
+    raise GemmaxError(f"{source}: not a multimodal checkpoint (config.json has no text_config)")
+  src = Checkpoint(source)
+  renamed, taken = [], set()
+  for name, shape, np_dt, make in specs:
+    theirs = text_tower_name(name, src.where)
+    if name.startswith("lm_head") and theirs not in src:
+      theirs = "language_model." + name  # the Hub layout's head
+    if theirs not in src or tuple(src.shape(theirs)) != tuple(shape):
+      got = tuple(src.shape(theirs)) if theirs in src else "no such tensor"
+      raise GemmaxError(
+        f"{source}: its text tower does not match the model: {theirs} is {got}, the model's "
+        f"{name} {tuple(shape)}"
+      )
+    renamed.append((theirs, shape, np_dt, make))
+    taken.add(theirs)
+  rest = [n for n in src.where if n not in taken and not n.startswith(_TEXT_TOWER_PREFIXES)]
+  rest = [n for n in rest if n not in ("lm_head.weight", "language_model.lm_head.weight")]
+  kept = [
+    (n, src.shape(n), np.dtype(SAFETENSORS_DTYPES[src.where[n].dtype(n)]), (lambda n=n: src.get(n)))
+    for n in rest
+  ]
+  text = {k: v for k, v in config.items() if k not in ("architectures", "torch_dtype")}
+  return {**mm, "text_config": {**mm["text_config"], **text}}, renamed + kept
+
+
 def save_hf(
-  model: Transformer, path: str, dtype=None, *, max_shard_bytes: int = _SHARD_BYTES
+  model: Transformer,
+  path: str,
+  dtype=None,
+  *,
+  max_shard_bytes: int = _SHARD_BYTES,
+  multimodal: str | None = None,
 ) -> None:
   """Writes config.json + model.safetensors (sharded with an index past `max_shard_bytes`) that
   `transformers.AutoModelForCausalLM.from_pretrained` loads. Written to a temp dir, then moved.
+
+  multimodal: a Gemma3ForConditionalGeneration checkpoint directory (the one the text tower was
+  loaded from): the output is that checkpoint with this model as its text tower -- vision tower,
+  projector and their config copied unchanged -- which `Gemma3ForConditionalGeneration` loads.
   """
   config = model.config
   dt = check_dtype(dtype or config.param_dtype)
@@ -220,13 +266,16 @@ def save_hf(
     shape = tuple(var.shape)[::-1] if transpose else tuple(var.shape)
     make = lambda v=var, t=transpose: np.asarray(jax.device_get(v[...].T if t else v[...]))
     specs.append((name, shape, np_dt, make))
+  hf_config = config.replace(param_dtype=dt).to_hf()
+  if multimodal:
+    hf_config, specs = _into_multimodal(multimodal, hf_config, specs)
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".save_hf-", dir=parent)
   try:
     shards, size = [[]], 0
     for s in specs:
-      nbytes = int(np.prod(s[1])) * np_dt.itemsize
+      nbytes = int(np.prod(s[1])) * np.dtype(s[2]).itemsize
       if shards[-1] and size + nbytes > max_shard_bytes:
         shards.append([])
         size = 0
@@ -240,11 +289,11 @@ def save_hf(
         fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
         save_lazy(shard, os.path.join(tmp, fn))
         weight_map.update({s[0]: fn for s in shard})
-      total = sum(int(np.prod(s[1])) * np_dt.itemsize for s in specs)
+      total = sum(int(np.prod(s[1])) * np.dtype(s[2]).itemsize for s in specs)
       with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     with open(os.path.join(tmp, "config.json"), "w") as f:
-      json.dump(config.replace(param_dtype=dt).to_hf(), f, indent=2)
+      json.dump(hf_config, f, indent=2)
     os.makedirs(path, exist_ok=True)
     for fn in sorted(os.listdir(tmp)):  # config.json last: a complete checkpoint or none
       if fn != "config.json":
