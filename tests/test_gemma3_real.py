@@ -100,3 +100,37 @@ def test_perplexity_equals_transformers(path, ours, theirs):
   )
   assert got["tokens"] == n
   assert abs(got["perplexity"] / want - 1) <= 0.005
+
+
+def test_prefill_and_decode_of_8192_tokens(path, ours):
+  """The real weights through the sampler: 8,128 prompt tokens (the sample text twice) and 64
+  greedy ones fill an 8,192-token cache whose 15 local layers hold 512 slots and the 3 global
+  ones 8,192; every decoded token is the argmax of a full forward over the whole sequence (the
+  ring buffers lose nothing the window needs)."""
+  import jax
+  import jax.numpy as jnp
+
+  from gemmax.sampling import Sampler
+
+  tok = load_tokenizer(path)
+  prompt = (_text_ids(path, 10**6) * 2)[: 8192 - 64]
+  sampler = Sampler(ours, tok, max_len=8192)
+  out = sampler.generate([prompt], 64, stop=[])
+  gen = out.tokens[0]
+  assert len(gen) == 64 and out.finish == ["length"]
+  cache = sampler._spare  # the call's cache, kept for the next one
+  assert [layer.k.shape[2] for layer in cache.layers] == ([512] * 5 + [8192]) * 3
+  kv_bytes = sum(layer.k.nbytes + layer.v.nbytes for layer in cache.layers)
+  assert kv_bytes == (15 * 512 + 3 * 8192) * 256 * 2 * 4  # head_dim 256, k and v, float32
+
+  @jax.jit
+  def last_logits(state, ids):
+    model = nnx.merge(graphdef, state)
+    return model.logits(model.hidden_states(ids)[:, -64:])
+
+  graphdef, state = nnx.split(ours)
+  full = np.asarray(last_logits(state, jnp.asarray([prompt + gen[:-1]])))[0]
+  top2 = np.sort(full, -1)[:, -2:]
+  clear = top2[:, 1] - top2[:, 0] > 1e-3  # positions whose argmax is not a near tie
+  assert clear.mean() > 0.9
+  assert np.array_equal(full.argmax(-1)[clear], np.asarray(gen)[clear])

@@ -246,16 +246,21 @@ def make_dataset(sources: SourceSpec | Sequence[SourceSpec], tokenizer, config: 
     it = it.batch(config.batch_size, drop_remainder=True)
   else:  # a finite pass (evaluation): keep the remainder, padded to a full batch
     it = it.batch(config.batch_size, drop_remainder=False).map(_PadBatch(config.batch_size))
+  return prefetched(it, config), bad
+
+
+def prefetched(it, config):
+  """`it` read ahead: by `config.worker_count` processes, else a thread (`config.prefetch`)."""
   if config.worker_count > 0:
     ensure_absl_flags()
-    it = it.mp_prefetch(
+    return it.mp_prefetch(
       grain.MultiprocessingOptions(
         num_workers=config.worker_count, per_worker_buffer_size=max(1, config.prefetch)
       )
     )
-  elif config.prefetch > 0:
-    it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=config.prefetch)
-  return it, bad
+  if config.prefetch > 0:
+    return grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=config.prefetch)
+  return it
 
 
 class DataIterator:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from gemmax.data.pipeline import DataConfig, DataIterator, ensure_absl_flags
+from gemmax.data.pipeline import DataConfig, DataIterator, prefetched
 from gemmax.data.sources import BadRows
 from gemmax.distill.store import TopKStore, decode_record
 from gemmax.errors import GemmaxError
@@ -90,13 +90,4 @@ def store_pipeline(store: TopKStore, config: DataConfig) -> DataIterator:
   else:
     it = it.map(_Pad(config.seq_len))
   it = it.batch(config.batch_size, drop_remainder=True)
-  if config.worker_count > 0:
-    ensure_absl_flags()
-    it = it.mp_prefetch(
-      grain.MultiprocessingOptions(
-        num_workers=config.worker_count, per_worker_buffer_size=max(1, config.prefetch)
-      )
-    )
-  elif config.prefetch > 0:
-    it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=config.prefetch)
-  return DataIterator(it, BadRows())
+  return DataIterator(prefetched(it, config), BadRows())

@@ -35,37 +35,21 @@ def _pick(logits, rng, temperature, top_p, greedy, top_k, use_top_p):
   )
 
 
-@functools.partial(jax.jit, static_argnames=_SAMPLING, donate_argnames=("cache",))
-def prefill_step(
-  state,
-  tokens,
-  positions,
-  segments,
-  cache,
-  rng,
-  temperature,
-  top_p,
-  *,
-  graphdef,
-  greedy,
-  top_k,
-  use_top_p,
-):
+def _prefill(state, tokens, positions, segments, cache, rng, temperature, top_p, *, graphdef, **kw):
   """Left-padded prompts [B, P] -> (first tokens [B], their logprobs [B], cache)."""
   logits, cache = _forward(graphdef, state, tokens, positions, segments, cache)
-  tok, lp = _pick(logits, rng, temperature, top_p, greedy, top_k, use_top_p)
-  return tok, lp, cache
+  return (*_pick(logits, rng, temperature, top_p, **kw), cache)
 
 
-@functools.partial(jax.jit, static_argnames=_SAMPLING, donate_argnames=("cache",))
-def decode_step(
-  state, token, position, cache, rng, temperature, top_p, *, graphdef, greedy, top_k, use_top_p
-):
+def _decode(state, token, position, cache, rng, temperature, top_p, *, graphdef, **kw):
   """One token per row: token, position [B] -> (next tokens [B], logprobs [B], cache)."""
   ones = jnp.ones_like(token)[:, None]
   logits, cache = _forward(graphdef, state, token[:, None], position[:, None], ones, cache)
-  tok, lp = _pick(logits, rng, temperature, top_p, greedy, top_k, use_top_p)
-  return tok, lp, cache
+  return (*_pick(logits, rng, temperature, top_p, **kw), cache)
+
+
+_step = functools.partial(jax.jit, static_argnames=_SAMPLING, donate_argnames=("cache",))
+prefill_step, decode_step = _step(_prefill), _step(_decode)
 
 
 @functools.partial(jax.jit, static_argnames=_SAMPLING + ("num_steps",), donate_argnames=("cache",))
@@ -83,20 +67,17 @@ def generate_loop(
   *,
   graphdef,
   num_steps,
-  greedy,
-  top_k,
-  use_top_p,
+  **kw,
 ):
-  """Prefill + up to num_steps - 1 decode steps.
+  """Prefill + up to num_steps - 1 decode steps (kw: greedy, top_k, use_top_p).
 
   Returns (tokens [B, num_steps], logprobs [B, num_steps], steps run, cache). A row stops after
   it emits one of `stop_ids` [S]; later slots hold pad_id and logprob 0.
   """
   b = tokens.shape[0]
-  kw = dict(greedy=greedy, top_k=top_k, use_top_p=use_top_p)
+  args, kw = (temperature, top_p), dict(kw, graphdef=graphdef)
   rng, sub = jax.random.split(rng)
-  logits, cache = _forward(graphdef, state, tokens, positions, segments, cache)
-  tok, lp = _pick(logits, sub, temperature, top_p, greedy, top_k, use_top_p)
+  tok, lp, cache = _prefill(state, tokens, positions, segments, cache, sub, *args, **kw)
   out_tok = jnp.full((b, num_steps), pad_id, jnp.int32).at[:, 0].set(tok)
   out_lp = jnp.zeros((b, num_steps), jnp.float32).at[:, 0].set(lp)
   done = jnp.isin(tok, stop_ids)
@@ -109,10 +90,7 @@ def generate_loop(
   def body(carry):
     i, tok, out_tok, out_lp, done, cache, rng = carry
     rng, sub = jax.random.split(rng)
-    logits, cache = _forward(
-      graphdef, state, tok[:, None], (next_pos + i - 1)[:, None], jnp.ones((b, 1), jnp.int32), cache
-    )
-    new, lp = _pick(logits, sub, temperature, top_p, **kw)
+    new, lp, cache = _decode(state, tok, next_pos + i - 1, cache, sub, *args, **kw)
     new = jnp.where(done, pad_id, new)
     lp = jnp.where(done, 0.0, lp)
     out_tok = jax.lax.dynamic_update_slice(out_tok, new[:, None], (0, i))

@@ -166,47 +166,22 @@ class Sampler:
     graphdef, state = self._state(out_in)
     cache = self._empty_cache(b, max_len)
     greedy = temperature is None or float(temperature) == 0.0
-    static = dict(
+    kw = dict(  # the jitted functions' static arguments
+      graphdef=graphdef,
       greedy=greedy,
       top_k=None if top_k is None else min(int(top_k), self.model.config.vocab_size),
       use_top_p=top_p is not None,
     )
-    args = (jnp.float32(temperature or 0.0), jnp.float32(1.0 if top_p is None else top_p))
-    rng = jax.random.key(seed)
+    knobs = (jnp.float32(temperature or 0.0), jnp.float32(1.0 if top_p is None else top_p))
+    run = (state, tokens, positions, segments, cache, jax.random.key(seed), *knobs)
     if stream is None and not stop_strings:
-      out, lps, _, self._spare = generate_loop(
-        state,
-        tokens,
-        positions,
-        segments,
-        cache,
-        rng,
-        *args,
-        jnp.asarray(stop_ids or [-1], jnp.int32),
-        pad,
-        graphdef=graphdef,
-        num_steps=steps,
-        **static,
-      )
+      stops = jnp.asarray(stop_ids or [-1], jnp.int32)
+      out, lps, _, self._spare = generate_loop(*run, stops, pad, num_steps=steps, **kw)
       out, lps = np.asarray(out), np.asarray(lps)
       gen = [list(map(int, out[r])) for r in range(b)]
       lp = [lps[r] for r in range(b)]
     else:
-      gen, lp, self._spare = self._stream_loop(
-        graphdef,
-        state,
-        tokens,
-        positions,
-        segments,
-        cache,
-        rng,
-        args,
-        steps,
-        stop_ids,
-        stop_strings,
-        stream,
-        static,
-      )
+      gen, lp, self._spare = self._stream_loop(run, kw, steps, stop_ids, stop_strings, stream)
     return self._finish(ids, gen, lp, stop_ids, stop_strings, steps, max_new_tokens, cache_full)
 
   def _state(self, out_in: bool):
@@ -240,36 +215,21 @@ class Sampler:
     del spare  # free it before allocating the new one
     return init_cache(self.model.config, batch, max_len, dtype)
 
-  def _stream_loop(
-    self,
-    graphdef,
-    state,
-    tokens,
-    positions,
-    segments,
-    cache,
-    rng,
-    args,
-    steps,
-    stop_ids,
-    stop_strings,
-    stream,
-    static,
-  ):
+  def _stream_loop(self, run, kw, steps, stop_ids, stop_strings, stream):
+    """Prefill and decode one step per jitted call, streaming each step's tokens and text."""
+    state, tokens, positions, segments, cache, rng, *knobs = run
     b = tokens.shape[0]
     gen, lp = [[] for _ in range(b)], [[] for _ in range(b)]
     done = [False] * b
     shown = [""] * b
     pos = positions[:, -1] + 1
     rng, sub = jax.random.split(rng)
-    tok, lps, cache = prefill_step(
-      state, tokens, positions, segments, cache, sub, *args, graphdef=graphdef, **static
-    )
+    tok, lps, cache = prefill_step(state, tokens, positions, segments, cache, sub, *knobs, **kw)
     for i in range(steps):
       if i:
         rng, sub = jax.random.split(rng)
         tok, lps, cache = decode_step(
-          state, tok, jnp.asarray(pos + i - 1), cache, sub, *args, graphdef=graphdef, **static
+          state, tok, jnp.asarray(pos + i - 1), cache, sub, *knobs, **kw
         )
       t_np, lp_np = np.asarray(tok), np.asarray(lps)
       new_ids, new_text = [], []
