@@ -110,8 +110,8 @@ def scan_logits(
 
   def step(j, carry):
     r = jax.lax.dynamic_slice_in_dim(rows, j * chunk, chunk)
-    x = {k: jnp.take(v, r, axis=0) for k, v in xs.items()}
-    x.update(rows=r, valid=j * chunk + jnp.arange(chunk) < count)
+    x = {k: v[r] for k, v in xs.items() if k != "h"}  # r is in bounds (nonzero's rows, or 0)
+    x.update(h=jnp.take(hidden, r, axis=0), rows=r, valid=j * chunk + jnp.arange(chunk) < count)
     carry, y = fn(carry, head.logits(x["h"]), x)
     if y is not None:
       raise ValueError("scan_logits over scored tokens: fn must return y = None")
