@@ -132,7 +132,8 @@ def _line(name: str, s: dict) -> str:
 
 def plot_dpo_curves(history: list[dict], beta: float, path: str, before=None, after=None):
   """Rewards and margin over steps, the policy's log-ratio to the reference (rewards / beta: an
-  implicit KL measure on the data's completions), and preference accuracies; held-out points
+  implicit KL measure, on the data's completions rather than the policy's own samples, so it may
+  be negative), and preference accuracies; held-out points
   as markers (`before`: step 0; `after`: {"step", eval_* metrics} when not in the history)."""
   import matplotlib
 
@@ -163,7 +164,7 @@ def plot_dpo_curves(history: list[dict], beta: float, path: str, before=None, af
     axes[1].plot(steps, [v / beta for v in values], label=label)
   logged = [h for h in history if "chosen_rewards" in h]
   mean = [(h["chosen_rewards"] + h["rejected_rewards"]) / (2 * beta) for h in logged]
-  axes[1].plot([h["step"] for h in logged], mean, "k-", lw=2, label="mean (implicit KL)")
+  axes[1].plot([h["step"] for h in logged], mean, "k-", lw=2, label="mean (implicit KL measure)")
   axes[1].set_ylabel("log pi - log pi_ref (nats / completion)")
   axes[1].set_title("log-ratio to the reference")
   for key, prefix, label in (

@@ -112,6 +112,12 @@ def test_end_to_end(assets, tmp_path, method):
   assert os.path.getsize(work / "dpo_curves.png") > 1000
   assert os.path.isdir(work / "adapter") == (method == "lora")
   assert "before training" in r.stdout and "after 6 steps" in r.stdout
+  if method == "lora":  # the same command again: nothing to redo; another config: refused
+    again = _run(_args(assets, work, method=method))
+    assert again.returncode == 0 and "already done: 6 steps" in again.stdout, again.stderr
+    other = _run(_args(assets, work, method=method, dpo__beta=0.3))
+    assert other.returncode == 2 and "different config (dpo.beta" in other.stderr, other.stderr
+    assert json.load(open(work / "summary.json")) == summary
 
 
 def _crash_args(assets, workdir):
