@@ -326,4 +326,36 @@ BEST_OF_N = {
   "seed": Key(0, int),
   "progress": Key(True, bool),
   "workdir": Key("runs/best_of_n", str, nonempty()),  # writes sft.jsonl and stats.json
+
+# experiments/dpo.py: direct preference optimisation on {prompt, chosen, rejected} pairs, the
+# reference being the model with its adapters off (lora/dora) or a frozen copy (full).
+from gemmax.train.dpo import RULES as DPO_RULES  # noqa: E402
+
+DPO = {
+  "model": FINETUNE["model"],
+  # Pairs: JSONL/Parquet/CSV rows {prompt, chosen, rejected} (strings or chat message lists).
+  "data": {
+    "train": Key("data/trec6/pairs_train.jsonl", str, nonempty()),
+    "validation": Key("data/trec6/pairs_test.jsonl", str, **R),  # "" = no evaluation
+    **{k: _DATA[k] for k in ("template", "on_bad_rows")},
+    "seq_len": Key(256, int, at_least(2)),  # prompt + completion; longer pairs lose their end
+    "batch_size": Key(8, int, above(0)),  # pairs per optimizer step
+    "eval_batch_size": Key(16, int, above(0), **R),  # pairs per evaluation batch
+  },
+  "method": FINETUNE["method"],
+  "quantize": FINETUNE["quantize"],
+  "lora": _with(_LORA, dropout=0.0),
+  # The loss (gemmax.train.dpo.dpo_loss): beta anchors the policy to the reference.
+  "dpo": {
+    "beta": Key(0.1, float, DPO_RULES["beta"]),
+    "loss_type": Key("sigmoid", str, DPO_RULES["loss_type"]),
+    "label_smoothing": Key(0.0, float, DPO_RULES["label_smoothing"]),  # sigmoid / robust only
+  },
+  "optimizer": _with(_OPTIMIZER, learning_rate=5e-4, warmup_steps=5),
+  "mesh": _MESH,
+  **_with(_LOOP, steps=100, eval_every=0),
+  "eval_before": Key(True, bool, **R),  # held-out preference scores of the untrained model too
+  "save_merged": FINETUNE["save_merged"],
+  "halt_on_nonfinite": FINETUNE["halt_on_nonfinite"],
+  "workdir": Key("runs/dpo", str, nonempty(), **R),
 }

@@ -186,3 +186,16 @@ def test_tokenizer_training_is_reproducible(tmp_path):
     capture_output=True,
   )
   assert (tmp_path / "tokenizer.model").read_bytes() == TOKENIZER.read_bytes()
+
+
+def test_preference_pairs_are_reproducible(tmp_path):
+  """data/trec6/pairs_{train,test}.jsonl are what experiments/prepare_pairs.py writes."""
+  import sys
+
+  sys.path.insert(0, str(ROOT / "experiments"))
+  from prepare_pairs import write_pairs
+
+  for split, rows, seed in (("train", 1000, 0), ("test", 0, 1)):
+    out = tmp_path / f"{split}.jsonl"
+    write_pairs(str(TREC / f"{split}.jsonl"), str(out), rows, seed)
+    assert out.read_bytes() == (TREC / f"pairs_{split}.jsonl").read_bytes(), split

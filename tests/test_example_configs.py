@@ -1,6 +1,7 @@
 """Every example config of the scripts runs from a fresh clone, shortened only by step counts and
 row limits (slow: subprocesses; the registry model is fetched by .ci/run before this step).
-demo.py and generate.py's default are run by test_finetune_cli / test_evals_cli; pretrain.py and
+demo.py and generate.py's default are run by test_finetune_cli / test_evals_cli; the DPO recipes,
+dpo_demo.py (the real model) included, by test_dpo_recipes; pretrain.py and
 distill_demo.py build the pinned corpus `gutenberg-shakespeare` on first use (gemmax.data.corpus)."""
 
 import json
@@ -46,6 +47,23 @@ def test_finetune_recipes(tmp_path, config):
   )
   summary = json.load(open(work / "summary.json"))
   assert summary["steps"] == 2
+
+
+@pytest.mark.parametrize("config", ["dpo_tiny.py", "dpo_demo.py"])
+def test_dpo_recipes(tmp_path, config):
+  work = tmp_path / "run"
+  out = _run(
+    "dpo.py",
+    config,
+    f"--config.workdir={work}",
+    "--config.steps=2",
+    "--config.eval_batches=1",
+  )
+  summary = json.load(open(work / "summary.json"))
+  assert summary["steps"] == 2 and "before training" in out
+  pref = summary["preference"]
+  assert pref["before"]["pairs"] == pref["after"]["pairs"] > 0
+  assert os.path.isfile(work / "dpo_curves.png")
 
 
 def test_evaluate_default(tmp_path):

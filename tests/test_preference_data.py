@@ -125,3 +125,40 @@ def test_long_pairs_are_cut_or_dropped(tmp_path, tok):
   assert batch["loss_mask"][0].sum() > 0 and batch["segment_ids"][0].sum() == 64
   with pytest.raises(GemmaxError, match="every pair loses its completions at seq_len 8"):
     tokenize_pairs(pairs, tok, "alpaca", seq_len=8)
+
+
+def test_batches_resume_from_their_state(tmp_path, tok):
+  """get_state / set_state: a fresh iterator set to a state yields what the first one yields
+  next (the trainer checkpoints it; a resumed run sees the same batches)."""
+  pairs, _ = load_pairs(PairSpec(_write(tmp_path / "p.jsonl", ROWS[:2] * 3)))
+  tokenized, _ = tokenize_pairs(pairs, tok, "alpaca", seq_len=48)
+  a = preference_batches(tokenized, 2, 48, seed=3)
+  for _ in range(4):  # into the second epoch (3 batches per epoch)
+    next(a)
+  b = preference_batches(tokenized, 2, 48, seed=3)
+  b.set_state(json.loads(json.dumps(a.get_state())))
+  assert b.get_state() == {"batches": 4}
+  for _ in range(3):
+    x, y = next(a), next(b)
+    assert all(np.array_equal(x[k], y[k]) for k in x)
+
+
+def test_classification_pairs_from_labelled_rows():
+  from gemmax.data import classification_pairs
+  from gemmax.data.formats import alpaca_messages
+
+  rows = [
+    {"instruction": "Which kind?", "input": f"question {i}", "output": c}
+    for i, c in enumerate(["a", "b", "c", "a", "b", "c"] * 5)
+  ]
+  pairs = classification_pairs(rows, seed=1)
+  assert pairs == classification_pairs(rows, seed=1)  # seeded
+  assert pairs != classification_pairs(rows, seed=2)
+  for r, p in zip(rows, pairs):
+    assert p["chosen"] == r["output"] and p["rejected"] in {"a", "b", "c"} - {r["output"]}
+    assert p["prompt"] == alpaca_messages(r)[0]["content"]  # the user turn fine-tuning renders
+  assert {p["rejected"] for p in pairs} == {"a", "b", "c"}
+  with pytest.raises(GemmaxError, match="not one of the classes"):
+    classification_pairs(rows, classes=["a", "b"])
+  with pytest.raises(GemmaxError, match="at least 2 classes"):
+    classification_pairs(rows[:1])

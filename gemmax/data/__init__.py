@@ -25,7 +25,13 @@ from gemmax.data.formats import (
 from gemmax.data.gguf_tokenizer import GGUFTokenizer, load_gguf_tokenizer
 from gemmax.data.gguf_tokenizer_write import write_tokenizer
 from gemmax.data.pipeline import DataConfig, make_dataset, make_eval_pipeline, make_pipeline
-from gemmax.data.preference import PairSpec, load_pairs, preference_batches, tokenize_pairs
+from gemmax.data.preference import (
+  PairSpec,
+  classification_pairs,
+  load_pairs,
+  preference_batches,
+  tokenize_pairs,
+)
 from gemmax.data.sources import BadRows, SourceSpec, load_records
 from gemmax.data.tokenizer import (
   HFTokenizer,
@@ -66,5 +72,6 @@ __all__ = [
   "PairSpec",
   "load_pairs",
   "preference_batches",
+  "classification_pairs",
   "tokenize_pairs",
 ]

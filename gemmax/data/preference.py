@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +29,14 @@ from gemmax.data.formats import resolve_template, tokenize_example
 from gemmax.data.sources import BadRows, SourceSpec, check_rows, read_rows
 from gemmax.errors import GemmaxError
 
-__all__ = ["PairSpec", "Pair", "load_pairs", "tokenize_pairs", "preference_batches"]
+__all__ = [
+  "PairSpec",
+  "Pair",
+  "load_pairs",
+  "tokenize_pairs",
+  "preference_batches",
+  "classification_pairs",
+]
 
 log = logging.getLogger(__name__)
 FIELDS = ("prompt", "chosen", "rejected")
@@ -180,12 +187,7 @@ def _rows(seqs, seq_len):
   return out
 
 
-def preference_batches(
-  tokenized, batch_size: int, seq_len: int, *, seed: int = 0, shuffle: bool = True, epochs=None
-) -> Iterator[dict]:
-  """Batches of `batch_size` whole pairs: [B, 2, seq_len] arrays, chosen then rejected. Shuffled per
-  epoch with `seed`; `epochs=None` repeats forever; the last partial batch of an epoch is kept
-  only when it is the only one (tiny data)."""
+def _batches(tokenized, batch_size, seq_len, seed, shuffle, epochs):
   n = len(tokenized)
   rng = np.random.default_rng(seed)
   epoch = 0
@@ -197,3 +199,59 @@ def preference_batches(
       rows = _rows([x for c, cm, r, rm in chunk for x in ((c, cm), (r, rm))], seq_len)
       yield {k: v.reshape(len(chunk), 2, seq_len) for k, v in rows.items()}
     epoch += 1
+
+
+class PairBatches:
+  """The iterator of `preference_batches`, resumable: its state is the number of batches taken
+  (the sequence is a function of the seed), so a checkpoint restores it exactly."""
+
+  def __init__(self, tokenized, batch_size, seq_len, seed, shuffle, epochs):
+    self._args = (tokenized, batch_size, seq_len, seed, shuffle, epochs)
+    self.set_state({"batches": 0})
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    batch = next(self._it)
+    self._taken += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {"batches": self._taken}
+
+  def set_state(self, state: dict) -> None:
+    self._it, self._taken = _batches(*self._args), 0
+    for _ in range(int(state["batches"])):  # numpy only: cheap next to a train step
+      next(self)
+
+
+def preference_batches(
+  tokenized, batch_size: int, seq_len: int, *, seed: int = 0, shuffle: bool = True, epochs=None
+) -> PairBatches:
+  """Batches of `batch_size` whole pairs: [B, 2, seq_len] arrays, chosen then rejected. Shuffled per
+  epoch with `seed`; `epochs=None` repeats forever; the last partial batch of an epoch is kept
+  only when it is the only one (tiny data). get_state / set_state give its position."""
+  return PairBatches(tokenized, batch_size, seq_len, seed, shuffle, epochs)
+
+
+def classification_pairs(records, *, seed: int = 0, classes=None) -> list[dict]:
+  """Alpaca classification rows (`output` = the class) -> preference rows {prompt, chosen,
+  rejected}: the prompt is the instruction and input as one user turn (joined by a blank line, as
+  gemmax.data.formats.alpaca_messages joins them, so a chat template renders the prompt that
+  fine-tuning renders), chosen the row's class, rejected another class drawn uniformly with
+  `seed`. `classes`: every class (default: those of the rows, sorted)."""
+  classes = sorted({r["output"] for r in records}) if classes is None else list(classes)
+  if len(classes) < 2:
+    raise GemmaxError(f"classification pairs need at least 2 classes, got {classes}")
+  rng = np.random.default_rng(seed)
+  out = []
+  for r in records:
+    if r["output"] not in classes:
+      raise GemmaxError(f"label {r['output']!r} is not one of the classes {classes}")
+    wrong = [c for c in classes if c != r["output"]]
+    prompt = r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")
+    out.append(
+      {"prompt": prompt, "chosen": r["output"], "rejected": wrong[rng.integers(len(wrong))]}
+    )
+  return out

@@ -111,7 +111,9 @@ class DPOConfig:
 
 class DPOSums(NamedTuple):
   """Sums over pairs; the trainer logs each as a per-pair mean (`correct` as accuracy: the
-  share of pairs whose chosen reward is higher)."""
+  share of pairs whose chosen reward is higher; `logps_accuracy`: the share whose chosen
+  completion is the more likely under the policy itself, meaningful before training too, when
+  every reward is 0)."""
 
   loss_sum: jax.Array
   correct: jax.Array
@@ -121,6 +123,7 @@ class DPOSums(NamedTuple):
   margins_sum: jax.Array
   chosen_logps_sum: jax.Array
   rejected_logps_sum: jax.Array
+  logps_accuracy_sum: jax.Array
 
   count_name = "pairs"
 
@@ -198,6 +201,7 @@ def dpo_loss_fn(config: DPOConfig):
       total(m["margins"]),
       total(sg(seq[:, 0])),
       total(sg(seq[:, 1])),
+      total((sg(seq[:, 0]) > sg(seq[:, 1])).astype(jnp.float32)),
     )
 
   return loss_fn
@@ -220,6 +224,12 @@ class ReferenceScores:
   def __next__(self) -> dict:
     batch = next(self.data)
     return dict(batch, ref_logps=np.asarray(self._score(self._state, batch)))
+
+  def wrap(self, data) -> "ReferenceScores":
+    """The same frozen reference over other batches (the held-out ones): no second copy."""
+    other = object.__new__(ReferenceScores)
+    other.data, other._state, other._score = data, self._state, self._score
+    return other
 
   def get_state(self):
     return self.data.get_state() if hasattr(self.data, "get_state") else None
