@@ -1,4 +1,5 @@
-"""experiments/finetune.py, for tests/test_crash_resume.py, with a test-only pause inside one
+"""experiments/finetune.py (or the script GEMMAX_TEST_SCRIPT names, e.g. grpo), for
+tests/test_crash_resume.py and tests/test_grpo_cli.py, with a test-only pause inside one
 checkpoint write and an optional log of every file the run writes.
 
 With GEMMAX_TEST_PAUSE_SAVE_STEP=N, the write of checkpoint N stops just before Orbax commits it
@@ -79,9 +80,11 @@ if __name__ == "__main__":
       os.environ["GEMMAX_TEST_PAUSE_SAVE_STEP"], os.environ["GEMMAX_TEST_PAUSE_MARKER"]
     )
   sys.path.insert(0, os.path.join(ROOT, "experiments"))
-  import finetune  # noqa: E402
+  import importlib  # noqa: E402
+
   from absl import flags  # noqa: E402
   from gemmax import cli  # noqa: E402
 
+  script = os.environ.get("GEMMAX_TEST_SCRIPT", "finetune")
   flags.mark_flags_as_required(["config"])
-  cli.run(finetune.main, "finetune.py")
+  cli.run(importlib.import_module(script).main, f"{script}.py")

@@ -1,7 +1,7 @@
 """Every example config of the scripts runs from a fresh clone, shortened only by step counts and
 row limits (slow: subprocesses; the registry model is fetched by .ci/run before this step).
-demo.py and generate.py's default are run by test_finetune_cli / test_evals_cli; pretrain.py and
-distill_demo.py build the pinned corpus `gutenberg-shakespeare` on first use (gemmax.data.corpus)."""
+demo.py and generate.py's default are run by test_finetune_cli / test_evals_cli (grpo_demo.py runs
+here, 2 steps); pretrain.py and distill_demo.py build the pinned corpus `gutenberg-shakespeare` on first use (gemmax.data.corpus)."""
 
 import json
 import os
@@ -102,3 +102,19 @@ def test_distill_demo_compare(tmp_path):
   summary = json.load(open(work / "summary.json"))
   assert summary["steps"] == 2 and summary["mode"] == "online"
   assert summary["heldout"]["distilled"]["tokens"] > 0 and (work / "compare.png").is_file()
+
+
+@pytest.mark.parametrize("config", ["grpo_tiny.py", "grpo_demo.py"])
+def test_grpo_recipes(tmp_path, config):
+  work = tmp_path / "run"
+  _run(
+    "grpo.py",
+    config,
+    f"--config.workdir={work}",
+    "--config.steps=2",
+    "--config.evaluate.limit=4",
+    "--config.prompts_per_step=2",
+  )
+  summary = json.load(open(work / "summary.json"))
+  assert summary["steps"] == 2 and (work / "rewards.png").is_file()
+  assert summary["heldout"]["after"]["rows"] == 4
