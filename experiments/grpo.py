@@ -135,7 +135,7 @@ def held_out(c, model, tok, rows, stage: str) -> dict:
 
 
 def plot_rewards(history: list[dict], path: str) -> str:
-  """Reward (mean, and +- one std of the batch) and KL to the reference against step."""
+  """Reward (batch mean +- one std, and its running mean) and KL to the reference against step."""
   import matplotlib
 
   matplotlib.use("Agg")
@@ -146,10 +146,15 @@ def plot_rewards(history: list[dict], path: str) -> str:
   steps = [h["step"] for h in rows]
   mean = [h["reward"] for h in rows]
   std = [h.get("reward_std", 0.0) for h in rows]
-  ax1.plot(steps, mean, label="reward (batch mean)")
+  ax1.plot(steps, mean, lw=0.8, alpha=0.6, label="reward (batch mean)")
   ax1.fill_between(
-    steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2
+    steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.1
   )
+  if len(mean) >= 10:  # the batch mean is noisy: also its running mean over 10 logged steps
+    smooth = [
+      sum(mean[max(0, i - 9) : i + 1]) / len(mean[max(0, i - 9) : i + 1]) for i in range(len(mean))
+    ]
+    ax1.plot(steps, smooth, color="C0", lw=2, label="running mean (10)")
   ax1.set_xlabel("step")
   ax1.set_ylabel("reward")
   ax1.grid(alpha=0.3)
