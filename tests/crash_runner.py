@@ -86,5 +86,6 @@ if __name__ == "__main__":
   from gemmax import cli  # noqa: E402
 
   script = os.environ.get("GEMMAX_TEST_SCRIPT", "finetune")
+  module = importlib.import_module(script)  # defines the --config flag
   flags.mark_flags_as_required(["config"])
-  cli.run(importlib.import_module(script).main, f"{script}.py")
+  cli.run(module.main, f"{script}.py")

@@ -4,7 +4,7 @@
 
 Each step puts 4 training questions to the model (its own ChatML template and system prompt, the
 assistant turn opened with "Answer type:"), samples 8 answers of up to 6 tokens per question at
-temperature 0.7 from the current policy, and rewards an answer that is exactly the label (1.0) or
+temperature 0.9 from the current policy, and rewards an answer that is exactly the label (1.0) or
 starts with it (0.5 more). Greedy exact match on 160 held-out test questions is measured before
 and after; rewards.png plots reward and KL against step. Sized for about 15 minutes on a 2-core
 CPU; docs/grpo.md has the measured figures.
@@ -42,14 +42,14 @@ def get_config():
   c.rewards.weights = "1.0,0.5"
   c.num_generations = 8
   c.prompts_per_step = 4
-  c.temperature = 0.7
+  c.temperature = 0.9
   c.max_completion_length = 6
   c.grpo.beta = 0.04
   c.method = "lora"
   c.lora.rank = 16
   c.lora.alpha = 32.0
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.warmup_steps = 5
+  c.optimizer.learning_rate = 1e-4  # 1e-3 (warmup 5): KL 1.2 by step 5, then collapse
+  c.optimizer.warmup_steps = 0
   c.evaluate.file = "data/trec6/test.jsonl"
   c.evaluate.limit = 160
   c.evaluate.max_new_tokens = 6
