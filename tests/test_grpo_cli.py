@@ -188,7 +188,6 @@ def _run(d, workdir, env, pause=None):
   )
 
 
-@pytest.mark.slow
 def test_sigkill_mid_checkpoint_then_resume_is_exact(d, tmp_path):
   import time
 
