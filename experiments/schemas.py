@@ -13,6 +13,7 @@ from gemmax.errors import ConfigError
 from gemmax.ops.attention import IMPLS
 from gemmax.schema import Key, above, at_least, between, nonempty, one_of
 from gemmax.distill.chunked import RULES as KD
+from gemmax.train.grpo import RULES as GR
 from gemmax.train.optimizer import RULES as OPT
 from gemmax.train.trainer import RULES as LOOP
 
@@ -326,6 +327,7 @@ BEST_OF_N = {
   "seed": Key(0, int),
   "progress": Key(True, bool),
   "workdir": Key("runs/best_of_n", str, nonempty()),  # writes sft.jsonl and stats.json
+}
 
 # experiments/dpo.py: direct preference optimisation on {prompt, chosen, rejected} pairs, the
 # reference being the model with its adapters off (lora/dora) or a frozen copy (full).
@@ -358,4 +360,50 @@ DPO = {
   "save_merged": FINETUNE["save_merged"],
   "halt_on_nonfinite": FINETUNE["halt_on_nonfinite"],
   "workdir": Key("runs/dpo", str, nonempty(), **R),
+}
+
+# experiments/grpo.py: GRPO with verifiable rewards (gemmax.train.grpo, gemmax.posttrain).
+GRPO = {
+  "model": FINETUNE["model"],
+  # Prompts: Alpaca rows (output = the reference answer the rewards see) or chat rows ending
+  # with the assistant's reference answer, rendered as training renders them.
+  "data": {
+    "train": Key("data/trec6/train.jsonl", str, nonempty()),
+    "format": Key("alpaca", str, one_of("alpaca", "chat")),
+    "template": Key("", str),  # "" = by format | alpaca | gemma | llama3 | model | <jinja>
+    "limit": Key(0, int, at_least(0)),  # 0 = every row
+  },
+  # Reward functions "module:function" (a list or a comma-separated string), called with
+  # (prompt, completion, row); weights: one per function ("" = 1 each).
+  "rewards": {
+    "functions": Key("gemmax.evals.rewards:exact_match", (str, list, tuple), nonempty()),
+    "weights": Key("", (str, list, tuple)),
+  },
+  "num_generations": Key(8, int, above(0)),  # G completions per prompt (>= 2)
+  "prompts_per_step": Key(4, int, above(0)),  # P: the batch is P x G completions
+  "temperature": Key(1.0, float, above(0)),
+  "top_p": Key(1.0, float, between(0, 1, low_open=True)),  # 1.0 = off
+  "top_k": Key(0, int, at_least(0)),  # 0 = off
+  "max_completion_length": Key(64, int, GR["max_completion_length"]),
+  "grpo": {
+    "beta": Key(0.04, float, GR["beta"]),  # > 0 needs method lora or dora
+    "epsilon": Key(0.2, float, GR["epsilon"]),
+    "epsilon_high": Key(None, float, GR["epsilon_high"], optional=True),  # None = eps
+    "loss_type": Key("grpo", str, GR["loss_type"]),
+    "scale_rewards": Key("group", str, GR["scale_rewards"]),
+  },
+  "method": Key("lora", str, one_of("full", "lora", "dora")),
+  "lora": _with(_LORA, dropout=0.0),
+  "optimizer": _with(_OPTIMIZER, learning_rate=1e-4, warmup_steps=0),
+  # Greedy answers' exact match on held-out Alpaca rows before and after training ("" = skip).
+  "evaluate": {
+    "file": Key("", str, **R),
+    "limit": Key(64, int, at_least(0), **R),  # 0 = every row
+    "max_new_tokens": Key(8, int, above(0), **R),
+    "batch_size": Key(16, int, above(0), **R),
+  },
+  "mesh": _MESH,
+  **_LOOP,
+  "halt_on_nonfinite": Key(False, bool, **R),
+  "workdir": Key("runs/grpo", str, nonempty(), **R),
 }

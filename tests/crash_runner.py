@@ -1,5 +1,5 @@
-"""experiments/finetune.py (or the script GEMMAX_TEST_SCRIPT names, e.g. dpo), for
-tests/test_crash_resume.py and tests/test_dpo_cli.py, with a test-only pause inside one
+"""experiments/finetune.py (or the script GEMMAX_TEST_SCRIPT names, e.g. dpo or grpo), for
+tests/test_crash_resume.py, tests/test_dpo_cli.py and tests/test_grpo_cli.py, with a test-only pause inside one
 checkpoint write and an optional log of every file the run writes.
 
 With GEMMAX_TEST_PAUSE_SAVE_STEP=N, the write of checkpoint N stops just before Orbax commits it

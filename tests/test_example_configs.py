@@ -1,7 +1,7 @@
 """Every example config of the scripts runs from a fresh clone, shortened only by step counts and
 row limits (slow: subprocesses; the registry model is fetched by .ci/run before this step).
 demo.py and generate.py's default are run by test_finetune_cli / test_evals_cli; the DPO recipes,
-dpo_demo.py (the real model) included, by test_dpo_recipes; pretrain.py and
+dpo_demo.py (the real model) included, by test_dpo_recipes, grpo_tiny.py and grpo_demo.py by test_grpo_recipes; pretrain.py and
 distill_demo.py build the pinned corpus `gutenberg-shakespeare` on first use (gemmax.data.corpus)."""
 
 import json
@@ -147,3 +147,19 @@ def test_rejection_sampling_best_of_n_then_finetune(tmp_path):
     "--config.steps=2",
   )
   assert json.load(open(stage2 / "summary.json"))["steps"] == 2
+
+
+@pytest.mark.parametrize("config", ["grpo_tiny.py", "grpo_demo.py"])
+def test_grpo_recipes(tmp_path, config):
+  work = tmp_path / "run"
+  _run(
+    "grpo.py",
+    config,
+    f"--config.workdir={work}",
+    "--config.steps=2",
+    "--config.evaluate.limit=4",
+    "--config.prompts_per_step=2",
+  )
+  summary = json.load(open(work / "summary.json"))
+  assert summary["steps"] == 2 and (work / "rewards.png").is_file()
+  assert summary["heldout"]["after"]["rows"] == 4

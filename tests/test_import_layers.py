@@ -18,7 +18,7 @@ LAYERS = [
   {"convert"},
   {"train", "sampling"},
   {"evals"},
-  {"distill"},
+  {"distill", "posttrain"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -43,6 +43,10 @@ def _resolve(spec: str) -> Callable:
     mod = importlib.import_module(module)
   except ImportError as e:
     raise ConfigError(f"reward {spec!r}: cannot import {module} ({e})") from None
+  except Exception as e:  # the user's module failed while importing: name it, not a traceback
+    raise ConfigError(
+      f"reward {spec!r}: importing {module} raised {type(e).__name__}: {e}"
+    ) from None
   fn = getattr(mod, name, None)
   if not callable(fn):
     raise ConfigError(f"reward {spec!r}: {module} has no function {name}")

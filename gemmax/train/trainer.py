@@ -5,7 +5,8 @@
     summary = trainer.run()
 
 `train_data` yields batch dicts (see gemmax.data); if it has get_state()/set_state() its position
-goes into every checkpoint, and a resumed run continues bit-for-bit where the first one stopped.
+goes into every checkpoint, and a resumed run continues bit-for-bit where the first one stopped;
+if it has metrics() (a dict of floats), they join every logged metrics line.
 
 Reliability: a NaN/Inf loss or gradient skips that update and is counted (`nonfinite_steps` in
 metrics and summary), or raises NonFiniteError with `halt_on_nonfinite`; a batch with no scored
@@ -255,6 +256,9 @@ class Trainer:
               learning_rate=float(self.schedule(self.step - 1)),
               nonfinite_steps=int(jax.device_get(self.nonfinite)),
             )
+            data_metrics = getattr(self.train_data, "metrics", None)
+            if callable(data_metrics):  # e.g. GRPO rollouts' rewards and sampling speed
+              last.update(data_metrics())
             if do_eval:
               last.update(self.evaluate())
             writer.write(self.step, last)
