@@ -88,7 +88,7 @@ def scan_logits(
   """
   n = hidden.shape[0]
   chunk = max(1, min(chunk, n))
-  xs = dict(xs or {}, h=hidden)
+  xs = {k: jnp.asarray(v) for k, v in dict(xs or {}, h=hidden).items()}
   n_chunks = -(-n // chunk)
   if scored is None:
     body = lambda carry, x: fn(carry, head.logits(x["h"]), x)  # noqa: E731
