@@ -78,6 +78,26 @@ def adapters(model, c, mesh=None):
   return model
 
 
+def check_sources(c, files) -> None:
+  """The model and the files a recipe names, before anything loads: exactly one of model.path
+  and model.preset (a preset needs model.tokenizer), a path that is a checkpoint directory, a
+  .gguf file or a registry name, and every (config key, path) of `files` that is set exists."""
+  from gemmax import fetch
+
+  if bool(c.model.path) == bool(c.model.preset):
+    raise ConfigError("set exactly one of model.path and model.preset")
+  if not (c.model.path or c.model.tokenizer):
+    raise ConfigError("a preset model needs model.tokenizer")
+  for name, path in files:
+    if path and not os.path.exists(path):
+      raise ConfigError(f"{name}: {path} does not exist")
+  if c.model.path and not (os.path.exists(c.model.path) or fetch.is_registry_name(c.model.path)):
+    raise ConfigError(
+      f"model.path: {c.model.path} is neither a checkpoint directory, a .gguf "
+      f"file nor a registry model ({', '.join(fetch.REGISTRY)})"
+    )
+
+
 def check_context(seq_len: int, model, who: str = "model", source: str = "") -> None:
   """data.seq_len must fit the model's positions (positions past them were never trained)."""
   limit = model.config.max_position_embeddings

@@ -45,26 +45,18 @@ def check_config(c) -> None:
       f"data.batch_size {c.data.batch_size} must be a positive multiple of optimizer.grad_accum "
       f"{c.optimizer.grad_accum}",
     ),
-    (bool(c.model.path) != bool(c.model.preset), "set exactly one of model.path and model.preset"),
-    (bool(c.model.path or c.model.tokenizer), "a preset model needs model.tokenizer"),
   ]
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
-  for name, path in (
-    ("data.train", c.data.train),
-    ("data.validation", c.data.validation),
-    ("classify.file", c.classify.file),
-  ):
-    if path and not os.path.exists(path):
-      raise ConfigError(f"{name}: {path} does not exist")
-  from gemmax import fetch
-
-  if c.model.path and not (os.path.exists(c.model.path) or fetch.is_registry_name(c.model.path)):
-    raise ConfigError(
-      f"model.path: {c.model.path} is neither a checkpoint directory, a .gguf "
-      f"file nor a registry model ({', '.join(fetch.REGISTRY)})"
-    )
+  build.check_sources(
+    c,
+    (
+      ("data.train", c.data.train),
+      ("data.validation", c.data.validation),
+      ("classify.file", c.classify.file),
+    ),
+  )
 
 
 def build_model(c, mesh=None):

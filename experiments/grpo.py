@@ -82,22 +82,11 @@ def check_config(c):
       f"method full with grpo.beta {c.grpo.beta} > 0: the KL reference is the model with its "
       "adapters switched off, so use method lora or dora (or grpo.beta = 0)",
     ),
-    (bool(c.model.path) != bool(c.model.preset), "set exactly one of model.path and model.preset"),
-    (bool(c.model.path or c.model.tokenizer), "a preset model needs model.tokenizer"),
   ]
   for ok, message in checks:
     if not ok:
       raise ConfigError(message)
-  for name, path in (("data.train", c.data.train), ("evaluate.file", c.evaluate.file)):
-    if path and not os.path.exists(path):
-      raise ConfigError(f"{name}: {path} does not exist")
-  from gemmax import fetch
-
-  if c.model.path and not (os.path.exists(c.model.path) or fetch.is_registry_name(c.model.path)):
-    raise ConfigError(
-      f"model.path: {c.model.path} is neither a checkpoint directory, a .gguf "
-      f"file nor a registry model ({', '.join(fetch.REGISTRY)})"
-    )
+  build.check_sources(c, (("data.train", c.data.train), ("evaluate.file", c.evaluate.file)))
   grpo_config(c)
   return load_rewards(c)
 
