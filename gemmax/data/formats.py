@@ -36,9 +36,11 @@ __all__ = [
   "tokenize_example",
   "resolve_template",
   "KINDS",
+  "example_rows",
 ]
 
 KINDS = ("alpaca", "chat", "text", "classification")
+BATCH_KEYS = ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
 DEFAULT_TEMPLATE = {"alpaca": "alpaca", "classification": "alpaca", "chat": "gemma", "text": None}
 
 # The Stanford Alpaca prompts, with the newline after "### Response:" that alpaca-lora and most later
@@ -163,3 +165,19 @@ def tokenize_example(
   return tokenize_segments(
     tokenizer, segments, add_bos and getattr(tokenizer, "add_bos_token", True), add_eos
   )
+
+
+def example_rows(seqs, seq_len: int) -> dict:
+  """One unpacked example per row: [(ids [n + 1], loss mask [n + 1])] with n <= seq_len -> the
+  training batch contract's [len(seqs), seq_len] int32 arrays (input_ids, targets, loss_mask,
+  positions, segment_ids), the targets shifted by one and the padding zeros."""
+  n = len(seqs)
+  out = {k: np.zeros((n, seq_len), np.int32) for k in BATCH_KEYS}
+  for i, (ids, mask) in enumerate(seqs):
+    t = len(ids) - 1
+    out["input_ids"][i, :t] = ids[:-1]
+    out["targets"][i, :t] = ids[1:]
+    out["loss_mask"][i, :t] = mask[1:]
+    out["positions"][i, :t] = np.arange(t)
+    out["segment_ids"][i, :t] = 1
+  return out

@@ -27,7 +27,6 @@ from gemmax.errors import GemmaxError
 
 __all__ = ["DataConfig", "make_dataset", "make_pipeline", "DataIterator"]
 
-KEYS = ("input_ids", "targets", "loss_mask", "positions", "segment_ids")
 
 log = logging.getLogger(__name__)
 

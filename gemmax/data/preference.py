@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from gemmax.data.formats import resolve_template, tokenize_example
+from gemmax.data.formats import example_rows, resolve_template, tokenize_example
 from gemmax.data.sources import BadRows, SourceSpec, check_rows, read_rows
 from gemmax.errors import GemmaxError
 
@@ -172,21 +172,6 @@ def tokenize_pairs(pairs, tokenizer, template: str | None, seq_len: int):
   return kept, dropped
 
 
-def _rows(seqs, seq_len):
-  n = len(seqs)
-  out = {k: np.zeros((n, seq_len), np.int32) for k in ("input_ids", "targets", "loss_mask")}
-  out["positions"] = np.zeros((n, seq_len), np.int32)
-  out["segment_ids"] = np.zeros((n, seq_len), np.int32)
-  for i, (ids, mask) in enumerate(seqs):
-    t = len(ids) - 1
-    out["input_ids"][i, :t] = ids[:-1]
-    out["targets"][i, :t] = ids[1:]
-    out["loss_mask"][i, :t] = mask[1:]
-    out["positions"][i, :t] = np.arange(t)
-    out["segment_ids"][i, :t] = 1
-  return out
-
-
 def _batches(tokenized, batch_size, seq_len, seed, shuffle, epochs):
   n = len(tokenized)
   rng = np.random.default_rng(seed)
@@ -196,7 +181,7 @@ def _batches(tokenized, batch_size, seq_len, seed, shuffle, epochs):
     stop = n - n % batch_size if n >= batch_size else n
     for s in range(0, stop, batch_size):
       chunk = [tokenized[i] for i in order[s : s + batch_size]]
-      rows = _rows([x for c, cm, r, rm in chunk for x in ((c, cm), (r, rm))], seq_len)
+      rows = example_rows([x for c, cm, r, rm in chunk for x in ((c, cm), (r, rm))], seq_len)
       yield {k: v.reshape(len(chunk), 2, seq_len) for k, v in rows.items()}
     epoch += 1
 

@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 from flax import nnx
 
-from gemmax.data.formats import tokenize_example
+from gemmax.data.formats import example_rows, tokenize_example
 from gemmax.errors import ConfigError, GemmaxError
 from gemmax.train.grpo import group_advantages
 
@@ -239,18 +239,13 @@ class GRPORollouts:
     return batch
 
   def _batch(self, group, completions, advantages) -> dict:
-    n, t = len(group), self.seq_len
-    out = {k: np.zeros((n, t), np.int32) for k in ("input_ids", "targets", "positions")}
-    out["segment_ids"] = np.zeros((n, t), np.int32)
-    out["loss_mask"] = np.zeros((n, t), np.int32)
-    for r, (p, gen) in enumerate(zip(group, completions)):
-      seq = np.asarray(list(p.ids) + [int(g) for g in gen], np.int32)[: t + 1]
-      m = len(seq) - 1
-      out["input_ids"][r, :m], out["targets"][r, :m] = seq[:-1], seq[1:]
-      out["loss_mask"][r, len(p.ids) - 1 : m] = 1  # every generated token is a target
-      out["positions"][r, :m], out["segment_ids"][r, :m] = np.arange(m), 1
-    out["advantages"] = np.asarray(advantages, np.float32)
-    return out
+    t = self.seq_len
+    seqs = []
+    for p, gen in zip(group, completions):
+      ids = list(p.ids) + [int(g) for g in gen]
+      mask = [0] * len(p.ids) + [1] * len(gen)  # every generated token is a target
+      seqs.append((np.asarray(ids[: t + 1], np.int32), np.asarray(mask[: t + 1], np.int32)))
+    return dict(example_rows(seqs, t), advantages=np.asarray(advantages, np.float32))
 
   # --- metrics ---------------------------------------------------------------------------------
   def _add(self, **values):

@@ -20,6 +20,7 @@ chunked head (gemmax.train.logps), the reference being the model with its adapte
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import NamedTuple
 
@@ -227,8 +228,8 @@ class ReferenceScores:
 
   def wrap(self, data) -> "ReferenceScores":
     """The same frozen reference over other batches (the held-out ones): no second copy."""
-    other = object.__new__(ReferenceScores)
-    other.data, other._state, other._score = data, self._state, self._score
+    other = copy.copy(self)
+    other.data = data
     return other
 
   def get_state(self):
