@@ -286,6 +286,9 @@ def test_auto_choice_for_long_prompts_on_cpu():
   t1k, t4k = jnp.zeros((1, 1024, 2, 64)), jnp.zeros((1, 4096, 2, 64))
   kw = dict(softcap=None, segment_ids=None)
   assert choose_impl(t1k, t1k, backend="cpu", **kw) == "xla_blocks"
+  # two query blocks or more: from 256 tokens (a fine-tuning batch's length) on
+  assert choose_impl(t1k[:, :256], t1k[:, :256], backend="cpu", **kw) == "xla_blocks"
+  assert choose_impl(t1k[:, :255], t1k[:, :255], backend="cpu", **kw) == "xla_cpu"
   assert choose_impl(t1k[:, :1], t1k, backend="cpu", **kw) == "xla_cpu"
   assert choose_impl(t4k, t4k, backend="cpu", **kw) == "xla_chunked"
   assert choose_impl(t1k, t1k, backend="gpu", **kw) == "pallas"

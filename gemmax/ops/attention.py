@@ -17,8 +17,8 @@ _INTERNAL = ("xla_blocks",)
 # the chunked path keeps memory O(seq) (threshold chosen for memory, not a measured crossover).
 CPU_CHUNKED_MIN_KV_LEN = 4096
 # From this many tokens a causal self-attention on CPU runs in query blocks (gemmax.ops.qblocks):
-# 2,048 tokens of SmolLM2-135M, measured in benchmarks/RESULTS.md ("Real model").
-CPU_BLOCKS_MIN_LEN = 1024
+# two or more blocks. Measured on SmolLM2-135M's attention in benchmarks/RESULTS.md ("Real model").
+CPU_BLOCKS_MIN_LEN = 256
 
 
 def choose_impl(q, k, *, softcap, segment_ids, backend=None) -> str:
