@@ -25,6 +25,9 @@ then cast alike for bfloat16 runs. 30 layers, hidden 576, 9 heads / 3 kv heads, 
    as a fraction of the memory-bandwidth roofline: all weight bytes (tied embedding counted once,
    at the run's dtype) over the read bandwidth of benchmarks/cpu_roofline.py (a 256 MiB sum, XLA
    and torch with 1 and all threads, the best), measured in its own process between the rounds.
+   Each row also times the step's weight products alone (`GemmaxWorker.products`: every
+   projection and the head in the Sampler's forms, nothing else), the most XLA:CPU's matmul
+   kernels allow, next to the goal (85% of the roofline at batch 1, 2x transformers at batch 8).
 3. Prefill: time to the first token of a 2,048-token prompt (generate with one new token).
 
 Rounds alternate the two sides so that the drift of a shared machine hits both; medians. The
@@ -161,6 +164,41 @@ class GemmaxWorker:
     seconds = timed(run, 1)[0]
     assert all(len(t) == new for t in out["r"].tokens), "a row stopped early"
     return {"seconds": seconds, "tokens": [list(map(int, t)) for t in out["r"].tokens]}
+
+  def products(self, dtype, batch, steps=10):
+    """Seconds per decode step of the step's weight products alone: per layer the packed q/k/v,
+    o, packed gate/up and down kernels ([out, in], through `matmul_t`, the forms and layout the
+    Sampler's decode copy runs) and then the tied head, chained through the layers with nothing
+    else (no attention, norm, cache or sampling). What XLA:CPU's matmul kernels allow at best.
+    Random weights of the model's shapes: the time does not depend on the values."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from gemmax.ops.matmul import matmul_t
+
+    c = self.model(dtype).config
+    d, f, h = c.hidden_size, c.intermediate_size, c.head_dim
+    qkv, q = (c.num_attention_heads + 2 * c.num_key_value_heads) * h, c.num_attention_heads * h
+    rng = np.random.default_rng(0)
+
+    def w(*shape):
+      return jnp.asarray(rng.standard_normal(shape, np.float32) * 0.02, dtype)
+
+    layers = [(w(qkv, d), w(d, q), w(2 * f, d), w(d, f)) for _ in range(c.num_hidden_layers)]
+    head = w(c.vocab_size, d)
+
+    @jax.jit
+    def step(x, layers, head):
+      for w_qkv, w_o, w_gu, w_down in layers:
+        x = x + matmul_t(matmul_t(x, w_qkv)[:, :q], w_o)
+        gu = matmul_t(x, w_gu)
+        x = (x + matmul_t(gu[:, :f] * gu[:, f:], w_down)) * 0.5  # bounded, data-dependent
+      return matmul_t(x, head)
+
+    x = jnp.asarray(rng.standard_normal((batch, d), np.float32), dtype)
+    jax.block_until_ready(step(x, layers, head))
+    seconds = timed(lambda: jax.block_until_ready(step(x, layers, head)), steps)
+    return {"seconds": statistics.median(seconds)}
 
   def weight_bytes(self, dtype):
     import jax
@@ -486,11 +524,14 @@ def run_decode(args, cfg, log, gx, hf, dtypes):
         same=same,
       )
       row["ratio"] = row["gemmax_tps"] / row["hf_tps"]
+      row["products_tps"] = batch / gx.products(dtype=dtype, batch=batch)["seconds"]
+      row["products_vs_hf"] = row["products_tps"] / row["hf_tps"]
       if batch == 1:
         bw = statistics.median(bandwidth[-args.rounds :])
         row.update(bandwidth=bw, weight_bytes=weight_bytes, roofline_tps=bw * 1e9 / weight_bytes)
         row["fraction"] = row["gemmax_tps"] / row["roofline_tps"]
         row["hf_fraction"] = row["hf_tps"] / row["roofline_tps"]
+        row["products_fraction"] = row["products_tps"] / row["roofline_tps"]
       log(
         f"decode {dtype} batch {batch}: gemmax {row['gemmax_tps']:.1f} tok/s, transformers "
         f"{row['hf_tps']:.1f} ({row['hf_setting']}), {row['ratio']:.2f}x"
@@ -500,6 +541,7 @@ def run_decode(args, cfg, log, gx, hf, dtypes):
           if batch == 1
           else ""
         )
+        + f"; the weight products alone {row['products_tps']:.1f} tok/s"
         + f"; greedy tokens equal for the first {row['same_prefix']}"
       )
       results.append(row)
@@ -590,7 +632,22 @@ def report(args, train, decode, prefill, header) -> tuple[str, dict]:
       "Greedy tokens equal between the two (row 0) for the first: "
       + ", ".join(f"{r['dtype']} b{r['batch']} {r['same_prefix']}/{args.new}" for r in decode),
       "",
+      "What XLA:CPU's matmul kernels allow: the decode step's weight products alone (every "
+      "projection and the head, in the forms the Sampler runs, chained with nothing else), "
+      "against the goals (batch 1: 85% of the roofline; batch 8: 2x transformers).",
+      "",
+      "| decode | products alone tok/s | / roofline | / transformers | goal tok/s | gemmax tok/s |",
+      "|---|---:|---:|---:|---:|---:|",
     ]
+    for r in decode:
+      b1 = r["batch"] == 1
+      goal = 0.85 * r["roofline_tps"] if b1 else 2 * r["hf_tps"]
+      lines.append(
+        f"| {r['dtype']} batch {r['batch']} | {r['products_tps']:,.1f} | "
+        + (f"{r['products_fraction']:.0%}" if b1 else "")
+        + f" | {r['products_vs_hf']:.2f}x | {goal:,.1f} | {r['gemmax_tps']:,.1f} |"
+      )
+    lines.append("")
   if prefill:
     lines += [
       f"| prefill {args.prefill} tokens | gemmax ms | transformers ms | ratio |",
