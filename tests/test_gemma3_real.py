@@ -19,7 +19,7 @@ from gemmax.fetch import resolve
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("gemma3-real")]
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "data", "pretrain_sample.txt")
 WINDOW, STRIDE = 1024, 768  # past the 512 window: local and global layers both matter
-# The perplexity check reads the sample's first 16,000 characters (about 4,000 tokens: five
+# The perplexity check reads the sample's first 16,000 characters (3,663 tokens: five
 # overlapping windows, the last one short); the whole sample took 20 minutes of CI for both models.
 PERPLEXITY_CHARS = 16_000
 
