@@ -29,10 +29,13 @@ def _attend_low_precision(q5, k, v, mask, scale, softcap):
   """`attend` for bf16/f16 inputs, written out forward and backward (flash-attention style).
 
   dS is rounded to the inputs' dtype, as flash attention and torch's bf16 attention do, so all
-  four gradient products are bf16 x bf16 -> f32. The softmax is kept as the masked logits and
-  their logsumexp: the backward recomputes P from them in the same pass that forms dS, and the
-  softmax's row term sum(dP * P) is taken as sum(dO * O) over the head dim: no f32 probabilities
-  or soft-cap tanh are stored, and the backward's row term reduces over H, not S.
+  four gradient products are bf16 x bf16 -> f32. The backward forms dS from P as the forward
+  rounded it for the value product (torch's bf16 attention keeps its softmax output the same
+  way): no float32 logits are stored and no exp is recomputed. Measured on SmolLM2-135M's
+  attention (bf16, 8 x 256 packed tokens, query blocks, forward + backward): 12.4-13.9 -> 11.4-11.8
+  ms, 14 MB less kept per layer, and the gradients' error against float32 attention no larger.
+  With a soft-cap the capped logits are kept as well, for tanh'. The softmax's row term
+  sum(dP * P) is taken as sum(dO * O) over the head dim, so it reduces over H, not S.
   """
   return _attend_fwd(q5, k, v, mask, scale, softcap)[0]
 
@@ -52,13 +55,11 @@ def _attend_fwd(q5, k, v, mask, scale, softcap):
   lse = jnp.where(mask.any(-1, keepdims=True), lse, jnp.inf)
   probs = jnp.exp(logits - lse).astype(v.dtype)
   out = mix_values(probs, v, q5.dtype)
-  return out, (q5, k, v, logits, lse, probs, out)
+  return out, (q5, k, v, None if softcap is None else logits, probs, out)
 
 
 def _attend_bwd(scale, softcap, res, d_out):
-  # The barrier keeps XLA from merging the backward's exp(logits - lse) with the forward's
-  # (CSE), which would store P in float32 after all.
-  q5, k, v, logits, lse, probs, out, d_out = jax.lax.optimization_barrier((*res, d_out))
+  q5, k, v, logits, probs, out = res
   dt = q5.dtype
   d_out = d_out.astype(dt)  # [B, T, K, G, H]
   dv = dot(probs, d_out, ((2, 3), (1, 3)), ((0, 1), (0, 2)))  # [B, K, S, H]
@@ -66,7 +67,7 @@ def _attend_bwd(scale, softcap, res, d_out):
   row = jnp.sum(
     d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1
   )  # = sum_S dP * P, [B, T, K, G]
-  ds = jnp.exp(logits - lse) * (dp - row.transpose(0, 2, 1, 3)[..., None])  # masked P are 0
+  ds = probs.astype(jnp.float32) * (dp - row.transpose(0, 2, 1, 3)[..., None])  # masked P: 0
   if softcap is not None:  # tanh' = 1 - t^2; masked logits clip to t = -1 (their P is 0)
     t = jnp.maximum(logits / softcap, -1.0)
     ds = ds * (1.0 - t * t)
