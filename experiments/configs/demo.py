@@ -46,6 +46,6 @@ def get_config():
   c.steps = 75
   c.log_every = 10
   c.eval_every = 0
-  c.checkpoint_every = 100
+  c.checkpoint_every = c.steps  # one checkpoint, at the end
   c.workdir = "runs/demo"
   return c
