@@ -36,6 +36,10 @@ def _attend_low_precision(q5, k, v, mask, scale, softcap):
   ms, 14 MB less kept per layer, and the gradients' error against float32 attention no larger.
   With a soft-cap the capped logits are kept as well, for tanh'. The softmax's row term
   sum(dP * P) is taken as sum(dO * O) over the head dim, so it reduces over H, not S.
+  dV and dK are formed transposed, [B, K, H, S] = dO^T P and q^T dS: P and dS then enter as the
+  right operand in the layout the forward gave them, and XLA:CPU copies only the small dO and q
+  into place, where [S, H] = P^T dO copied all of P and dS (SmolLM2-135M's attention, bf16, 8 x
+  256 packed, forward + backward, alternating in one process: 36-38 -> 28 ms; values identical).
   """
   return _attend_fwd(q5, k, v, mask, scale, softcap)[0]
 
@@ -62,7 +66,7 @@ def _attend_bwd(scale, softcap, res, d_out):
   q5, k, v, logits, probs, out = res
   dt = q5.dtype
   d_out = d_out.astype(dt)  # [B, T, K, G, H]
-  dv = dot(probs, d_out, ((2, 3), (1, 3)), ((0, 1), (0, 2)))  # [B, K, S, H]
+  dv = dot(d_out, probs, ((1, 3), (2, 3)), ((0, 2), (0, 1)))  # [B, K, H, S]
   dp = dot(d_out, v, ((4,), (3,)), ((0, 2), (0, 2)))  # [B, K, T, G, S]
   row = jnp.sum(
     d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1
@@ -73,11 +77,11 @@ def _attend_bwd(scale, softcap, res, d_out):
     ds = ds * (1.0 - t * t)
   ds = (ds * scale).astype(dt)
   dq = dot(ds, k, ((4,), (1,)), ((0, 1), (0, 2)))  # [B, K, T, G, H]
-  dk = dot(ds, q5, ((2, 3), (1, 3)), ((0, 1), (0, 2)))  # [B, K, S, H]
+  dk = dot(q5, ds, ((1, 3), (2, 3)), ((0, 2), (0, 1)))  # [B, K, H, S]
   return (
     dq.transpose(0, 2, 1, 3, 4).astype(dt),
-    dk.transpose(0, 2, 1, 3).astype(k.dtype),
-    dv.transpose(0, 2, 1, 3).astype(v.dtype),
+    dk.transpose(0, 3, 1, 2).astype(k.dtype),
+    dv.transpose(0, 3, 1, 2).astype(v.dtype),
     None,
   )  # None: the mask has no gradient
 
