@@ -19,6 +19,9 @@ then cast alike for bfloat16 runs. 30 layers, hidden 576, 9 heads / 3 kv heads, 
    segment mask). Each side runs in a process of its own per setting, so its peak RSS is its own
    (peak from the first step on: the loading before it is not training), and torch picks the
    faster of 1 and all threads per setting (its OpenMP threads spin when cores are shared).
+   Beside each LoRA setting, a third process times the step's floor in the same rounds: the step
+   with no adapters (`GemmaxWorker.train_setup`, method "base"), the most the frozen base's
+   forward and backward allow.
 2. Greedy decode at batch 1 and 8 (16-token random prompts, EOS off so every token is made):
    `gemmax.sampling.Sampler` against transformers' `generate` with a static cache (the dynamic
    cache is probed too and used if faster), float32 and bfloat16 weights. Batch 1 is also given
@@ -123,14 +126,22 @@ class GemmaxWorker:
     return self.models[dtype]
 
   def train_setup(self, dtype, method, batch):
+    """method "lora" | "dora", or "base": the step's floor, the same step with no adapters,
+    where only layer 0's input-norm scale trains. Its backward still runs the input gradient
+    through every layer and the scored-token head, but forms no weight gradient of any size
+    and updates one 576-wide vector: what any adapter step of this model costs at least."""
     import jax
     import numpy as np
     from gemmax import peft
     from gemmax.train import OptimizerConfig, make_optimizer, make_train_step, split_model
 
     model = self.model(dtype)
-    peft.apply(model, method=method, rank=RANK, alpha=2 * RANK, targets="all-linear")
-    sm = split_model(model)
+    if method == "base":
+      first = ("layers", "0", "input_layernorm", "scale")
+      sm = split_model(model, trainable=lambda path, _: tuple(map(str, path[:4])) == first)
+    else:
+      peft.apply(model, method=method, rank=RANK, alpha=2 * RANK, targets="all-linear")
+      sm = split_model(model)
     tx = make_optimizer(
       OptimizerConfig(learning_rate=1e-4, warmup_steps=0, steps=1000, clip_norm=1.0)
     )
@@ -412,6 +423,11 @@ def run_train(args, cfg, log):
       if (dtype, method) == ("bfloat16", "lora") and not args.quick
       else ("scored",)
     )
+    # LoRA's floor (see GemmaxWorker.train_setup) in a third process, timed in the same rounds
+    base = Worker("gemmax") if method == "lora" else None
+    if base is not None:
+      base.train_setup(dtype=dtype, method="base", batch=batch)
+      base.train(steps=1 if args.quick else 2)
     g_all, blocks, rss = [], {}, []
     for precision in precisions[:1] if args.quick else precisions:
       for head in heads:
@@ -424,17 +440,20 @@ def run_train(args, cfg, log):
           for n in ((1,) if args.quick else sorted({cores, 1}))
         }
         threads = min(probe, key=probe.get)
-        g, p = [], []
+        g, p, f = [], [], []
         for r in range(args.rounds):  # interleaved, alternating who goes first
-          for side in ("g", "p") if r % 2 == 0 else ("p", "g"):
+          for side in ("g", "f", "p") if r % 2 == 0 else ("p", "f", "g"):
             if side == "g":
               g += gx.train(steps=args.steps)["seconds"]
               rss.append(round(gx.memory()["rss"], 2))
-            else:
+            elif side == "f" and base is not None:
+              f += base.train(steps=args.steps)["seconds"]
+            elif side == "p":
               p += w.train(steps=args.steps, head=head, threads=threads)["seconds"]
         blocks[(precision, head)] = dict(
           peft_s=statistics.median(p),
           gemmax_s=statistics.median(g),
+          base_s=statistics.median(f) if f else None,
           threads=threads,
           peak=w.memory()["peak"],
           ratio=statistics.median(p) / statistics.median(g),
@@ -443,6 +462,8 @@ def run_train(args, cfg, log):
         g_all += g
     gx_peak = gx.memory()["peak"]
     gx.close()
+    if base is not None:
+      base.close()
     best = min(blocks, key=lambda k: blocks[k]["ratio"])
     b = blocks[best]
     row = dict(
@@ -452,6 +473,7 @@ def run_train(args, cfg, log):
       peft_s=b["peft_s"],
       block_gemmax_s=b["gemmax_s"],
       ratio=b["ratio"],
+      base_s=b["base_s"],  # the floor, in the block that counts
       peft_setting=f"{best[0]}, {best[1]} positions, {b['threads']} thread(s)",
       gemmax_peak=gx_peak,
       peft_peak=b["peak"],
@@ -466,6 +488,7 @@ def run_train(args, cfg, log):
       f"{row['peft_s'] * 1e3:.0f} ms ({row['peft_setting']}), {row['ratio']:.2f}x; peak RSS "
       f"{gx_peak:.2f} vs {row['peft_peak']:.2f} GiB; peft (s, ratio, peak GiB) {row['blocks']}; "
       f"gemmax RSS after its rounds {rss}"
+      + (f"; base alone {b['base_s'] * 1e3:.0f} ms" if b["base_s"] else "")
     )
     results.append(row)
   return results
@@ -609,6 +632,24 @@ def report(args, train, decode, prefill, header) -> tuple[str, dict]:
       + "; ".join(f"{r['method']} {r['dtype']}: {r['blocks']}" for r in train),
       "",
     ]
+    floors = [r for r in train if r.get("base_s")]
+    if floors:
+      lines += [
+        "The LoRA step's floor, timed in the same rounds as the block that counts: the same "
+        "step with no adapters (only layer 0's input-norm scale trains, so the backward still "
+        "runs through every layer and the head but forms no weight gradients), and peft's "
+        "time over it: the most the ratio could be with adapters and optimizer free.",
+        "",
+        "| train step | base alone ms | gemmax LoRA ms | peft ms | peft / base alone |",
+        "|---|---:|---:|---:|---:|",
+        *(
+          f"| {r['method']} {r['dtype']} | {r['base_s'] * 1e3:,.0f} | "
+          f"{r['block_gemmax_s'] * 1e3:,.0f} | {r['peft_s'] * 1e3:,.0f} | "
+          f"{r['peft_s'] / r['base_s']:.2f}x |"
+          for r in floors
+        ),
+        "",
+      ]
   if decode:
     lines += [
       "| decode | gemmax tok/s | transformers tok/s (setting) | ratio | batch-1 roofline "

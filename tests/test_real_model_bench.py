@@ -42,6 +42,8 @@ def test_quick_run_writes_table_chart_and_last_line(tmp_path):
   for row in ("| lora bfloat16 |", "| float32 batch 1 |", "| float32 batch 8 |", "| float32 |"):
     assert row in table, table
   assert (tmp_path / "real_model.png").stat().st_size > 1000
+  # the LoRA step's floor (no adapters) timed in the same rounds, and peft's time over it
+  assert re.search(r"\| lora bfloat16 \| [\d,]+ \| [\d,]+ \| [\d,]+ \| \d+\.\d\dx \|", table), table
   # the products-alone ceiling beside each decode row: tok/s, fraction of the roofline at batch 1
   assert re.search(r"\| float32 batch 1 \| [\d,.]+ \| \d+% \| \d+\.\d\dx \|", table), table
   # both sides decoded the same prompts greedily from the same weights: same first token
