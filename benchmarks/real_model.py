@@ -441,14 +441,15 @@ def run_train(args, cfg, log):
         }
         threads = min(probe, key=probe.get)
         g, p, f = [], [], []
+        sides = ("g", "f", "p") if base is not None else ("g", "p")
         for r in range(args.rounds):  # interleaved, alternating who goes first
-          for side in ("g", "f", "p") if r % 2 == 0 else ("p", "f", "g"):
+          for side in sides if r % 2 == 0 else sides[::-1]:
             if side == "g":
               g += gx.train(steps=args.steps)["seconds"]
               rss.append(round(gx.memory()["rss"], 2))
-            elif side == "f" and base is not None:
+            elif side == "f":
               f += base.train(steps=args.steps)["seconds"]
-            elif side == "p":
+            else:
               p += w.train(steps=args.steps, head=head, threads=threads)["seconds"]
         blocks[(precision, head)] = dict(
           peft_s=statistics.median(p),
