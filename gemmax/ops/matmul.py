@@ -109,7 +109,8 @@ def _one_row(x, wt, preferred_element_type):
 
   Measured on SmolLM2-135M (benchmarks/RESULTS.md): its decode products (30 layers and the head,
   one-row steps in a `fori_loop`) streamed the bf16 weights at 13.5 GB/s against 9.2 for the
-  padded library dot, and the whole batch-1 decode ran 1.44x faster. float16 ran slower this way
+  padded library dot, and the whole batch-1 decode ran 1.1-1.45x faster (alternating processes;
+  the smaller gain under gemmax.host_memory's malloc settings). float16 ran slower this way
   (59.8 against 35.1 ms), so it keeps the padded dot. The barrier ties the weight to `x`: without
   it XLA hoists the weight's float32 conversion out of a decode loop as loop-invariant, and the
   loop reads twice the bytes.
