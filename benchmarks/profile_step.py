@@ -36,7 +36,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from gemmax import host_memory  # noqa: E402
 
-host_memory.keep_on_cpu()  # as train_step.py and gemmax's CLIs do (see gemmax.host_memory)
+host_memory.keep_on_cpu(
+  relaunch=True
+)  # as train_step.py and gemmax's CLIs do (see gemmax.host_memory)
 
 import jax  # noqa: E402
 

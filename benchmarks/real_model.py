@@ -353,7 +353,7 @@ def serve(kind: str):
   if kind == "gemmax":
     from gemmax import host_memory
 
-    host_memory.keep_on_cpu()  # before JAX starts, as gemmax's CLIs do on CPU
+    host_memory.keep_on_cpu(relaunch=True)  # before JAX starts, as gemmax's CLIs do on CPU
   worker = WORKERS[kind]()
   for line in sys.stdin:
     req = json.loads(line)

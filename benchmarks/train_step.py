@@ -42,7 +42,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 from gemmax import host_memory  # noqa: E402
 
 # Before JAX starts (gemmax.host_memory says why); process-wide, hence peft's own process.
-HOST_MEMORY_KEPT = "--peft-worker" not in sys.argv and host_memory.keep_on_cpu()
+HOST_MEMORY_KEPT = "--peft-worker" not in sys.argv and host_memory.keep_on_cpu(relaunch=True)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -112,7 +112,7 @@ def parse_flags(argv: list[str], name: str) -> list[str]:
 def run(main: Callable, name: str | None = None) -> None:
   """`app.run(main)` with one-line user errors, `--debug`, and the exit statuses above."""
   name = name or os.path.basename(sys.argv[0])
-  host_memory.keep_on_cpu()  # before main starts JAX: see gemmax.host_memory
+  host_memory.keep_on_cpu(relaunch=True)  # before main starts JAX: see gemmax.host_memory
   fv = flags.FLAGS
   if "config" in fv and fv["config"].default is None and not fv["config"].validators:
     flags.mark_flag_as_required("config")  # ml_collections' --config: fail in one line without it
@@ -122,5 +122,5 @@ def run(main: Callable, name: str | None = None) -> None:
 def run_plain(main: Callable, name: str | None = None) -> None:
   """For argparse scripts: `main()` under `guard` (the script accepts `--debug` itself)."""
   name = name or os.path.basename(sys.argv[0])
-  host_memory.keep_on_cpu()
+  host_memory.keep_on_cpu(relaunch=True)
   guard(main, name)()

@@ -3,6 +3,16 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from gemmax import host_memory  # noqa: E402
+
+# The scripts the tests start would each re-execute themselves once to start with this glibc
+# tunable (gemmax.host_memory.relaunch_with_tunable); set it for them up front.
+if not host_memory.tunable_set():
+  tunables = os.environ.get("GLIBC_TUNABLES")
+  os.environ["GLIBC_TUNABLES"] = (
+    f"{tunables}:{host_memory.TUNABLE}" if tunables else host_memory.TUNABLE
+  )
+
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")

@@ -38,9 +38,10 @@ _PROBE = textwrap.dedent("""
 """)
 
 
-def _probe(script, mode):
-  """Run a probe script in a fresh process (mode "keep" or "plain"): (kept, *its integers)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _probe(script, mode, tunables=""):
+  """Run a probe script in a fresh process (mode "keep" or "plain") that starts with
+  GLIBC_TUNABLES=tunables: (kept, *its integers)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", GLIBC_TUNABLES=tunables)
   out = subprocess.run(
     [sys.executable, "-c", script, mode],
     env=env,
@@ -60,6 +61,82 @@ def test_kept_memory_is_reused_across_steps():
   pages = 3500 * 3500 * 4 // 4096
   assert baseline > 2 * pages, baseline  # glibc maps and unmaps the temporary every run ...
   assert faults < pages // 10, faults  # ... and with the settings later runs reuse it
+
+
+# The same step under glibc's huge-page tunable: prints the page faults of runs 6-8 and the
+# number of malloc arenas (threads keep arenas of their own: no cap, no lock contention).
+_TUNED = _PROBE.replace(
+  "print(kept, faults)",
+  """import ctypes, tempfile
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]
+with tempfile.NamedTemporaryFile() as f:
+  fp = libc.fopen(f.name.encode(), b"w")
+  libc.malloc_info(0, fp)
+  libc.fclose(fp)
+  arenas = open(f.name).read().count("<heap nr=")
+print(kept, faults, arenas)""",
+)
+needs_tunable = pytest.mark.skipif(
+  host_memory.thp_mode() != "madvise" or host_memory.glibc_version() < (2, 35),
+  reason="glibc's huge-page tunable needs glibc >= 2.35 and matters in the kernel's madvise mode",
+)
+
+
+@glibc
+@needs_tunable
+def test_with_the_tunable_threads_keep_their_arenas_and_maps_are_huge():
+  kept, faults, arenas = _probe(_TUNED, "keep", host_memory.TUNABLE)
+  assert kept
+  assert arenas > 1, arenas  # not capped: worker threads allocate without sharing one lock
+  # the temporary is mapped afresh each run, on 2 MiB pages: ~24 faults a run, not ~3000
+  assert faults < 3500 * 3500 * 4 // 4096 // 10, faults
+  _, _, capped = _probe(_TUNED, "keep")  # no tunable: one arena, as test 1 relies on
+  assert capped == 1, capped
+
+
+_RELAUNCH = textwrap.dedent("""
+    import os, sys
+    from gemmax import host_memory
+    with open(sys.argv[1], "a") as f:
+      f.write(os.environ.get("GLIBC_TUNABLES", "-") + "\\n")
+    print(host_memory.keep_on_cpu(relaunch=True), host_memory.maps_on_huge_pages())
+""")
+
+
+@glibc
+@needs_tunable
+@pytest.mark.parametrize(
+  "start, runs",
+  [
+    ("", ["-", host_memory.TUNABLE]),
+    (
+      "glibc.malloc.tcache_count=9",
+      ["glibc.malloc.tcache_count=9", "glibc.malloc.tcache_count=9:" + host_memory.TUNABLE],
+    ),
+    (host_memory.TUNABLE, [host_memory.TUNABLE]),  # already set: runs once
+  ],
+)
+def test_relaunch_runs_the_script_again_with_the_tunable_once(tmp_path, start, runs):
+  script, log = tmp_path / "s.py", tmp_path / "runs.txt"
+  script.write_text(_RELAUNCH)
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("GLIBC_TUNABLES", None)
+  if start:
+    env["GLIBC_TUNABLES"] = start
+  out = subprocess.run(
+    [sys.executable, str(script), str(log)], env=env, capture_output=True, text=True, check=True
+  )
+  assert out.stdout.split() == ["True", "True"], out.stderr
+  assert log.read_text().splitlines() == runs
+
+
+def test_no_relaunch_once_jax_has_started(monkeypatch):
+  jax.devices()
+  monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+  monkeypatch.setattr(host_memory.os, "execve", lambda *a: pytest.fail("re-executed"))
+  host_memory.relaunch_with_tunable()  # returns: the process has state a re-run would lose
 
 
 # The same kind of step; prints the kilobytes of its heap on huge pages (AnonHugePages summed
