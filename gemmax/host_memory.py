@@ -26,10 +26,10 @@ Which arena holds the step's block. One of the PjRt client's threads allocates i
 gives each thread an arena of its own. A thread arena serves a block larger than its 64 MiB heap
 limit with a fresh mmap, whatever M_MMAP_MAX says, and frees it with munmap. For SmolLM2-135M's
 bf16 LoRA step (a 1.7 GB block) that is 425k page faults per step, and the step ran 4.07-4.35 s
-against 3.66-3.93 s with glibc capped at one arena (alternating processes). But one arena costs
-the decode: XLA's two worker threads then share its lock for every small buffer YNNPACK
-allocates, and the bf16 batch-1 decode ran at 39.6 / 40.9 tok/s against 48.9 / 49.3 without the
-cap (141k voluntary context switches against 28k).
+against 3.66-3.93 s (one 4.27) with glibc capped at one arena (alternating processes). But one
+arena costs the decode: XLA's two worker threads then share its lock for every small buffer
+YNNPACK allocates, and the bf16 batch-1 decode ran at 39.6 / 40.9 tok/s against 48.9 / 49.3
+without the cap (141k voluntary context switches against 28k).
 
 glibc's `glibc.malloc.hugetlb=1` tunable (TUNABLE, glibc >= 2.35) has glibc advise its maps for
 huge pages, so the fresh block lands on 2 MiB pages: 1.2k faults per step, and the step ran as
