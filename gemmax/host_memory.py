@@ -137,6 +137,8 @@ def relaunch_with_tunable() -> None:
     or tunable_set()  # set, yet not in effect: never loop
     or _backends_started()
     or not getattr(sys, "orig_argv", None)
+    or sys.argv[0] in ("", "-")  # an interactive session or a script read from stdin: not again
+    or sys.flags.interactive
   ):
     return
   env = dict(os.environ)

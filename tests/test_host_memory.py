@@ -132,6 +132,23 @@ def test_relaunch_runs_the_script_again_with_the_tunable_once(tmp_path, start, r
   assert log.read_text().splitlines() == runs
 
 
+@glibc
+@needs_tunable
+def test_no_relaunch_of_a_script_read_from_stdin(tmp_path):
+  log = tmp_path / "runs.txt"
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  out = subprocess.run(
+    [sys.executable, "-", str(log)],
+    input=_RELAUNCH,
+    env=dict(env, JAX_PLATFORMS="cpu"),
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  assert out.stdout.split() == ["True", "False"], out.stderr  # kept, with one arena instead
+  assert log.read_text().splitlines() == ["-"]
+
+
 def test_no_relaunch_once_jax_has_started(monkeypatch):
   jax.devices()
   monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
