@@ -36,9 +36,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from gemmax import host_memory  # noqa: E402
 
-host_memory.keep_on_cpu(
-  relaunch=True
-)  # as train_step.py and gemmax's CLIs do (see gemmax.host_memory)
+# as train_step.py and gemmax's CLIs do (see gemmax.host_memory)
+host_memory.keep_on_cpu(relaunch=True)
 
 import jax  # noqa: E402
 

@@ -118,6 +118,11 @@ def tunable_set() -> bool:
   return TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":")
 
 
+def with_tunable(tunables: str | None) -> str:
+  """A GLIBC_TUNABLES value: `tunables` (may be empty or None) with TUNABLE appended."""
+  return ":".join(filter(None, (tunables, TUNABLE)))
+
+
 def maps_on_huge_pages() -> bool:
   """Whether glibc's fresh mmaps get transparent huge pages in this process: the kernel gives
   every anonymous map huge pages (mode always), or glibc advises them (TUNABLE set at start on a
@@ -131,10 +136,9 @@ def relaunch_with_tunable() -> None:
   GLIBC_TUNABLES, where that would give glibc's mmaps huge pages and has not been done yet;
   otherwise return. Only for a script's start: everything the process did so far is redone."""
   if (
-    maps_on_huge_pages()
-    or thp_mode() != "madvise"
+    thp_mode() != "madvise"  # always: every map is huge already; never: none can be
     or glibc_version() < (2, 35)
-    or tunable_set()  # set, yet not in effect: never loop
+    or tunable_set()  # started with it (maps_on_huge_pages): never loop
     or _backends_started()
     or not getattr(sys, "orig_argv", None)
     or sys.argv[0] in ("", "-")  # an interactive session or a script read from stdin: not again
@@ -142,7 +146,7 @@ def relaunch_with_tunable() -> None:
   ):
     return
   env = dict(os.environ)
-  env["GLIBC_TUNABLES"] = ":".join(filter(None, (env.get("GLIBC_TUNABLES"), TUNABLE)))
+  env["GLIBC_TUNABLES"] = with_tunable(env.get("GLIBC_TUNABLES"))
   sys.stdout.flush()
   sys.stderr.flush()
   os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
@@ -192,6 +196,6 @@ def keep_on_cpu(*, relaunch: bool = False) -> bool:
   with `relaunch`, first `relaunch_with_tunable()` (for scripts, not notebooks or libraries)."""
   if os.environ.get(ENV_SWITCH, "1") == "0" or not runs_on_cpu():
     return False
-  if relaunch and on_glibc():
+  if relaunch:
     relaunch_with_tunable()
   return keep_host_memory()

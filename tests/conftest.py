@@ -8,10 +8,7 @@ from gemmax import host_memory  # noqa: E402
 # The scripts the tests start would each re-execute themselves once to start with this glibc
 # tunable (gemmax.host_memory.relaunch_with_tunable); set it for them up front.
 if not host_memory.tunable_set():
-  tunables = os.environ.get("GLIBC_TUNABLES")
-  os.environ["GLIBC_TUNABLES"] = (
-    f"{tunables}:{host_memory.TUNABLE}" if tunables else host_memory.TUNABLE
-  )
+  os.environ["GLIBC_TUNABLES"] = host_memory.with_tunable(os.environ.get("GLIBC_TUNABLES"))
 
 import jax  # noqa: E402
 
