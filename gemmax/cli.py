@@ -23,7 +23,7 @@ from typing import Callable
 
 from absl import app, flags
 
-from gemmax import host_memory
+from gemmax import compile_cache, host_memory
 from gemmax.errors import GemmaxError, Preempted
 
 EXIT_USER_ERROR = 2
@@ -113,6 +113,7 @@ def run(main: Callable, name: str | None = None) -> None:
   """`app.run(main)` with one-line user errors, `--debug`, and the exit statuses above."""
   name = name or os.path.basename(sys.argv[0])
   host_memory.keep_on_cpu(relaunch=True)  # before main starts JAX: see gemmax.host_memory
+  compile_cache.enable()  # a second run of a job loads its programs instead of compiling them
   fv = flags.FLAGS
   if "config" in fv and fv["config"].default is None and not fv["config"].validators:
     flags.mark_flag_as_required("config")  # ml_collections' --config: fail in one line without it
