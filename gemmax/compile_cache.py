@@ -20,7 +20,7 @@ import hashlib
 import os
 import platform
 
-from gemmax import fetch
+from gemmax.cache import cache_dir
 
 MAX_BYTES = 2 << 30  # an entry of the real model's train step is ~2 MB
 OFF = ("0", "off", "false", "no")
@@ -45,7 +45,7 @@ def host_key(cpuinfo: str | None = None) -> str:
 
 
 def cache_path() -> str:
-  return os.path.join(fetch.cache_dir(), "xla", host_key())
+  return os.path.join(cache_dir(), "xla", host_key())
 
 
 def enable() -> str | None:

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import zipfile
 
+from gemmax.cache import cache_dir
 from gemmax.errors import GemmaxError
 
 
@@ -101,10 +102,6 @@ REGISTRY: dict[str, Entry] = {
     description="Gemma 3 270M (base), Q4_K_M (Q4_K / Q5_0 / Q6_K / Q8_0 tensors)",
   ),
 }
-
-
-def cache_dir() -> str:
-  return os.path.expanduser(os.environ.get("GEMMAX_CACHE") or os.path.join("~", ".cache", "gemmax"))
 
 
 def model_dir(name: str) -> str:
