@@ -9,8 +9,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Lowest first; a package may import only from packages of a lower layer.
 LAYERS = [
-  {"errors"},
-  {"io", "schema", "host_memory", "distributed", "ops", "sharding"},
+  {"errors", "cache"},
+  {"io", "schema", "host_memory", "compile_cache", "distributed", "ops", "sharding"},
   {"cli", "models"},
   {"fetch", "quant"},
   {"peft"},
