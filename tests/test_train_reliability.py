@@ -177,3 +177,30 @@ def test_torn_metrics_line_is_dropped_on_resume(tmp_path):
   writer = MetricsWriter(str(tmp_path), resume_step=2, tensorboard=False)
   assert writer.history == [{"step": 1, "loss": 2.0}]
   assert read_jsonl(str(path)) == [{"step": 1, "loss": 2.0}]
+
+
+def test_progress_bar_counts_a_step_once_it_has_run(tmp_path, monkeypatch):
+  """The bar advances for step k only after step k+1 is dispatched and step k is done, so its
+  rate and ETA follow the steps that ran (the last step counts after the loop)."""
+  import gemmax.train.trainer as trainer_module
+
+  seen = []
+
+  class Bar:
+    def __init__(self):
+      self.n = 0
+
+    def update(self, k):
+      self.n += k
+      seen.append((self.n, trainer.step))
+
+    def set_postfix(self, **_):
+      pass
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(trainer_module, "_progress", lambda cfg, initial: Bar())
+  trainer = _trainer(tmp_path, Data(), log_every=STEPS, checkpoint_every=0)
+  trainer.run()
+  assert seen == [(k, k + 1) for k in range(1, STEPS)] + [(STEPS, STEPS)]

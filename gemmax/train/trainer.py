@@ -217,6 +217,11 @@ class Trainer:
           return json.load(f)
     writer = MetricsWriter(cfg.workdir, resume_step=self.step if resumed else None)
     bar = _progress(cfg, initial=self.step)
+    # The bar counts a step once it has run, not when it is dispatched: a step is asynchronous,
+    # and counted at dispatch the bar raced ahead between log steps and waited at each, so its
+    # rate and ETA swung several-fold. Waiting for the step before the one just dispatched keeps
+    # the next one queued behind it.
+    in_flight = None
     start_step, t_start = self.step, time.perf_counter()
     t_last, tokens_since, rates = t_start, 0, []
     last = dict(writer.history[-1]) if writer.history else {}
@@ -270,9 +275,15 @@ class Trainer:
               self.step, self.params, self.opt_state, self._meta(), force=final
             )
           if bar is not None:
-            bar.update(1)
+            if in_flight is not None:
+              jax.block_until_ready(in_flight)
+              bar.update(1)
+            in_flight = metrics["loss"]
           if stop.requested and not final:
             self._preempt(stop.requested)
+        if bar is not None and in_flight is not None:
+          jax.block_until_ready(in_flight)
+          bar.update(1)
     finally:
       if bar is not None:
         bar.close()
