@@ -24,7 +24,7 @@ import platform
 from gemmax.cache import cache_dir
 
 MAX_BYTES = 2 << 30  # an entry of the real model's train step is ~2 MB
-OFF = ("0", "off", "false", "no")
+ENV_SWITCH = "GEMMAX_COMPILE_CACHE"  # "0": off, like host_memory's switch
 
 
 def host_key(cpuinfo: str | None = None) -> str:
@@ -54,7 +54,7 @@ def enable() -> str | None:
   or None when `GEMMAX_COMPILE_CACHE` turns it off. Call it before the first compilation."""
   import jax
 
-  if os.environ.get("GEMMAX_COMPILE_CACHE", "1").strip().lower() in OFF:
+  if os.environ.get(ENV_SWITCH, "1") == "0":
     return None
   chosen = jax.config.jax_compilation_cache_dir
   if chosen:

@@ -222,6 +222,11 @@ class Trainer:
     # rate and ETA swung several-fold. Waiting for the step before the one just dispatched keeps
     # the next one queued behind it.
     in_flight = None
+
+    def count(loss):
+      jax.block_until_ready(loss)
+      bar.update(1)
+
     start_step, t_start = self.step, time.perf_counter()
     t_last, tokens_since, rates = t_start, 0, []
     last = dict(writer.history[-1]) if writer.history else {}
@@ -276,14 +281,12 @@ class Trainer:
             )
           if bar is not None:
             if in_flight is not None:
-              jax.block_until_ready(in_flight)
-              bar.update(1)
+              count(in_flight)
             in_flight = metrics["loss"]
           if stop.requested and not final:
             self._preempt(stop.requested)
         if bar is not None and in_flight is not None:
-          jax.block_until_ready(in_flight)
-          bar.update(1)
+          count(in_flight)
     finally:
       if bar is not None:
         bar.close()
