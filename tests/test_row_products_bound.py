@@ -38,8 +38,8 @@ def test_every_kernel_computes_the_products_it_times(tmp_path):
   rows = [
     line for line in proc.stdout.splitlines() if line.startswith("| ") and "kernel" not in line
   ]
-  assert any(row.startswith("| f32 FMA |") for row in rows), proc.stdout
-  assert any(row.startswith("| bf16 widen + FMA |") for row in rows), proc.stdout
+  assert any(row.startswith("| batch 1, f32 FMA |") for row in rows), proc.stdout
+  assert any(row.startswith("| batch 1, bf16 widen + FMA |") for row in rows), proc.stdout
   for row in rows:  # milliseconds and GB/s are positive numbers
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[1]) > 0 and float(cells[2]) > 0, row
