@@ -120,13 +120,13 @@ def score_and_answer(
     raise GemmaxError("score_and_answer: prompts and choices must be non-empty")
   if batch_size < 1:
     raise GemmaxError(f"score_and_answer: batch_size must be >= 1, got {batch_size}")
-  longest = max(len(c) for c in choices)
+  width = max(len(c) for c in choices)
   # The end of a short choice repeats its last token: causal attention keeps the padding out of
   # the choice's own logprobs, which are all that is read back.
-  block = np.asarray([list(c) + [c[-1]] * (longest - len(c)) for c in choices], np.int32)
+  block = np.asarray([list(c) + [c[-1]] * (width - len(c)) for c in choices], np.int32)
   p = shared_prefix(prompts)
   prefix = np.asarray([list(prompts[0][:p])], np.int32).reshape(1, p)
-  longest = max(longest, answer_steps)
+  longest = max(width, answer_steps)  # tokens after a prompt
   limit = model.config.max_position_embeddings
   t = -(-max(len(q) - p for q in prompts) // 16) * 16
   stop_ids = np.asarray(list(stop) or [-1], np.int32)
